@@ -1,0 +1,153 @@
+"""The `distillery` command: a thin shell over library calls.
+
+    distillery data generate --out runs/demo/data [--rows-train N ...]
+    distillery data inspect PATH [--format auto] [--label-column NAME] --json
+    distillery teacher  --config jobs/configs/teacher.yaml [key=value ...]
+    distillery label    --config jobs/configs/label.yaml   [key=value ...]
+    distillery train    --config jobs/configs/train.yaml   [key=value ...]
+    distillery evaluate --config jobs/configs/evaluate.yaml [key=value ...]
+    distillery compress --config jobs/configs/compress.yaml [key=value ...]
+    distillery size --budget-ms X --batch 1 --seq-len L [--provider cpu|cuda]
+    distillery serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--config FILE]
+    distillery pipeline --config jobs/configs/demo.yaml [--force] [key=value ...]
+
+Each job subcommand loads one typed config (YAML + overrides) and calls the stage's `run(cfg)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from distillery.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+# subcommand -> (module, config class name, run function name)
+JOBS = {
+    "teacher": ("distillery.training.job", "TeacherJobConfig", "run_teacher"),
+    "label": ("distillery.labeling", "LabelConfig", "run"),
+    "train": ("distillery.training.job", "TrainJobConfig", "run"),
+    "evaluate": ("distillery.evaluate", "EvaluateConfig", "run"),
+    "compress": ("distillery.compress.job", "CompressConfig", "run"),
+    "pipeline": ("distillery.pipeline", "PipelineConfig", "run"),
+}
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    module_name, cls_name, fn_name = JOBS[args.command]
+    module = importlib.import_module(module_name)
+    overrides = list(args.overrides)
+    if getattr(args, "force", False):
+        overrides.append("force=true")
+    cfg = load_config(getattr(module, cls_name), args.config, overrides)
+    result = getattr(module, fn_name)(cfg)
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "inspect":
+        from distillery.data.readers import inspect_logs
+
+        summary = inspect_logs(args.path, fmt=args.format, label_column=args.label_column)
+        if args.json:
+            print(json.dumps(summary, default=str))
+        else:
+            for key, value in summary.items():
+                print(f"{key:>12}: {value}")
+        return 0
+    if args.data_command == "generate":
+        from distillery.data.synthetic import SyntheticConfig, write_splits
+
+        cfg = load_config(SyntheticConfig, args.config, args.overrides)
+        print(json.dumps(write_splits(cfg, args.out), indent=2))
+        return 0
+    raise AssertionError(args.data_command)
+
+
+def _size(args: argparse.Namespace) -> int:
+    from distillery.compress.size import cli_main
+
+    return cli_main(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from distillery.serving.app import cli_main
+
+    return cli_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distillery", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate or inspect ad logs")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    ins = data_sub.add_parser("inspect", help="load logs and print rows, clicks, columns, a sample text")
+    ins.add_argument("path", help="file, folder or URI")
+    ins.add_argument("--format", default="auto",
+                     choices=["auto", "parquet", "csv", "tsv", "jsonl", "criteo", "avazu", "openrtb"])
+    ins.add_argument("--label-column", default=None, help="name of the click column in a generic CSV/TSV/JSONL")
+    ins.add_argument("--json", action="store_true", help="print one JSON object")
+    gen = data_sub.add_parser("generate", help="write synthetic train/unlabeled/test splits as parquet")
+    gen.add_argument("--out", required=True, help="output folder (local or URI)")
+    gen.add_argument("--config", default=None, help="YAML with SyntheticConfig fields")
+    gen.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
+    data.set_defaults(func=_data)
+
+    for name, help_text in [
+        ("teacher", "fine-tune the teacher on the train split's clicks (Ray Train)"),
+        ("label", "label logs with teacher actors (Ray Data)"),
+        ("train", "distill a student, or train the click-only baseline (Ray Train)"),
+        ("evaluate", "AUC, logloss, calibration on the test split; writes report.json"),
+        ("compress", "prune, export to ONNX, quantize, validate"),
+        ("pipeline", "the whole flow, stage by stage, skipping completed stages"),
+    ]:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="YAML config file")
+        if name == "pipeline":
+            p.add_argument("--force", action="store_true", help="re-run stages whose outputs are complete")
+        p.add_argument("overrides", nargs="*", help="key=value overrides")
+        p.set_defaults(func=_run_job)
+
+    size = sub.add_parser("size", help="largest student whose measured latency fits a budget")
+    size.add_argument("--budget-ms", type=float, required=True, help="latency budget, ms (p99 unless --stat p50)")
+    size.add_argument("--batch", type=int, default=1)
+    size.add_argument("--seq-len", type=int, default=64)
+    size.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    size.add_argument("--stat", choices=["p50", "p99"], default="p99")
+    size.add_argument("--out", default="runs/size", help="run directory for the table")
+    size.add_argument("--config", default=None, help="YAML with the candidate grid")
+    size.set_defaults(func=_size)
+
+    serve = sub.add_parser("serve", help="serve an ONNX model folder on Ray Serve")
+    serve.add_argument("--model-dir", required=True, help="ONNX folder written by `distillery compress`")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--config", default=None, help="serve config YAML (default serve/serve_config.yaml's app args)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
