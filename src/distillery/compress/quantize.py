@@ -1,0 +1,140 @@
+"""Quantization presets over an exported ONNX folder, named like Optimum's.
+
+    path = quantize_int8("runs/demo/onnx")                            # student.int8.onnx
+    path = apply_preset("runs/demo/onnx", "fp16")                     # student.fp16.onnx
+    path = apply_preset("runs/demo/onnx", "int8-static", calibration_texts=texts)
+
+| preset        | file                     | card variant  | for |
+|---------------|--------------------------|---------------|-----|
+| `int8-dynamic`| `student.int8.onnx`      | `int8`        | CPU: int8 weights (per channel), activations quantized per batch at run time (VNNI) |
+| `int8-static` | `student.int8-static.onnx` | `int8_static` | QDQ graph with activation ranges calibrated on log rows (TensorRT / GPU, or CPU without per-batch scaling) |
+| `fp16`        | `student.fp16.onnx`      | `fp16`        | GPU; float32 inputs/outputs kept so callers do not change |
+
+Each call adds its variant (file and size) to `model_card.json`. The quality gate lives in
+`validate.py`; the preset order from most to least aggressive is `LESS_AGGRESSIVE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import numpy as np
+
+from distillery.compress.export import FP32_FILE, read_card, write_card
+
+__all__ = ["PRESETS", "PRESET_VARIANT", "LESS_AGGRESSIVE", "apply_preset", "quantize_int8", "TextCalibrationReader"]
+
+log = logging.getLogger(__name__)
+
+PRESETS = ("int8-dynamic", "int8-static", "fp16")
+PRESET_VARIANT = {"int8-dynamic": "int8", "int8-static": "int8_static", "fp16": "fp16"}
+PRESET_FILE = {"int8-dynamic": "student.int8.onnx", "int8-static": "student.int8-static.onnx", "fp16": "student.fp16.onnx"}
+# What to try when a preset fails the quality gate (a less aggressive one, ending at fp32).
+LESS_AGGRESSIVE = {"int8-static": "int8-dynamic", "int8-dynamic": "fp16 (GPU) or fp32", "fp16": "fp32"}
+
+# MatMul/Gemm carry almost all the compute; quantizing Gather (the embedding table) shrinks the
+# file but costs accuracy for no speed, and Attention/other ops stay float.
+_INT8_OPS = ["MatMul", "Gemm"]
+
+
+class TextCalibrationReader:
+    """ORT `CalibrationDataReader` over texts (rendered log rows): tokenises them in small batches
+    and yields `{input_name: int64 array (batch, seq)}` feeds, padded to each batch's longest."""
+
+    def __init__(self, out_dir: str, texts: list[str], input_names: list[str], max_length: int, batch_size: int = 16):
+        from transformers import AutoTokenizer
+
+        if not texts:
+            raise ValueError("calibration_texts: empty; int8-static needs rows from the logs")
+        self._tok = AutoTokenizer.from_pretrained(out_dir)
+        self._texts, self._names, self._max_length, self._bs = list(texts), input_names, max_length, batch_size
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, len(self._texts), self._bs):
+            enc = self._tok(self._texts[i:i + self._bs], padding=True, truncation=True,
+                            max_length=self._max_length, return_tensors="np")
+            yield {n: (enc[n] if n in enc else np.zeros_like(enc["input_ids"])).astype(np.int64) for n in self._names}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self._feeds()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def _as_calibration_reader(reader: TextCalibrationReader):
+    # Subclass ORT's ABC lazily so importing this module does not import onnxruntime.quantization.
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return reader.get_next()
+
+        def rewind(self):
+            reader.rewind()
+
+    return Reader()
+
+
+def apply_preset(
+    out_dir: str,
+    preset: str = "int8-dynamic",
+    *,
+    calibration_texts: list[str] | None = None,
+    per_channel: bool = True,
+) -> str:
+    """Write the preset's variant of `out_dir/student.fp32.onnx` beside it; return its path.
+
+    `per_channel`: one int8 scale per output channel of each weight (measured: tracks FP32 much
+    more closely than one scale per tensor, at no speed cost on this CPU).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    card = read_card(out_dir)
+    src = os.path.join(out_dir, card["variants"].get("fp32", FP32_FILE))
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"{src}: FP32 model missing (run export_onnx first)")
+    dst = os.path.join(out_dir, PRESET_FILE[preset])
+
+    if preset == "int8-dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(src, dst, op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
+    elif preset == "int8-static":
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if not calibration_texts:
+            raise ValueError("int8-static: calibration_texts is empty; pass rows from the logs (validation.calibration_rows)")
+        reader = TextCalibrationReader(out_dir, calibration_texts, card["inputs"], card["max_length"])
+        quantize_static(src, dst, _as_calibration_reader(reader), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"DefaultTensorType": 1})
+    else:  # fp16
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(src), keep_io_types=True)
+        onnx.save(model, dst)
+
+    variant = PRESET_VARIANT[preset]
+    card["variants"][variant] = os.path.basename(dst)
+    card.setdefault("size_mb", {})[variant] = round(os.path.getsize(dst) / 1e6, 3)
+    card.setdefault("presets", {})[variant] = {"preset": preset, "per_channel": per_channel if preset != "fp16" else None}
+    write_card(out_dir, card)
+    log.info("%s -> %s (%.1f MB)", preset, dst, card["size_mb"][variant])
+    return dst
+
+
+def quantize_int8(out_dir: str, preset: str = "int8-dynamic", **kwargs) -> str:
+    """The INT8 presets of `apply_preset` (`int8-dynamic` → `student.int8.onnx`, variant `int8`)."""
+    if not preset.startswith("int8"):
+        raise ValueError(f"preset {preset!r}: quantize_int8 takes int8-dynamic or int8-static")
+    return apply_preset(out_dir, preset, **kwargs)
