@@ -1,0 +1,194 @@
+"""The bidder's pure steps: eligibility (`plan_bids`) and the auction (`decide_bids`), without Ray or a model."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from distillery.config import ConfigError
+from distillery.serving.bidder import BidRequestError, decide_bids, deadline_budget_ms, plan_bids
+from distillery.serving.catalog import Catalog, load_catalog
+
+
+def _catalog(**overrides) -> Catalog:
+    campaign = {
+        "id": "c1", "advertiser": "brand.example", "ad_category": "sports", "iab_categories": ["IAB17"],
+        "value_per_click": 1.0, "max_bid_cpm": 5.0,
+        "ads": [{"id": "a300", "title": "Shoes", "formats": ["banner"], "sizes": ["300x250"]},
+                {"id": "a728", "title": "Shoes wide", "formats": ["banner"], "sizes": ["728x90"]}],
+    }
+    other = {
+        "id": "c2", "advertiser": "other.example", "ad_category": "travel", "iab_categories": ["IAB20-1"],
+        "value_per_click": 2.0, "max_bid_cpm": 3.0,
+        "ads": [{"id": "b300", "title": "Flights", "formats": ["banner", "video"], "sizes": ["300x250", "640x480"],
+                 "mimes": ["video/mp4"]}],
+    }
+    campaign.update(overrides)
+    return Catalog.model_validate({"campaigns": [campaign, other]})
+
+
+def _request(**overrides) -> dict:
+    req = {"id": "r1", "imp": [{"id": "1", "bidfloor": 0.5, "banner": {"w": 300, "h": 250}}],
+           "site": {"domain": "news.example", "cat": ["IAB12"]}}
+    req.update(overrides)
+    return req
+
+
+def test_demo_catalog_loads_and_has_every_format():
+    catalog = load_catalog()
+    formats = {f for ad in catalog.candidates() for f in ad.creative.formats}
+    assert {"banner", "video", "native"} <= formats
+
+
+def test_bad_catalog_names_the_field(tmp_path):
+    path = tmp_path / "cat.yaml"
+    path.write_text("campaigns:\n  - id: x\n    advertiser: 'https://Brand.com'\n    ad_category: a\n"
+                    "    iab_categories: [IAB1]\n    value_per_click: 1\n    max_bid_cpm: 1\n    ads: [{id: a, title: t}]\n")
+    with pytest.raises(ConfigError, match="advertiser"):
+        load_catalog(path)
+
+
+def test_size_and_format_decide_eligibility():
+    plan = plan_bids(_request(), _catalog())
+    assert sorted(c.ad.creative.id for c in plan.candidates) == ["a300", "b300"]
+    assert all(c.imp_id == "1" and (c.w, c.h) == (300, 250) for c in plan.candidates)
+    # the row the model reads is the impression context plus the ad's fields
+    assert plan.candidates[0].row["ad_title"] == "Shoes" and plan.candidates[0].row["slot_size"] == "300x250"
+    assert len(plan.texts()) == 2 and "ad: Shoes" in plan.texts()[0]
+
+
+def test_banner_format_list_and_open_size():
+    req = _request(imp=[{"id": "1", "banner": {"format": [{"w": 728, "h": 90}]}},
+                        {"id": "2", "instl": 1, "banner": {"w": 0, "h": 0}}])
+    plan = plan_bids(req, _catalog())
+    by_imp = {}
+    for c in plan.candidates:
+        by_imp.setdefault(c.imp_id, []).append(c.ad.creative.id)
+    assert by_imp["1"] == ["a728"]
+    assert sorted(by_imp["2"]) == ["a300", "a728", "b300"]
+
+
+def test_bcat_is_hierarchical_and_badv_matches_subdomains():
+    plan = plan_bids(_request(bcat=["IAB20"]), _catalog())
+    assert [c.ad.creative.id for c in plan.candidates] == ["a300"]
+    plan = plan_bids(_request(badv=["example"]), _catalog(advertiser="shop.brand.example"))
+    assert plan.candidates == [] and "blocked" in plan.no_bid["1"]
+    plan = plan_bids(_request(badv=["brand.example"]), _catalog(advertiser="shop.brand.example"))
+    assert [c.ad.creative.id for c in plan.candidates] == ["b300"]
+
+
+def test_currency_mismatch_means_no_candidates():
+    plan = plan_bids(_request(cur=["EUR"]), _catalog())
+    assert plan.candidates == [] and "currency" in plan.no_bid["1"]
+    assert decide_bids(plan, np.zeros(0), model_version="v") is None
+
+
+def test_battr_and_video_mimes():
+    cat = _catalog()
+    cat.campaigns[1].ads[0].attr.append(13)
+    plan = plan_bids(_request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "battr": [13]}}]), cat)
+    assert [c.ad.creative.id for c in plan.candidates] == ["a300"]
+    video = {"id": "v", "video": {"w": 640, "h": 480, "mimes": ["video/x-flv"]}}
+    assert plan_bids(_request(imp=[video]), _catalog()).candidates == []
+    video["video"]["mimes"].append("video/mp4")
+    plan = plan_bids(_request(imp=[video]), _catalog())
+    assert [(c.ad.creative.id, c.kind) for c in plan.candidates] == [("b300", "video")]
+
+
+def test_best_expected_value_wins_and_price_is_capped():
+    plan = plan_bids(_request(), _catalog())  # a300: vpc 1, cap 5; b300: vpc 2, cap 3
+    resp = decide_bids(plan, np.array([0.004, 0.003]), model_version="v7", openrtb="2.6")
+    (seat,) = resp["seatbid"]
+    (bid,) = seat["bid"]
+    # eCPM a300 = 4.0, b300 = 6.0 -> b300 wins, price capped by its max bid 3.0
+    assert bid["crid"] == "b300" and bid["price"] == pytest.approx(3.0)
+    assert bid["adomain"] == ["other.example"] and bid["cat"] == ["IAB20-1"] and bid["mtype"] == 1
+    assert resp["id"] == "r1" and resp["cur"] == "USD" and resp["ext"]["model_version"] == "v7"
+    resp25 = decide_bids(plan, np.array([0.004, 0.003]), model_version="v7", openrtb="2.5")
+    assert "mtype" not in resp25["seatbid"][0]["bid"][0]
+
+
+def test_floor_is_respected():
+    plan = plan_bids(_request(), _catalog())
+    # prices 0.4 and 0.4 CPM, floor 0.5 -> no bid at all
+    assert decide_bids(plan, np.array([0.0004, 0.0002]), model_version="v") is None
+    # only a300 clears the floor (0.6); b300's eCPM is below it
+    resp = decide_bids(plan, np.array([0.0006, 0.0002]), model_version="v")
+    assert resp["seatbid"][0]["bid"][0]["crid"] == "a300"
+    assert resp["seatbid"][0]["bid"][0]["price"] >= 0.5
+
+
+def test_invalid_native_request_gets_no_bid_others_answered():
+    req = _request(imp=[{"id": "n", "native": {"request": '{"native":{"assets":[ ... ]}}'}},
+                        {"id": "1", "bidfloor": 0.01, "banner": {"w": 300, "h": 250}}])
+    plan = plan_bids(req, _catalog())
+    assert "native.request: not valid JSON" in plan.no_bid["n"]
+    resp = decide_bids(plan, np.full(len(plan.candidates), 0.01), model_version="v")
+    assert [b["impid"] for b in resp["seatbid"][0]["bid"]] == ["1"]
+    assert "native.request" in resp["ext"]["no_bid"]["n"]
+
+
+def test_private_deal_needs_a_matching_deal_and_seat():
+    deals = {"private_auction": 1, "deals": [{"id": "D1", "bidfloor": 2.5, "wseat": ["Agency1"]}]}
+    req = _request(imp=[{"id": "1", "bidfloor": 0.03, "banner": {"w": 300, "h": 250}, "pmp": deals}])
+    assert plan_bids(req, _catalog()).candidates == []
+    plan = plan_bids(req, _catalog(deal_ids=["D1"], seat="Agency1"))
+    (cand,) = [c for c in plan.candidates]
+    assert cand.deal_id == "D1" and cand.floor_cpm == 2.5
+    resp = decide_bids(plan, np.array([0.004]), model_version="v")
+    bid = resp["seatbid"][0]["bid"][0]
+    assert resp["seatbid"][0]["seat"] == "Agency1" and bid["dealid"] == "D1" and bid["price"] >= 2.5
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r.pop("imp"), "imp: missing"),
+    (lambda r: r.update(imp=[]), "imp: empty"),
+    (lambda r: r.update(imp="x"), "imp: expected an array"),
+    (lambda r: r.pop("id"), "id: missing"),
+    (lambda r: r.update(imp=[{"banner": {}}]), "imp[0].id"),
+])
+def test_unusable_requests_raise_naming_the_field(mutate, field):
+    req = _request()
+    mutate(req)
+    with pytest.raises(BidRequestError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        plan_bids(req, _catalog())
+
+
+def test_one_malformed_impression_does_not_sink_the_request():
+    req = _request(imp=[{"id": "1", "banner": {"w": 300, "h": 250}}, {"id": "2"}])
+    plan = plan_bids(req, _catalog())
+    assert "no banner" in plan.no_bid["2"] and {c.imp_id for c in plan.candidates} == {"1"}
+
+
+def test_candidate_limit():
+    req = _request(imp=[{"id": str(i), "banner": {"w": 300, "h": 250}} for i in range(5)])
+    plan = plan_bids(req, _catalog(), max_candidates=4)
+    assert len(plan.candidates) == 4 and "limit" in plan.no_bid["2"]
+
+
+def test_deadline_budget():
+    assert deadline_budget_ms({"tmax": 120}, 100, 20) == 100
+    assert deadline_budget_ms({}, 100, 20) == 80
+    assert deadline_budget_ms({"tmax": "soon"}, 100, 20) == 80
+
+
+def test_every_shared_sample_plans(shared_data):
+    catalog = load_catalog()
+    for path in sorted((shared_data / "openrtb").glob("*.json")):
+        req = json.loads(path.read_text())
+        plan = plan_bids(copy.deepcopy(req), catalog)
+        probs = np.full(len(plan.candidates), 0.01)
+        resp = decide_bids(plan, probs, model_version="v")
+        imp_ids = {imp["id"] for imp in req["imp"]}
+        if "native" in path.name:
+            assert resp is None and "native.request" in plan.no_bid["1"], path.name
+            continue
+        assert resp is not None, (path.name, plan.no_bid)
+        for seat in resp["seatbid"]:
+            for bid in seat["bid"]:
+                assert bid["impid"] in imp_ids
+                assert not set(bid["cat"]) & set(req.get("bcat", []))
+                assert not set(bid["adomain"]) & set(req.get("badv", []))
