@@ -1,0 +1,39 @@
+# distillery on an official Ray image: the image every node of cluster/ runs (head, workers, job
+# submitters), CPU and GPU alike.
+#
+#   docker build -t distillery:0.1.0 .
+#   docker build -t distillery:0.1.0-gpu \
+#       --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#
+# Keep RAY_IMAGE's Ray version equal to the one pyproject.toml pins (ray 2.60.x): client, head and
+# workers must run one Ray version. The working directory is the project root, so a RayJob's
+# `python -m jobs.<name> --config jobs/configs/<name>.yaml` runs exactly as it does locally.
+ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
+FROM ${RAY_IMAGE}
+
+# The CPU wheel index keeps the CPU image small; the GPU build points this at a CUDA wheel index.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0
+
+ENV HF_HUB_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/home/ray/distillery
+
+WORKDIR /home/ray/distillery
+
+# torch first and pinned: an unpinned torch would pull a different build than the one tested.
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+
+# Dependencies before sources, so editing code does not re-download the world.
+COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users src ./src
+RUN pip install --no-cache-dir . \
+    && python -c "import distillery, ray; assert ray.__version__.startswith('2.60'), ray.__version__"
+
+COPY --chown=ray:users jobs ./jobs
+COPY --chown=ray:users serve ./serve
+
+# Run directories: a shared volume is mounted here on a cluster (cluster/kuberay/storage.yaml).
+RUN mkdir -p /home/ray/distillery/runs
