@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class RaySection(Section):
-    address: str | None = Field(None, description="Ray address; None joins RAY_ADDRESS or a running cluster if any, else starts an embedded Ray")
+    address: str | None = Field(None, description="Ray address to join (`auto`: the cluster running on this machine); None joins RAY_ADDRESS if set (as under `ray job submit`), else starts an embedded Ray")
     num_cpus: float | None = Field(None, ge=1, description="logical CPUs for an embedded Ray (may exceed cores); ignored when joining a cluster")
     num_gpus: float | None = Field(None, ge=0, description="logical GPUs for an embedded Ray")
     object_store_mb: int | None = Field(None, ge=64, description="object store size for an embedded Ray, MB")
@@ -50,6 +50,7 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
     if cfg.object_store_mb:
         kwargs["object_store_memory"] = cfg.object_store_mb * 1024 * 1024
     ray.init(
+        address="local",  # embedded: never attach by accident to another cluster on this machine
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
         include_dashboard=cfg.include_dashboard,

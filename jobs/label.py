@@ -1,0 +1,13 @@
+"""python -m jobs.label --config jobs/configs/label.yaml [key=value ...]
+
+Label ad logs with teacher actors on Ray Data. Runs on an embedded Ray when none is running, or on a
+cluster: `ray job submit --working-dir . -- python -m jobs.label --config jobs/configs/label.yaml`.
+"""
+
+import sys
+
+from distillery.labeling import LabelConfig, run
+from jobs._entry import run_job
+
+if __name__ == "__main__":
+    sys.exit(run_job(LabelConfig, run, doc=__doc__))

@@ -1,0 +1,302 @@
+"""Cluster-scale teacher labeling on Ray Data, exactly once, resumable by input file.
+
+    python -m jobs.label --config jobs/configs/label.yaml [key=value ...]
+
+Pipeline per round of input files:
+
+    file paths ─► read tasks: read_logs → validate rows → to_text      (one task per file)
+               ─► teacher actors (ActorPoolStrategy; CPUs/GPUs from YAML): predict, confidence, filters
+               ─► write_parquet to labels/_staging/<round>
+    driver commit: split by input file → labels/<key>.parquet (+ labels/_rejects/<key>.parquet),
+                   check exactly-once per file, write labels/_done/<key>.json
+
+A re-run skips input files whose `_done` marker exists (unless `force`), so a job killed mid-run
+relabels only the round that was in flight. `_MANIFEST.json` is rebuilt from the markers at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
+
+from distillery import io
+from distillery.config import Section, config_hash
+from distillery.data.schema import ID, row_problem
+from distillery.data.text import to_text
+from distillery.filters import FilterConfig, apply_filters, clip_probs
+from distillery.ray_runtime import RaySection, ensure_ray
+from distillery.teachers.base import TeacherConfig, check_teacher_sources, parse_teacher_config
+
+__all__ = ["ActorConfig", "LabelConfig", "run", "label_file_key", "LABEL_SCHEMA", "REJECT_SCHEMA"]
+
+log = logging.getLogger(__name__)
+
+LABEL_SCHEMA = pa.schema([
+    pa.field(ID, pa.string()), pa.field("teacher_prob", pa.float64()), pa.field("confidence", pa.float64()),
+    pa.field("kept", pa.bool_()), pa.field("reason", pa.string()), pa.field("teacher_id", pa.string()),
+    pa.field("labeled_on", pa.string()),
+])
+REJECT_SCHEMA = pa.schema([pa.field(ID, pa.string()), pa.field("source", pa.string()), pa.field("reason", pa.string())])
+_STAGED_SCHEMA = pa.schema(list(LABEL_SCHEMA) + [pa.field("rejected", pa.bool_()), pa.field("_source", pa.string())])
+
+
+class ActorConfig(Section):
+    pool_min: int = Field(1, ge=1, description="teacher actors kept alive (GPU cluster: one per GPU)")
+    pool_max: int = Field(1, ge=1, description="teacher actors the pool may grow to")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractional on small machines: whole-CPU actors starve read tasks)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on a GPU cluster)")
+    batch_size: int = Field(64, ge=1, description="rows per teacher call")
+    max_tasks_in_flight: int = Field(2, ge=1, description="batches queued per actor (keeps the teacher busy)")
+    batch_retries: int = Field(2, ge=0, description="re-tries of a batch whose teacher call raised, before it goes to rejects")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor (e.g. {accelerator_type:T4: 0.01})")
+
+
+class LabelConfig(Section):
+    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+    inputs: list[str] = Field(default_factory=lambda: ["{run_dir}/data/train", "{run_dir}/data/unlabeled"],
+                              description="log files/folders/URIs to label; {run_dir} is substituted")
+    format: str = Field("auto", description="input format: auto|parquet|csv|tsv|jsonl|criteo|avazu|openrtb")
+    label_column: str | None = Field(None, description="click column of a generic CSV/TSV/JSONL input")
+    output: str = Field("{run_dir}/labels", description="labels folder (parquet + _MANIFEST.json)")
+    teacher: TeacherConfig = Field(..., description="the teacher (hf-classifier, hf-causal-lm, retrieval, ensemble)")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="confidence and domain filters")
+    actors: ActorConfig = Field(default_factory=ActorConfig, description="teacher actor pool")
+    read_num_cpus: float = Field(1.0, gt=0, description="CPUs per read task (Ray Data read tasks want a whole CPU)")
+    max_field_chars: int = Field(2000, ge=16, description="a text field longer than this sends the row to rejects")
+    files_per_round: int = Field(8, ge=1, description="input files labeled and committed together (the resume unit)")
+    force: bool = Field(False, description="relabel files that are already done")
+    ray: RaySection = Field(default_factory=RaySection, description="Ray connection / embedded resources")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        formats = {"auto", "parquet", "csv", "tsv", "jsonl", "criteo", "avazu", "openrtb"}
+        if v not in formats:
+            raise ValueError(f"unknown format {v!r}; expected one of {sorted(formats)}")
+        return v
+
+    def resolve(self, template: str) -> str:
+        return template.replace("{run_dir}", self.run_dir.rstrip("/"))
+
+
+def label_file_key(path: str) -> str:
+    """A stable, filesystem-safe name for one input file's outputs."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(str(path).rstrip("/").split("/")[-2:]))[-80:]
+    return f"{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
+
+
+# ---------------------------------------------------------------- read stage (Ray tasks)
+
+def _read_and_prepare(batch: dict[str, np.ndarray], fmt: str, label_column: str | None,
+                      required: tuple[str, ...], max_chars: int) -> pa.Table:
+    """One input file → (id, _source, _text, _problem) rows; unreadable rows carry their reason."""
+    from distillery.data.readers import read_logs
+
+    ids, sources, texts, problems = [], [], [], []
+    for path in batch["path"]:
+        path = str(path)
+        result = read_logs(path, fmt=fmt, label_column=label_column)
+        seen: set[str] = set()
+        for row in result.table.to_pylist():
+            problem = row_problem(row, required=required, max_field_chars=max_chars)
+            rid = row.get(ID)
+            rid = rid if isinstance(rid, str) and rid else f"{path}:{len(ids)}"
+            if problem is None and rid in seen:
+                problem = f"{ID}: duplicate id within the file"
+            seen.add(rid)
+            ids.append(rid)
+            sources.append(path)
+            texts.append("" if problem else to_text(row))
+            problems.append(problem or "")
+        for rej in result.rejects.to_pylist():
+            ids.append(rej.get(ID) or f"{rej.get('source') or path}")
+            sources.append(path)
+            texts.append("")
+            problems.append(rej.get("reason") or "unreadable row")
+    return pa.table({ID: ids, "_source": sources, "_text": texts, "_problem": problems})
+
+
+# ---------------------------------------------------------------- teacher actor
+
+class TeacherActor:
+    """Holds one teacher; labels batches, retries a failing batch, routes a poison batch to rejects."""
+
+    def __init__(self, teacher_cfg: dict, filter_cfg: dict, retries: int):
+        import ray
+
+        from distillery.teachers.base import build_teacher, score_detailed
+
+        self.teacher = build_teacher(teacher_cfg)
+        self.score = score_detailed
+        self.filters = FilterConfig.model_validate(filter_cfg)
+        self.retries = retries
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        problems = batch["_problem"].to_numpy(zero_copy_only=False).astype(object)
+        ok = problems == ""
+        texts = [t for t, good in zip(batch["_text"].to_pylist(), ok) if good]
+        probs = np.full(n, np.nan)
+        conf = np.full(n, np.nan)
+        spread = np.zeros(n)
+        if texts:
+            error = None
+            for _attempt in range(self.retries + 1):
+                try:
+                    p, c, d = self.score(self.teacher, texts)
+                    error = None
+                    break
+                except Exception as err:  # noqa: BLE001 — any teacher failure is retried, then rejected
+                    error = f"teacher failed on this batch: {type(err).__name__}: {err}"[:500]
+                    log.warning("%s (attempt %d of %d)", error, _attempt + 1, self.retries + 1)
+            if error is None:
+                probs[ok], conf[ok], spread[ok] = clip_probs(p, self.filters), c, d
+            else:
+                problems[ok] = error
+                ok = np.zeros(n, dtype=bool)
+        kept, reason = apply_filters(probs, conf, self.filters, spread)
+        kept &= ok
+        reason = np.where(ok, reason, problems)
+        return pa.table({
+            ID: batch[ID], "teacher_prob": pa.array(np.where(ok, probs, np.nan)).fill_null(np.nan),
+            "confidence": pa.array(np.where(ok, conf, np.nan)),
+            "kept": pa.array(kept), "reason": pa.array(reason.astype(str)),
+            "teacher_id": pa.array([self.teacher.teacher_id] * n, pa.string()),
+            "labeled_on": pa.array([self.node_id] * n, pa.string()),
+            "rejected": pa.array(~ok), "_source": batch["_source"],
+        }, schema=_STAGED_SCHEMA)
+
+
+# ---------------------------------------------------------------- driver: plan, run rounds, commit
+
+def _input_files(cfg: LabelConfig) -> list[str]:
+    files: list[str] = []
+    for spec in cfg.inputs:
+        path = cfg.resolve(spec)
+        found = io.list_files(path)
+        if not found:
+            raise FileNotFoundError(f"inputs: {path} holds no files")
+        files.extend(found)
+    if len(set(files)) != len(files):
+        raise ValueError("inputs: the same file is listed twice")
+    return files
+
+
+def _done_marker(out: str, key: str) -> str:
+    return io.join(out, "_done", f"{key}.json")
+
+
+def _commit(staging: str, out: str, files: list[str]) -> list[dict]:
+    """Split a staged round by input file into final outputs; check each file's ids are unique."""
+    fs, base = io.filesystem(staging)
+    staged = pq.read_table(base, filesystem=fs, schema=_STAGED_SCHEMA) if io.exists(staging) else _STAGED_SCHEMA.empty_table()
+    markers = []
+    for path in files:
+        key = label_file_key(path)
+        part = staged.filter(pc.equal(staged["_source"], path))
+        if pc.count_distinct(part[ID]).as_py() != part.num_rows:
+            # A retried task can stage a block twice: drop exact repeats of (id, outcome), but keep a
+            # rejected duplicate-id row beside the labelled one it duplicated.
+            unique = {(r[ID], r["rejected"], r["reason"]): r for r in part.to_pylist()}
+            part = pa.Table.from_pylist(list(unique.values()), schema=_STAGED_SCHEMA)
+        rejected = part["rejected"].to_numpy(zero_copy_only=False)
+        labels = part.filter(pa.array(~rejected)).select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
+        rejects = part.filter(pa.array(rejected))
+        rejects = pa.table({ID: rejects[ID], "source": rejects["_source"], "reason": rejects["reason"]}, schema=REJECT_SCHEMA)
+        ofs, obase = io.filesystem(out)
+        pq.write_table(labels, f"{obase}/{key}.parquet", filesystem=ofs)
+        io.makedirs(io.join(out, "_rejects"))
+        pq.write_table(rejects, f"{obase}/_rejects/{key}.parquet", filesystem=ofs)
+        marker = {
+            "path": path, "key": key, "rows_in": part.num_rows, "rows_labeled": labels.num_rows,
+            "rows_kept": int(pc.sum(labels["kept"]).as_py() or 0), "rows_rejected": rejects.num_rows,
+            "output": f"{key}.parquet", "committed_at": time.time(),
+            "teacher_ids": sorted(x for x in pc.unique(labels["teacher_id"]).to_pylist() if x),
+        }
+        io.write_json(_done_marker(out, key), marker)
+        markers.append(marker)
+    return markers
+
+
+def _label_round(cfg: LabelConfig, teacher_cfg: TeacherConfig, files: list[str], staging: str) -> None:
+    import ray
+
+    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(
+        _read_and_prepare, batch_size=1, batch_format="numpy", num_cpus=cfg.read_num_cpus,
+        fn_kwargs={"fmt": cfg.format, "label_column": cfg.label_column,
+                   "required": tuple(cfg.filters.required_fields), "max_chars": cfg.max_field_chars},
+    )
+    a = cfg.actors
+    ds = ds.map_batches(
+        TeacherActor, batch_size=a.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=a.pool_min, max_size=a.pool_max,
+                                           max_tasks_in_flight_per_actor=a.max_tasks_in_flight),
+        num_cpus=a.num_cpus, num_gpus=a.num_gpus or None, resources=a.resources or None,
+        fn_constructor_kwargs={"teacher_cfg": teacher_cfg.model_dump(mode="json"),
+                               "filter_cfg": cfg.filters.model_dump(mode="json"), "retries": a.batch_retries},
+    )
+    ds.write_parquet(staging)
+
+
+def _remove(path: str) -> None:
+    if io.exists(path):
+        fs, p = io.filesystem(path)
+        fs.delete_dir(p)
+
+
+def run(cfg: LabelConfig) -> dict[str, Any]:
+    """Label every input file not yet done; returns the manifest (also in `<output>/_MANIFEST.json`)."""
+    out = cfg.resolve(cfg.output)
+    # Fail before any work: a missing input, model folder or index names its field.
+    files = _input_files(cfg)
+    teacher_cfg = parse_teacher_config(json.loads(cfg.resolve(json.dumps(cfg.teacher.model_dump(mode="json")))))
+    check_teacher_sources(teacher_cfg)
+    started = time.perf_counter()
+    io.makedirs(out)
+    if cfg.force:
+        _remove(io.join(out, "_done"))
+    pending = [f for f in files if not io.exists(_done_marker(out, label_file_key(f)))]
+    log.info("labeling: %d input files, %d already done, %d to label", len(files), len(files) - len(pending), len(pending))
+    rows_this_run = 0
+    if pending:
+        ensure_ray(cfg.ray)
+    for start in range(0, len(pending), cfg.files_per_round):
+        round_files = pending[start:start + cfg.files_per_round]
+        staging = io.join(out, "_staging", uuid.uuid4().hex[:12])
+        _label_round(cfg, teacher_cfg, round_files, staging)
+        rows_this_run += sum(m["rows_in"] for m in _commit(staging, out, round_files))
+        _remove(staging)
+        log.info("labeling: committed %d/%d pending files", min(start + cfg.files_per_round, len(pending)), len(pending))
+    elapsed = time.perf_counter() - started
+    markers = [io.read_json(_done_marker(out, label_file_key(f))) for f in files]
+    teacher_ids = {t for m in markers for t in m.get("teacher_ids", [])}
+    total = {k: sum(m[k] for m in markers) for k in ("rows_in", "rows_labeled", "rows_kept", "rows_rejected")}
+    manifest = {
+        **total,
+        "complete": True,
+        "inputs": markers,
+        "teacher_ids": sorted(teacher_ids),
+        "config_hash": config_hash(cfg),
+        "format": cfg.format,
+        "timings": {"total_s": round(elapsed, 3), "rows_this_run": rows_this_run,
+                    "rows_per_s": round(rows_this_run / elapsed, 2) if rows_this_run and elapsed > 0 else None},
+    }
+    io.write_json(io.join(out, "_MANIFEST.json"), manifest)
+    print(f"labeling: {total['rows_in']} rows in {len(files)} files ({rows_this_run} this run) in {elapsed:.1f}s"
+          + (f" = {rows_this_run / elapsed:.1f} rows/s" if rows_this_run else "")
+          + f"; kept {total['rows_kept']}, filtered {total['rows_labeled'] - total['rows_kept']}, rejected {total['rows_rejected']}",
+          flush=True)
+    return manifest
