@@ -54,7 +54,11 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_command == "inspect":
         from distillery.data.readers import inspect_logs
 
-        summary = inspect_logs(args.path, fmt=args.format, label_column=args.label_column)
+        try:
+            summary = inspect_logs(args.path, fmt=args.format, label_column=args.label_column)
+        except ValueError as err:  # a missing label column, an unreadable format: say which
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if args.json:
             print(json.dumps(summary, default=str))
         else:

@@ -168,3 +168,10 @@ def test_validate_reports_every_problem_at_once():
         "imp[0].banner.h: expected an integer, got float",
         "imp[1]: expected an object, got int",
     ]
+
+
+def test_lone_surrogates_become_replacement_characters():
+    request = json.loads('{"id": "r", "app": {"name": "we\\udc80ather"}, "imp": [{"id": "1", "banner": {}}]}')
+    (row,) = request_to_rows(request)
+    assert row["query"] == "we\ufffdather"
+    json.dumps(row).encode("utf-8")  # serializable: the bidder can log and score it

@@ -267,3 +267,26 @@ def test_cli_inspect_generic_label_column(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == INSPECT_KEYS and summary["clicks"] == 2
     assert summary["sample_text"] == "query: running shoes | hour: 14 | alpha=3 | sid=a | zeta=z1"
+
+
+def test_cli_inspect_bad_label_column_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "clicks.csv"
+    path.write_text(CSV)
+    assert main(["data", "inspect", str(path), "--label-column", "nope", "--json"]) == 2
+    assert "label column 'nope' not found" in capsys.readouterr().err
+
+
+def test_openrtb_reader_keeps_the_first_of_duplicate_imps_and_survives_escapes(tmp_path):
+    requests = [{"id": "r", "imp": [{"id": "1", "banner": {"w": 1, "h": 2}}, {"id": "1", "banner": {}}]},
+                {"id": "s", "site": {"page": "\udc80"}, "imp": [{"id": "1", "banner": {}}]}]
+    (tmp_path / "reqs.json").write_text(json.dumps(requests))  # a JSON array of requests
+    result = read_logs(str(tmp_path / "reqs.json"))
+    assert result.table.to_pylist()[0]["slot_size"] == "1x2"
+    assert result.rejects.to_pylist()[0] == {"id": "r:1", "source": f"{tmp_path / 'reqs.json'}:1",
+                                             "reason": "imp[1].id: duplicate '1'"}
+    assert result.table.column("id").to_pylist() == ["r:1", "s:1"]
+    assert "\ufffd" in result.table.column("query").to_pylist()[1]  # marked for row_problem, not a crash
+    (tmp_path / "rows.jsonl").write_text('{"id": "a", "query": "\\udc80"}\n{"id": "b", "query": "ok"}\n')
+    rows = read_logs(str(tmp_path / "rows.jsonl"))
+    assert rows.table.column("id").to_pylist() == ["b"]
+    assert rows.rejects.column("reason").to_pylist() == ["query: undecodable bytes (not UTF-8)"]

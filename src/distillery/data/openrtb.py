@@ -41,6 +41,10 @@ def _text(value: Any) -> str | None:
         value = _number(value)
     if not isinstance(value, str):
         return None
+    if not value.isascii():
+        # a "\udc80" escape decodes to a lone surrogate, which no encoder accepts: mark it the way a
+        # bad byte is marked (U+FFFD), so the row stays serializable and `row_problem` can flag it
+        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     value = " ".join(value.split())
     return value or None
 

@@ -1,0 +1,315 @@
+"""Parsing helpers of the ad-log readers: typed values, row mappers, delimited and JSON-lines files.
+
+Everything here is pure: bytes in, `(rows, rejects)` out, where a row is a dict of LOG_SCHEMA columns
+plus extra string columns and a reject is `(id or None, "file:line", reason naming the field)`.
+`distillery.data.readers` picks the format and assembles tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import posixpath
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+
+from distillery.data.schema import CLICK, CLICK_PROB, ID, LOG_SCHEMA
+
+__all__ = [
+    "KNOWN", "CRITEO_HEADER", "RowError", "Reject", "Parsed", "as_int", "as_text", "click_label", "typed_value",
+    "check_utf8", "generic_mapper", "criteo_row", "avazu_row", "file_stem", "file_suffix", "parse_delimited",
+    "json_documents", "parse_jsonl",
+]
+
+KNOWN = {f.name: f.type for f in LOG_SCHEMA}
+CRITEO_HEADER = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+AVAZU_APP_CATEGORY_PLACEHOLDER = "07d7df22"  # app_category of site traffic in Avazu
+COMPRESSION = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow's input streams decompress these by name
+_INT_BITS = {pa.int8(): 8, pa.int32(): 32, pa.int64(): 64}
+
+Reject = tuple[str | None, str, str]  # (row id if known, "file:line", reason naming the field)
+Parsed = tuple[list[dict[str, Any]], list[Reject]]
+
+
+class RowError(ValueError):
+    """A row that cannot be parsed; the message names the field (`hour: expected an integer, got 'x'`)."""
+
+
+# ---------------------------------------------------------------- values
+
+
+def as_int(value: Any, name: str, bits: int = 64) -> int:
+    if isinstance(value, bool):
+        raise RowError(f"{name}: expected an integer, got bool")
+    number: int | float
+    if isinstance(value, (int, float)):
+        number = value
+    else:
+        text = str(value).strip()
+        try:  # int() first: float() would round ids and nanosecond times beyond 2**53
+            number = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise RowError(f"{name}: expected an integer, got {value!r}") from None
+    if isinstance(number, float):
+        if not number.is_integer():  # also NaN and infinities
+            raise RowError(f"{name}: expected an integer, got {value!r}")
+        number = int(number)
+    if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+        raise RowError(f"{name}: {number} out of range for int{bits}")
+    return number
+
+
+def click_label(value: Any, name: str) -> int | None:
+    """0/1 from `0`, `1`, `0.0`, `true`, `no`, ...; None when empty; RowError otherwise."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip().lower()
+    if text in ("", "null", "none", "nan"):
+        return None
+    if text in ("1", "1.0", "true", "yes"):
+        return 1
+    if text in ("0", "0.0", "false", "no"):
+        return 0
+    raise RowError(f"{name}: expected a 0/1 click label, got {value!r}")
+
+
+def as_text(value: Any) -> str | None:
+    """Extras and text fields are strings: numbers as `to_text` would render them, JSON for nesting."""
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def typed_value(name: str, value: Any, source_name: str | None = None) -> Any:
+    """`value` as the LOG_SCHEMA type of column `name`; errors name the source's column."""
+    label = source_name or name
+    if value is None or value == "":
+        return None
+    if name == CLICK:
+        return click_label(value, label)
+    typ = KNOWN[name]
+    if typ in _INT_BITS:
+        return as_int(value, label, _INT_BITS[typ])
+    if name == CLICK_PROB:
+        try:
+            prob = float(value)
+        except (TypeError, ValueError):
+            raise RowError(f"{label}: expected a probability, got {value!r}") from None
+        if not 0.0 <= prob <= 1.0:
+            raise RowError(f"{label}: probability {prob} outside [0, 1]")
+        return prob
+    return as_text(value)
+
+
+def check_utf8(fields: dict[str, str]) -> None:
+    """Text was decoded with surrogateescape: a lone surrogate marks a byte that is not UTF-8."""
+    for name, value in fields.items():
+        if value and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RowError(f"{name}: undecodable bytes (not UTF-8)") from None
+
+
+# ---------------------------------------------------------------- row mappers (source dict -> log row)
+
+Mapper = Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+def generic_mapper(label_column: str | None) -> Mapper:
+    """Known columns typed, `label_column` renamed to `click`, `id` kept or derived, the rest strings."""
+
+    def to_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for name, value in raw.items():
+            target = CLICK if name == label_column else name
+            if name == CLICK and label_column not in (None, CLICK):
+                target = "click_original"  # the file's own `click` column when another one is the label
+            row[target] = typed_value(target, value, name) if target in KNOWN else as_text(value)
+        if ID in raw:
+            if row[ID] is None or not row[ID].strip():
+                raise RowError(f"{ID}: missing or empty")
+        else:
+            row[ID] = default_id
+        return row
+
+    return to_row
+
+
+def criteo_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
+    """`label` -> click; I1..I13 as integer text (`260.0` -> `260`), C1..C26 as given; empty -> null."""
+    row: dict[str, Any] = {ID: default_id, CLICK: click_label(raw.get("label"), "label")}
+    for name, value in raw.items():
+        if name == "label":
+            continue
+        if value and name.startswith("I"):
+            try:
+                number = float(value)
+            except ValueError:
+                raise RowError(f"{name}: expected a number, got {value!r}") from None
+            value = str(int(number)) if number.is_integer() else value
+        row[name] = value or None
+    return row
+
+
+def _avazu_hour(value: str) -> tuple[int, int]:
+    """`YYMMDDHH` (UTC) -> (unix seconds, hour of day)."""
+    try:
+        when = datetime.strptime(value.strip(), "%y%m%d%H").replace(tzinfo=timezone.utc)
+    except (ValueError, AttributeError):
+        raise RowError(f"hour: expected YYMMDDHH, got {value!r}") from None
+    return int(when.timestamp()), when.hour
+
+
+def avazu_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
+    """Avazu: `id` kept as text (most exceed int64), hour -> ts + hour of day, slot from C15xC16."""
+    rid = (raw.get(ID) or "").strip()
+    if not rid:
+        raise RowError(f"{ID}: missing or empty")
+    row: dict[str, Any] = {ID: rid}
+    if CLICK in raw:
+        row[CLICK] = click_label(raw[CLICK], CLICK)
+    if raw.get("hour"):
+        row["ts"], row["hour"] = _avazu_hour(raw["hour"])
+    if raw.get("banner_pos"):
+        row["position"] = as_int(raw["banner_pos"], "banner_pos", 32)
+    app_cat = raw.get("app_category")
+    row["site_category"] = (app_cat if app_cat and app_cat != AVAZU_APP_CATEGORY_PLACEHOLDER
+                            else raw.get("site_category")) or None
+    row["device"] = raw.get("device_type") or None
+    w, h = raw.get("C15"), raw.get("C16")
+    row["slot_size"] = f"{w}x{h}" if w and h else None
+    used = {ID, CLICK, "hour", "banner_pos", "site_category", "app_category", "device_type", "C15", "C16"}
+    row.update({k: v or None for k, v in raw.items() if k not in used})
+    return row
+
+
+# ---------------------------------------------------------------- per-file parsers -> (rows, rejects)
+
+
+def file_stem(path: str) -> str:
+    name = posixpath.basename(path.replace("\\", "/"))
+    for suffix in COMPRESSION:
+        name = name.removesuffix(suffix)
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def file_suffix(path: str) -> str:
+    name = posixpath.basename(path.replace("\\", "/")).lower()
+    for suffix in COMPRESSION:
+        name = name.removesuffix(suffix)
+    return "." + name.rsplit(".", 1)[1] if "." in name else ""
+
+
+def _delimited_records(path: str, data: bytes, delimiter: str, header: list[str] | None
+                       ) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None, str | None]]]:
+    """(header, records): each record is (line, {column: text}, None), or (line, None, reason) for a
+    malformed one. Bytes that are not UTF-8 survive as lone surrogates for `check_utf8` to flag."""
+    text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if header is None:
+        header = next(reader, [])
+        dupes = sorted({c for c in header if header.count(c) > 1})
+        if dupes:
+            raise ValueError(f"{path}: duplicate column names {dupes}")
+
+    def records() -> Iterator[tuple[int, dict[str, str] | None, str | None]]:
+        line = reader.line_num
+        while True:
+            start = line + 1  # line_num counts physical lines, so quoted newlines keep numbering true
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                line = reader.line_num
+                yield start, None, f"line: malformed ({err})"
+                continue
+            line = reader.line_num
+            if not fields:  # blank line
+                continue
+            if len(fields) != len(header):
+                yield start, None, f"row has {len(fields)} fields, header has {len(header)}"
+                continue
+            yield start, dict(zip(header, fields)), None
+
+    return header, records()
+
+
+def parse_delimited(path: str, data: bytes, delimiter: str, mapper: Mapper, header: list[str] | None = None,
+                    label_column: str | None = None) -> Parsed:
+    """Rows of a CSV/TSV file through `mapper`; ids default to `<file stem>:<line>` (header = line 1).
+
+    `header`: the column names of a file without a header row (headerless Criteo); else line 1.
+    """
+    rows, rejects, stem = [], [], file_stem(path)
+    header, records = _delimited_records(path, data, delimiter, header)
+    if label_column and header and label_column not in header:
+        raise ValueError(f"{path}: label column {label_column!r} not found; columns are {header}")
+    for line, raw, problem in records:
+        default_id = f"{stem}:{line}"
+        if ID not in header:
+            rid = default_id
+        else:  # the row's own id, if the row could be split at all
+            rid = (raw.get(ID) or None) if raw is not None else None
+        if problem is None:
+            try:
+                check_utf8(raw)
+                rows.append(mapper(raw, default_id))
+                continue
+            except RowError as err:
+                problem = str(err)
+        if rid is not None and not rid.isascii():
+            rid = rid.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+        rejects.append((rid, f"{path}:{line}", problem))
+    return rows, rejects
+
+
+def json_documents(path: str, data: bytes, whole: bool) -> Iterator[tuple[int, Any, str | None]]:
+    """(line, decoded JSON, None) or (line, None, reason); `whole`: the file is one JSON document."""
+    chunks = [(1, data)] if whole else enumerate(data.split(b"\n"), start=1)
+    for line, chunk in chunks:
+        if not chunk.strip():
+            continue
+        try:
+            yield line, json.loads(chunk.decode("utf-8")), None
+        except UnicodeDecodeError:
+            yield line, None, "line: undecodable bytes (not UTF-8)"
+        except ValueError as err:
+            yield line, None, f"line: not valid JSON ({err})"
+
+
+def parse_jsonl(path: str, data: bytes, label_column: str | None) -> Parsed:
+    """One JSON object per line; nested values become JSON text, ids default to `<file stem>:<line>`."""
+    rows, rejects, to_row, stem = [], [], generic_mapper(label_column), file_stem(path)
+    for line, obj, problem in json_documents(path, data, whole=False):
+        rid = None
+        if problem is None and not isinstance(obj, dict):
+            problem = f"line: expected a JSON object, got {type(obj).__name__}"
+        if problem is None:
+            rid = as_text(obj.get(ID)) if ID in obj else f"{stem}:{line}"
+            try:
+                check_utf8({k: v for k, v in obj.items() if isinstance(v, str)})  # "\udc80" escapes
+                rows.append(to_row(obj, f"{stem}:{line}"))
+                continue
+            except RowError as err:
+                problem = str(err)
+        rejects.append((rid, f"{path}:{line}", problem))
+    if label_column and rows and not any(CLICK in r for r in rows):
+        raise ValueError(f"{path}: label column {label_column!r} not found in any row")
+    return rows, rejects
