@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -30,6 +31,7 @@ DEVICE_TYPES = {
     8: "ooh",  # out-of-home screen (2.6)
 }
 IMP_TYPES = ("banner", "video", "audio", "native")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _OBJECTS = ("site", "app", "device", "user", "regs", "source", "ext")
 
 
@@ -44,7 +46,7 @@ def _text(value: Any) -> str | None:
     if not value.isascii():
         # a "\udc80" escape decodes to a lone surrogate, which no encoder accepts: mark it the way a
         # bad byte is marked (U+FFFD), so the row stays serializable and `row_problem` can flag it
-        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        value = _SURROGATE.sub("\ufffd", value)
     value = " ".join(value.split())
     return value or None
 
