@@ -62,3 +62,65 @@ def save_tiny_bert(path: Path, num_layers: int = 2, hidden: int = 64, num_labels
 def tiny_bert(tmp_path_factory) -> Path:
     """Folder of a 2-layer, 64-wide random BERT with one output logit (click)."""
     return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+# Words a tiny causal-LM tokenizer must know: prompt words, answers, ad-log field labels.
+_LM_CORPUS = (
+    "Ad impression: query: site: device: os: hour: position: slot: advertiser: ad: text: ad category: | "
+    "Question: will the user click this ad? Answer yes or no.\nAnswer: yes no Yes No "
+    "running shoes cheap sneakers luxury watch travel deals mobile desktop android ios news sports"
+)
+
+
+def _tiny_bpe_tokenizer():
+    """A byte-level BPE tokenizer trained offline on a few sentences (GPT-2 style; eos, no pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([_LM_CORPUS] * 20, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+def save_tiny_causal_lm(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
+    """A random 2-layer, 64-wide causal LM (`gpt2` or `llama`) with a tiny BPE tokenizer, saved as a
+    Hugging Face folder. Weights are initialised wider than usual so next-token odds vary by row."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tok = _tiny_bpe_tokenizer()
+    n = len(tok)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=n, n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.2)
+        model = GPT2LMHeadModel(cfg)
+    elif arch == "llama":
+        cfg = LlamaConfig(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.2)
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(f"arch {arch!r}: expected gpt2 or llama")
+    model.eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """Folder of a tiny random GPT-2 causal LM with a byte-level BPE tokenizer."""
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """Folder of a tiny random Llama causal LM (RoPE, grouped-query attention) with a BPE tokenizer."""
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), "llama")

@@ -1,0 +1,77 @@
+"""`hf-classifier`: any Hugging Face sequence-classification folder as a click teacher.
+
+num_labels 1 → P(click) = sigmoid(logit); num_labels 2 → softmax(logits)[:, 1]. Texts are
+tokenized once per call, sorted by token length and batched so each batch pads only to its own
+longest row; results come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from distillery.config import ConfigError
+from distillery.teachers._hf import (
+    length_sorted_batches,
+    load_tokenizer,
+    local_model_dir,
+    model_fingerprint,
+    model_label,
+    pad_batch,
+    setup_torch,
+)
+from distillery.teachers.base import HFClassifierConfig, sigmoid
+
+__all__ = ["HFClassifierTeacher"]
+
+log = logging.getLogger(__name__)
+
+
+class HFClassifierTeacher:
+    """Loads the model in `__init__` (on the configured device and dtype); `predict_proba` is pure
+    inference. Construct it inside a Ray actor, not on the driver, to avoid shipping weights."""
+
+    def __init__(self, cfg: HFClassifierConfig):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self.cfg = cfg
+        self.device, dtype = setup_torch(cfg.device, cfg.dtype, cfg.num_threads)
+        path = local_model_dir(cfg.model)
+        self.tokenizer = load_tokenizer(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.num_labels = int(self.model.config.num_labels)
+        if self.num_labels not in (1, 2):
+            raise ConfigError(
+                f"teacher.model: {cfg.model!r} has num_labels={self.num_labels}; a click teacher needs 1 (sigmoid) or 2 (softmax)"
+            )
+        suffix = "" if cfg.dtype == "fp32" else f"@{cfg.dtype}"
+        self.teacher_id = f"hf-classifier:{model_label(cfg.model)}:{model_fingerprint(path, self.model)}{suffix}"
+        self._torch = torch
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Click probabilities, (len(texts),) float64 in [0, 1], in the order of `texts`."""
+        return self._sigmoid_or_softmax(self.predict_logits(texts))
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Raw logits in fp32: (n,) for num_labels 1, (n, 2) for num_labels 2."""
+        torch = self._torch
+        shape = (len(texts),) if self.num_labels == 1 else (len(texts), 2)
+        out = np.zeros(shape, dtype=np.float32)
+        if not texts:
+            return out
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.cfg.max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        with torch.inference_mode():
+            for index in length_sorted_batches(lengths, self.cfg.batch_size):
+                batch = pad_batch(self.tokenizer, encoded, index, self.device)
+                logits = self.model(**batch).logits.float().cpu().numpy()
+                out[index] = logits[:, 0] if self.num_labels == 1 else logits
+        return out
+
+    def _sigmoid_or_softmax(self, logits: np.ndarray) -> np.ndarray:
+        z = logits.astype(np.float64)
+        if self.num_labels == 1:
+            return sigmoid(z)
+        return sigmoid(z[:, 1] - z[:, 0])  # = softmax(z)[:, 1], stable for large logits
