@@ -17,7 +17,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-__all__ = ["DEVICE_TYPES", "impression_context", "request_time", "request_to_rows", "validate_bid_request"]
+__all__ = ["DEVICE_TYPES", "IMP_TYPES", "impression_context", "request_time", "request_to_rows", "validate_bid_request"]
 
 # OpenRTB 2.5 list 5.21 / AdCOM 1.0 "Device Type" (2.6), as the short words our rows use.
 DEVICE_TYPES = {

@@ -27,6 +27,7 @@ __all__ = [
 
 KNOWN = {f.name: f.type for f in LOG_SCHEMA}
 CRITEO_HEADER = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+_CRITEO_INTS = frozenset(CRITEO_HEADER[1:14])
 AVAZU_APP_CATEGORY_PLACEHOLDER = "07d7df22"  # app_category of site traffic in Avazu
 COMPRESSION = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow's input streams decompress these by name
 _INT_BITS = {pa.int8(): 8, pa.int32(): 32, pa.int64(): 64}
@@ -153,17 +154,18 @@ def generic_mapper(label_column: str | None) -> Mapper:
 
 def criteo_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
     """`label` -> click; I1..I13 as integer text (`260.0` -> `260`), C1..C26 as given; empty -> null."""
-    row: dict[str, Any] = {ID: default_id, CLICK: click_label(raw.get("label"), "label")}
+    row: dict[str, Any] = {ID: default_id, CLICK: click_label(raw["label"], "label")}
     for name, value in raw.items():
-        if name == "label":
-            continue
-        if value and name.startswith("I"):
+        if not value:
+            row[name] = None
+        elif name in _CRITEO_INTS and value.endswith(".0"):
             try:
-                number = float(value)
+                row[name] = str(int(float(value)))
             except ValueError:
                 raise RowError(f"{name}: expected a number, got {value!r}") from None
-            value = str(int(number)) if number.is_integer() else value
-        row[name] = value or None
+        else:
+            row[name] = value
+    del row["label"]
     return row
 
 
@@ -217,10 +219,15 @@ def file_suffix(path: str) -> str:
 
 
 def _delimited_records(path: str, data: bytes, delimiter: str, header: list[str] | None
-                       ) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None, str | None]]]:
-    """(header, records): each record is (line, {column: text}, None), or (line, None, reason) for a
-    malformed one. Bytes that are not UTF-8 survive as lone surrogates for `check_utf8` to flag."""
-    text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+                       ) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None, str | None]], bool]:
+    """(header, records, clean): each record is (line, {column: text}, None), or (line, None, reason)
+    for a malformed one. Unless `clean` (the file is valid UTF-8), bytes that are not UTF-8 survive
+    as lone surrogates for `check_utf8` to flag."""
+    try:
+        text, clean = data.decode("utf-8"), True
+    except UnicodeDecodeError:  # keep going: only the rows holding the bad bytes are rejected
+        text, clean = data.decode("utf-8", errors="surrogateescape"), False
+    text = text.lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     if header is None:
         header = next(reader, [])
@@ -248,7 +255,7 @@ def _delimited_records(path: str, data: bytes, delimiter: str, header: list[str]
                 continue
             yield start, dict(zip(header, fields)), None
 
-    return header, records()
+    return header, records(), clean
 
 
 def parse_delimited(path: str, data: bytes, delimiter: str, mapper: Mapper, header: list[str] | None = None,
@@ -258,7 +265,7 @@ def parse_delimited(path: str, data: bytes, delimiter: str, mapper: Mapper, head
     `header`: the column names of a file without a header row (headerless Criteo); else line 1.
     """
     rows, rejects, stem = [], [], file_stem(path)
-    header, records = _delimited_records(path, data, delimiter, header)
+    header, records, clean = _delimited_records(path, data, delimiter, header)
     if label_column and header and label_column not in header:
         raise ValueError(f"{path}: label column {label_column!r} not found; columns are {header}")
     for line, raw, problem in records:
@@ -269,7 +276,8 @@ def parse_delimited(path: str, data: bytes, delimiter: str, mapper: Mapper, head
             rid = (raw.get(ID) or None) if raw is not None else None
         if problem is None:
             try:
-                check_utf8(raw)
+                if not clean:
+                    check_utf8(raw)
                 rows.append(mapper(raw, default_id))
                 continue
             except RowError as err:
