@@ -251,7 +251,8 @@ def decide_bids(
     openrtb: str = "2.6",
 ) -> dict[str, Any] | None:
     """The bid response for `plan` given click probabilities `probs` (len(plan.candidates),), or None
-    when no impression gets a bid (the caller answers HTTP 204). Prices are CPM in `plan.currency`."""
+    when no impression gets a bid (the caller answers HTTP 204). Prices are CPM in `plan.currency`.
+    Impressions left without a bid get their reason in `plan.no_bid` (and the response's `ext.no_bid`)."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if probs.shape[0] != len(plan.candidates):
         raise ValueError(f"probs: {probs.shape[0]} values for {len(plan.candidates)} candidates")
@@ -265,7 +266,7 @@ def decide_bids(
             continue
         if cand.imp_id not in best or ecpm > best[cand.imp_id][0]:
             best[cand.imp_id] = (ecpm, price, k)
-    no_bid = dict(plan.no_bid)
+    no_bid = plan.no_bid
     seats: dict[str, list[dict[str, Any]]] = {}
     for imp_id in plan.imp_ids:
         if imp_id in no_bid:

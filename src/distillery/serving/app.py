@@ -1,0 +1,156 @@
+"""The Ray Serve application: typed args, the app builder, and `distillery serve`.
+
+    serve run serve/serve_config.yaml                 # local, from the repo root
+    serve deploy serve/serve_config.yaml              # a running cluster (KubeRay's RayService too)
+    distillery serve --model-dir runs/demo/onnx [--host 127.0.0.1] [--port 8000] [--config FILE]
+
+All three go through `build_app(args: AppArgs)`; the Serve config's `applications[].args` are
+`AppArgs`, its `deployments:` entry for `CTRServer` sets replicas, batching headroom, autoscaling
+and resources. Hot model swap: set `user_config: {model_dir: ..., variant: ...}` on that deployment
+and `serve deploy` again; replicas load the new folder beside the old one and switch atomically.
+"""
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from distillery.config import ConfigError, Section, validate_config
+from distillery.serving.limits import LimitsSection
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+__all__ = ["AppArgs", "ModelSection", "BatchSection", "BidderSection", "build_app", "cli_main",
+           "resolve_model_dir", "DEPLOYMENT_NAME", "deployment_options"]
+
+log = logging.getLogger(__name__)
+DEPLOYMENT_NAME = "CTRServer"
+DEFAULT_CONFIG = "serve/serve_config.yaml"
+
+
+class ModelSection(Section):
+    """Which model a replica serves; also the `user_config` schema (change it to hot-swap)."""
+
+    model_dir: str = Field(..., min_length=1, description="ONNX folder (model_card.json + variants); relative to model_root")
+    variant: Literal["int8", "int8_static", "fp16", "fp32"] | None = Field(
+        None, description="model file variant; None: int8 on cpu, fp16 on cuda")
+
+
+class BatchSection(Section):
+    max_batch_rows: int = Field(64, ge=1, le=4096, description="most texts scored in one ONNX Runtime call")
+    batch_wait_timeout_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill, ms")
+
+
+class BidderSection(Section):
+    catalog: str | None = Field(None, description="catalog YAML (distillery.serving.catalog schema); None: the demo catalog")
+    network_margin_ms: float = Field(15.0, ge=0, description="part of tmax kept for the network and the exchange, ms")
+    default_tmax_ms: float = Field(100.0, gt=0, description="deadline when a request has no tmax, ms")
+    max_candidates: int = Field(512, ge=1, description="most (impression, creative) rows scored for one request")
+
+
+class AppArgs(Section):
+    """Arguments of `build_app`: what to serve and how. Resources and replicas live in the Serve YAML."""
+
+    model_root: str = Field("runs", description="folder every served model must be inside; relative to the builder's cwd")
+    model: ModelSection = Field(..., description="the model served at start")
+    provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider; cuda refuses to fall back")
+    intra_op_threads: int | None = Field(1, ge=1, description="ORT threads per replica (None: one per core)")
+    batch: BatchSection = Field(default_factory=BatchSection, description="@serve.batch settings")
+    limits: LimitsSection = Field(default_factory=LimitsSection, description="request size and shape limits")
+    bidder: BidderSection = Field(default_factory=BidderSection, description="OpenRTB bidder settings")
+    auth_token_env: str | None = Field("DISTILLERY_SERVE_TOKEN",
+                                       description="env var holding the bearer token; unset or empty disables auth")
+
+    @model_validator(mode="after")
+    def _root_absolute(self) -> "AppArgs":
+        # Replicas may run with another cwd: fix the root where the app is built.
+        self.model_root = str(Path(self.model_root).expanduser().resolve())
+        resolve_model_dir(self.model_root, self.model.model_dir)  # fail at build time, naming the field
+        return self
+
+    def variant(self, model: ModelSection) -> str:
+        return model.variant or ("fp16" if self.provider == "cuda" else "int8")
+
+
+def resolve_model_dir(model_root: str, model_dir: str) -> str:
+    """Absolute path of `model_dir` (relative to `model_root`), refusing anything outside the root
+    (`..`, absolute paths elsewhere, symlinks out)."""
+    root = Path(model_root).resolve()
+    path = Path(model_dir).expanduser()
+    path = (path if path.is_absolute() else root / path).resolve()
+    if path != root and root not in path.parents:
+        raise ConfigError(f"model.model_dir {model_dir!r}: resolves to {path}, outside model_root {root}")
+    return str(path)
+
+
+def build_app(args: AppArgs) -> "Application":
+    """The Serve application for `args`. Serve validates a config's `args:` into `AppArgs` from this
+    annotation; a plain dict is validated here too (with a `ConfigError` naming the field)."""
+    return _bind(args, {})
+
+
+def _bind(args: "AppArgs | dict[str, Any]", options: dict[str, Any]) -> "Application":
+    from distillery.serving.deployment import CTRServer
+
+    if not isinstance(args, AppArgs):
+        args = validate_config(AppArgs, dict(args), "app args")
+    options = {"user_config": args.model.model_dump(), **options}
+    return CTRServer.options(**options).bind(args.model_dump())
+
+
+def deployment_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The `deployments:` overrides for CTRServer in a Serve config dict (first application)."""
+    apps = config.get("applications") or [{}]
+    for entry in apps[0].get("deployments") or []:
+        if entry.get("name") == DEPLOYMENT_NAME:
+            return {k: v for k, v in entry.items() if k != "name"}
+    return {}
+
+
+def _load_serve_yaml(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read Serve config ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def cli_main(args) -> int:
+    """`distillery serve`: start an embedded Ray + Serve, print the URL, serve until interrupted."""
+    from ray import serve
+
+    from distillery.ray_runtime import RaySection, ensure_ray
+
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    config = _load_serve_yaml(path) if path else {}
+    app_args = dict(((config.get("applications") or [{}])[0]).get("args") or {})
+    model_dir = str(Path(args.model_dir).expanduser().resolve())
+    if not args.config:  # the operator named the folder: trust its parent as the root
+        app_args["model_root"] = str(Path(model_dir).parent)
+    app_args["model"] = {**(app_args.get("model") or {}), "model_dir": model_dir}
+    app_args = validate_config(AppArgs, app_args, path or "serve args")
+    options = deployment_options(config)
+    options.pop("user_config", None)  # --model-dir decides what is served
+
+    ensure_ray(RaySection(num_cpus=max(4, os.cpu_count() or 1)))
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(_bind(app_args, options), name="distillery", route_prefix="/")
+    print(f"distillery serving {model_dir} at http://{args.host}:{args.port} "
+          f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0

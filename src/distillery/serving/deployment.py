@@ -1,0 +1,282 @@
+"""The Serve deployment: FastAPI routes over one batched ONNX Runtime scorer per replica.
+
+Routes (all JSON; errors are `{"error": "..."}` with a 4xx status naming the problem):
+
+    GET  /healthz, /v2/health/live, /v2/health/ready         no auth
+    POST /predict                                              rows or texts -> probabilities
+    GET  /v2 | /v2/models/{m}[/versions/{v}][/ready]           OIP metadata and readiness
+    POST /v2/models/{m}[/versions/{v}]/infer                   OIP infer (JSON or binary tensors)
+    POST /openrtb/2.5/bid, /openrtb/2.6/bid                    bid response, or 204 no-bid in tmax
+
+Every scored row goes through `_score` (`@serve.batch`, sized in rows), so the candidates of one
+bid request and rows of concurrent requests share ONNX Runtime calls. Every response carries the
+model version that scored it (`x-model-version` header, and in the JSON body).
+"""
+
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from distillery.serving import oip
+from distillery.serving.app import DEPLOYMENT_NAME, AppArgs, ModelSection, resolve_model_dir
+from distillery.serving.bidder import BidRequestError, decide_bids, deadline_budget_ms, plan_bids
+from distillery.serving.catalog import load_catalog
+from distillery.serving.limits import BadRequest, check_bearer, check_content_length, parse_json_body
+from distillery.serving.metrics import ServingMetrics
+from distillery.serving.predict import predict_texts
+
+log = logging.getLogger("ray.serve")
+api = FastAPI(title="distillery", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _count_rejected(request: Request, status: int) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        path = request.url.path
+        route = next((r for r in ("predict", "v2", "openrtb") if path.startswith(f"/{r}")), "other")
+        metrics.rejected(route, status)
+
+
+@api.exception_handler(BadRequest)
+async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
+    _count_rejected(request, err.status)
+    return _error(err.status, err.message, err.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    _count_rejected(request, err.status_code)
+    return _error(err.status_code, str(err.detail))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    _count_rejected(request, 400)
+    return _error(400, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s", request.url.path)
+    return _error(500, f"internal error ({type(err).__name__}); the replica keeps serving")
+
+
+def _rows(items: list[list[str]]) -> int:
+    return sum(len(texts) for texts in items)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=64, max_queued_requests=256,
+                  ray_actor_options={"num_cpus": 0.5}, graceful_shutdown_wait_loop_s=1.0,
+                  graceful_shutdown_timeout_s=10.0, health_check_period_s=5.0)
+@serve.ingress(api)
+class CTRServer:
+    """One replica: scorer, catalog, limits; `reconfigure` hot-swaps the model from `user_config`."""
+
+    def __init__(self, args: dict[str, Any]):
+        self.args = AppArgs.model_validate(args)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")  # one ORT call at a time
+        self._catalog = load_catalog(self.args.bidder.catalog)
+        env = self.args.auth_token_env
+        self._token = os.environ.get(env) or None if env else None
+        self._metrics = ServingMetrics()
+        api.state.metrics = self._metrics  # one replica per process: the error handlers count here
+        self._scorer = self._load(self.args.model)
+        self._model = self.args.model
+        self._score.set_max_batch_size(self.args.batch.max_batch_rows)
+        self._score.set_batch_wait_timeout_s(self.args.batch.batch_wait_timeout_ms / 1000.0)
+        self._reconfigured = False
+        self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
+        log.info("serving %r version %s (%s) on %s, auth %s", self._scorer.name, self._scorer.version,
+                 self._scorer.variant, self._scorer.providers, "on" if self._token else "off")
+
+    def _load(self, model: ModelSection):
+        from distillery.serving.scorer import OnnxScorer
+
+        path = resolve_model_dir(self.args.model_root, model.model_dir)
+        # OnnxScorer raises if provider=cuda and ORT did not really get CUDA: the replica refuses to start.
+        return OnnxScorer(path, variant=self.args.variant(model), provider=self.args.provider,
+                          intra_op_threads=self.args.intra_op_threads)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Hot swap: load the folder named in `user_config` beside the serving one, then switch.
+
+        In-flight batches finish on the model they started with. A bad folder at start fails the
+        replica; a bad folder later is logged and counted, and the old model keeps serving.
+        """
+        first, self._reconfigured = not self._reconfigured, True
+        try:
+            model = ModelSection.model_validate(user_config or {})
+            if model == self._model:
+                return
+            loop = asyncio.get_running_loop()
+            scorer = await loop.run_in_executor(None, self._load, model)  # not the scoring thread
+        except Exception as err:
+            self._metrics.swap(ok=False)
+            if first:
+                raise
+            log.error("model swap to %r failed, still serving version %s: %s", user_config, self._scorer.version, err)
+            return
+        old = self._scorer
+        self._scorer, self._model = scorer, model
+        self._metrics.swap(ok=True)
+        self._metrics.model_loaded(scorer.name, scorer.version, old.version)
+        log.info("swapped model %s -> %s (%s)", old.version, scorer.version, model.model_dir)
+
+    def check_health(self) -> None:
+        if self._scorer is None or self._pool._shutdown:
+            raise RuntimeError("no model loaded or scoring pool stopped")
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
+    async def _score(self, items: list[list[str]]) -> list[tuple[np.ndarray, str]]:
+        """One ORT call for every text of the queued requests; sizes are in rows (`_rows`)."""
+        scorer = self._scorer  # a swap mid-batch does not split the batch across models
+        texts = [t for texts in items for t in texts]
+        probs = await asyncio.get_running_loop().run_in_executor(self._pool, scorer.predict_proba, texts)
+        self._metrics.predictions.inc(len(texts))
+        out, start = [], 0
+        for chunk in items:
+            out.append((probs[start:start + len(chunk)], scorer.version))
+            start += len(chunk)
+        return out
+
+    async def _score_texts(self, texts: list[str]) -> tuple[np.ndarray, str]:
+        """Probabilities (n,) float64 and the model version; large requests are cut to batch size."""
+        size = self.args.batch.max_batch_rows
+        parts = await asyncio.gather(*(self._score(texts[i:i + size]) for i in range(0, len(texts), size)))
+        versions = sorted({v for _, v in parts})
+        return np.concatenate([p for p, _ in parts]), "+".join(versions)
+
+    # -- request edge -----------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        """The raw body, after the bearer token and the declared size are checked."""
+        check_bearer(request.headers, self._token)
+        check_content_length(request.headers, self.args.limits.max_body_bytes)
+        return await request.body()
+
+    def _json(self, payload: Any, status: int = 200, version: str | None = None) -> JSONResponse:
+        return JSONResponse(payload, status_code=status,
+                            headers={"x-model-version": version or self._scorer.version})
+
+    # -- health -----------------------------------------------------------------------------
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        return self._json({"status": "ok", "model": self._scorer.name, "model_version": self._scorer.version})
+
+    @api.get("/v2/health/live")
+    async def live(self) -> JSONResponse:
+        return self._json({"live": True})
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> JSONResponse:
+        return self._json({"ready": self._scorer is not None})
+
+    # -- /predict ---------------------------------------------------------------------------
+
+    @api.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        body = await self._body(request)
+        texts = predict_texts(parse_json_body(body, self.args.limits), self.args.limits)
+        probs, version = await self._score_texts(texts)
+        return self._json({"model": self._scorer.name, "model_version": version,
+                           "probabilities": probs.tolist()}, version=version)
+
+    # -- Open Inference Protocol ------------------------------------------------------------
+
+    @api.get("/v2")
+    @api.get("/v2/")
+    async def server_metadata(self, request: Request) -> JSONResponse:
+        await self._body(request)
+        return self._json(oip.server_metadata())
+
+    @api.get("/v2/models/{name}")
+    @api.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(self, request: Request, name: str, version: str | None = None) -> JSONResponse:
+        await self._body(request)
+        scorer = self._scorer
+        oip.check_model(name, version, scorer.name, scorer.version)
+        return self._json(oip.model_metadata(scorer.name, scorer.version), version=scorer.version)
+
+    @api.get("/v2/models/{name}/ready")
+    @api.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(self, request: Request, name: str, version: str | None = None) -> JSONResponse:
+        await self._body(request)
+        scorer = self._scorer
+        oip.check_model(name, version, scorer.name, scorer.version)
+        return self._json({"name": scorer.name, "ready": True}, version=scorer.version)
+
+    @api.post("/v2/models/{name}/infer")
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(self, request: Request, name: str, version: str | None = None) -> Response:
+        body = await self._body(request)
+        oip.check_model(name, version, self._scorer.name, self._scorer.version)
+        call = oip.parse_infer(body, request.headers, self.args.limits)
+        probs, used = await self._score_texts(call.texts)
+        payload, headers = oip.infer_response(call, probs, self._scorer.name, used)
+        return Response(payload, headers={**headers, "x-model-version": used})
+
+    # -- OpenRTB bidder ---------------------------------------------------------------------
+
+    @api.post("/openrtb/2.5/bid")
+    async def bid_25(self, request: Request) -> Response:
+        return await self._bid(request, "2.5")
+
+    @api.post("/openrtb/2.6/bid")
+    async def bid_26(self, request: Request) -> Response:
+        return await self._bid(request, "2.6")
+
+    def _no_bid(self, reason: str, detail: str, version: str | None = None) -> Response:
+        self._metrics.no_bid(reason)
+        return Response(status_code=204, headers={"x-model-version": version or self._scorer.version,
+                                                  "x-no-bid-reason": detail[:200]})
+
+    async def _bid(self, request: Request, openrtb: str) -> Response:
+        t0 = time.perf_counter()
+        cfg = self.args.bidder
+        bid_request = parse_json_body(await self._body(request), self.args.limits)
+        try:
+            plan = plan_bids(bid_request, self._catalog, cfg.max_candidates)
+        except BidRequestError as err:
+            raise BadRequest(400, f"bid request unusable: {err}") from None
+        if not plan.candidates:
+            return self._no_bid("no_candidates", "; ".join(f"{k}: {v}" for k, v in plan.no_bid.items()))
+        budget_s = deadline_budget_ms(bid_request, cfg.default_tmax_ms, cfg.network_margin_ms) / 1000.0
+        remaining = budget_s - (time.perf_counter() - t0)
+        if remaining <= 0:
+            self._metrics.deadline_misses.inc()
+            return self._no_bid("deadline", f"tmax budget {budget_s * 1000:.1f} ms spent before scoring")
+        task = asyncio.ensure_future(self._score_texts(plan.texts()))
+        done, _ = await asyncio.wait({task}, timeout=remaining)
+        if not done:
+            task.cancel()  # queued rows of a cancelled request are dropped from their batch
+            self._metrics.deadline_misses.inc()
+            return self._no_bid("deadline", f"scoring did not finish within the {budget_s * 1000:.1f} ms budget")
+        probs, version = task.result()
+        response = decide_bids(plan, probs, model_version=version, openrtb=openrtb)
+        if response is None:
+            return self._no_bid("floor", "; ".join(f"{k}: {v}" for k, v in plan.no_bid.items())
+                                or "no bid clears its floor", version)
+        return self._json(response, version=version)
