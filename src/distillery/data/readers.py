@@ -31,7 +31,6 @@ from distillery.data.parsing import (
     RowError,
     as_text,
     avazu_row,
-    click_label,
     criteo_row,
     file_stem,
     file_suffix,
@@ -97,13 +96,7 @@ def _parse_openrtb(path: str, data: bytes, outcomes: dict[str, Any] | None) -> P
                 bad_imps.add(i)
                 rejects.append((f"{rid}:{imp_id}" if imp_id else None, source, "; ".join(mine)))
         good = dict(request, imp=[imp for i, imp in enumerate(request["imp"]) if i not in bad_imps])
-        for row in request_to_rows(good, outcomes):
-            try:
-                if CLICK in row:
-                    row[CLICK] = click_label(row[CLICK], CLICK)
-                rows.append(row)
-            except RowError as err:
-                rejects.append((row[ID], source, f"outcome {err}"))
+        rows += request_to_rows(good, outcomes)  # outcome clicks were coerced to 0/1 when loaded
     return rows, rejects
 
 
