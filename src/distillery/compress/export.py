@@ -53,13 +53,17 @@ _SAMPLE_TEXTS = [
 
 def load_for_export(model_dir: str):
     """(model in eval mode with eager attention, tokenizer) from a local Hugging Face folder."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from distillery.compress.prune import load_pruned
 
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model_dir {model_dir!r}: not a local folder")
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(f"model_dir {model_dir!r}: no config.json (not a save_pretrained folder)")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager")
+    model = load_pruned(model_dir, attn_implementation="eager")  # re-applies recorded head pruning
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # scoring is one pass; KV-cache ops would only bloat the graph
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return model.eval(), tokenizer
 
