@@ -124,3 +124,29 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 def tiny_llama(tmp_path_factory) -> Path:
     """Folder of a tiny random Llama causal LM (RoPE, grouped-query attention) with a BPE tokenizer."""
     return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), "llama")
+
+
+def make_tiny_run(run_dir: Path, rows_train: int = 300, rows_unlabeled: int = 300, rows_test: int = 200,
+                  seed: int = 0, not_kept_every: int = 7) -> Path:
+    """A run directory with synthetic data splits and oracle labels (teacher_prob = click_prob),
+    every `not_kept_every`-th label marked kept=false. For training and evaluation tests."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distillery.data.synthetic import SyntheticConfig, generate, write_splits
+
+    cfg = SyntheticConfig(seed=seed, rows_train=rows_train, rows_unlabeled=rows_unlabeled, rows_test=rows_test,
+                          files_per_split=1)
+    write_splits(cfg, str(run_dir / "data"))
+    (run_dir / "labels").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "unlabeled"):
+        t = generate(cfg, split)
+        n = t.num_rows
+        kept = [i % not_kept_every != 0 for i in range(n)] if not_kept_every else [True] * n
+        labels = pa.table({
+            "id": t["id"], "teacher_prob": t["click_prob"], "confidence": pa.array([1.0] * n),
+            "kept": pa.array(kept), "reason": pa.array([None if k else "low_confidence" for k in kept], pa.string()),
+            "teacher_id": pa.array(["oracle"] * n),
+        })
+        pq.write_table(labels, run_dir / "labels" / f"{split}.parquet")
+    return run_dir

@@ -1,0 +1,220 @@
+"""Honest evaluation on the held-out test split: AUC, logloss and calibration for every model.
+
+    python -m jobs.evaluate --config jobs/configs/evaluate.yaml run_dir=runs/demo
+
+Scores each Hugging Face folder (teacher, student, student_direct) through the `hf-classifier`
+teacher backend, and each ONNX variant through `distillery.serving.scorer.OnnxScorer`, on the
+same test rows, and merges into `<run_dir>/report.json`:
+
+    quality.<model>.{auc, logloss, ece, rows, mean_prob}
+    quality.oracle_auc                       AUC of the true click probability (synthetic data)
+    quality.distillation_efficiency          student_int8.auc / teacher.auc (student.auc without ONNX)
+    quality.distillation_efficiency_student  student.auc / teacher.auc
+    quality.lift_auc                         student.auc − student_direct.auc
+
+The metric functions are pure numpy and used by the training loop's validation too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from distillery import io
+from distillery.config import Section
+
+__all__ = ["EvaluateConfig", "run", "roc_auc", "logloss", "ece", "evaluate_predictions", "merge_report"]
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties count ½.
+
+    `y_true: (n,)` 0/1, `score: (n,)` any monotone score (probabilities or logits). NaN when the
+    labels hold a single class (no pair to rank).
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"roc_auc: y_true {y.shape} and score {s.shape} differ in shape")
+    pos = int((y == 1).sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(s)  # average ranks for ties: the Mann-Whitney U statistic
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def logloss(y_true: np.ndarray, prob: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy in nats; probabilities are clipped to [eps, 1 − eps]."""
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(prob, dtype=np.float64).ravel(), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def ece(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10,
+        strategy: Literal["quantile", "uniform"] = "quantile") -> float:
+    """Expected calibration error: Σ_bins (n_b / n)·|mean(p) − mean(y)| over `n_bins` bins.
+
+    `quantile` bins hold equal numbers of rows, which suits click rates of a few percent (with
+    `uniform` bins over [0, 1] nearly every row lands in the first bin).
+    """
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    if len(p) == 0:
+        return float("nan")
+    if strategy == "uniform":
+        bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    elif strategy == "quantile":
+        order = np.argsort(p, kind="stable")
+        bins = np.empty(len(p), dtype=int)
+        bins[order] = np.arange(len(p)) * n_bins // len(p)
+    else:
+        raise ValueError(f"ece strategy {strategy!r}: expected 'quantile' or 'uniform'")
+    total = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            total += sel.sum() / len(p) * abs(p[sel].mean() - y[sel].mean())
+    return float(total)
+
+
+def evaluate_predictions(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10,
+                         strategy: Literal["quantile", "uniform"] = "quantile") -> dict[str, float]:
+    """`{auc, logloss, ece, rows, mean_prob}` of click probabilities `prob: (n,)` against clicks `(n,)`."""
+    prob = np.asarray(prob, dtype=np.float64)
+    return {"auc": roc_auc(y_true, prob), "logloss": logloss(y_true, prob), "ece": ece(y_true, prob, n_bins, strategy),
+            "rows": int(len(prob)), "mean_prob": float(prob.mean()) if len(prob) else float("nan")}
+
+
+# ------------------------------------------------------------------------------------------ job
+
+class EvaluateConfig(Section):
+    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+    test_split: str = Field("test", description="split under <run_dir>/data with true clicks")
+    max_rows: int | None = Field(None, ge=1, description="score at most this many test rows")
+    models: dict[str, str] = Field(
+        default_factory=lambda: {"teacher": "{run_dir}/teacher", "student": "{run_dir}/student",
+                                 "student_direct": "{run_dir}/student_direct"},
+        description="report name -> Hugging Face folder; missing folders are skipped and listed")
+    onnx_dir: str = Field("{run_dir}/onnx", description="ONNX folder from compression (skipped when absent)")
+    onnx_variants: dict[str, str] = Field(default_factory=lambda: {"student_fp32": "fp32", "student_int8": "int8"},
+                                          description="report name -> model_card variant scored with OnnxScorer")
+    batch_size: int = Field(64, ge=1, description="rows per forward pass")
+    max_length: int = Field(128, ge=8, description="tokens per row; must cover the training max_length")
+    num_threads: int | None = Field(None, ge=1, description="torch / ORT intra-op threads; None = default")
+    ece_bins: int = Field(10, ge=2, description="bins of the expected calibration error")
+    ece_strategy: Literal["quantile", "uniform"] = Field("quantile", description="equal-count or equal-width bins")
+    report: str = Field("{run_dir}/report.json", description="report to merge the quality section into")
+
+    def resolve(self, template: str) -> str:
+        return template.replace("{run_dir}", self.run_dir.rstrip("/"))
+
+
+def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """(texts, clicks (n,), true click probability (n,) or None)."""
+    from distillery.data.schema import CLICK, CLICK_PROB, ID, TEXT_FIELDS
+    from distillery.data.text import to_texts
+    from distillery.training.data import read_split
+
+    table = read_split(cfg.run_dir, cfg.test_split, cfg.max_rows, columns=[ID, *TEXT_FIELDS, CLICK, CLICK_PROB])
+    if CLICK not in table.column_names or table[CLICK].null_count:
+        raise ValueError(f"test_split: {cfg.test_split!r} needs a click on every row")
+    texts = to_texts({c: table[c].to_pylist() for c in TEXT_FIELDS if c in table.column_names})
+    clicks = table[CLICK].to_numpy(zero_copy_only=False).astype(np.float64)
+    oracle = None
+    if CLICK_PROB in table.column_names and table[CLICK_PROB].null_count == 0:
+        oracle = table[CLICK_PROB].to_numpy(zero_copy_only=False).astype(np.float64)
+    return texts, clicks, oracle
+
+
+def _score_hf(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+    from distillery.teachers.base import HFClassifierConfig, build_teacher
+
+    teacher = build_teacher(HFClassifierConfig(model=path, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                               device="auto", num_threads=cfg.num_threads))
+    return teacher.predict_proba(texts)
+
+
+def _score_onnx(model_dir: str, variant: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+    from distillery.serving.scorer import OnnxScorer
+
+    scorer = OnnxScorer(model_dir, variant=variant, provider="cpu", intra_op_threads=cfg.num_threads)
+    out = [scorer.predict_proba(texts[i: i + cfg.batch_size]) for i in range(0, len(texts), cfg.batch_size)]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def merge_report(path: str, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Merge `values` into `report[section]` (one level deep per model), keeping other keys."""
+    report = io.read_json(path) if io.exists(path) else {}
+    current = report.setdefault(section, {})
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(current.get(key), dict):
+            current[key].update(value)
+        else:
+            current[key] = value
+    io.write_json(path, report)
+    return report
+
+
+def run(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Score every available model on the test split; merge `quality` into the report; return it."""
+    t0 = time.perf_counter()
+    texts, clicks, oracle = _load_test(cfg)
+    quality: dict[str, Any] = {"test_rows": len(texts), "click_rate": float(clicks.mean()) if len(clicks) else None,
+                               "oracle_auc": roc_auc(clicks, oracle) if oracle is not None else None}
+    skipped = []
+    for name, template in cfg.models.items():
+        path = cfg.resolve(template)
+        if not io.exists(io.join(path, "config.json")):
+            skipped.append(name)
+            continue
+        t = time.perf_counter()
+        quality[name] = evaluate_predictions(clicks, _score_hf(path, texts, cfg), cfg.ece_bins, cfg.ece_strategy)
+        quality[name]["seconds"] = time.perf_counter() - t
+        log.info("%s: %s", name, quality[name])
+    onnx_dir = cfg.resolve(cfg.onnx_dir)
+    if "://" not in onnx_dir and io.exists(io.join(onnx_dir, "model_card.json")):
+        for name, variant in cfg.onnx_variants.items():
+            t = time.perf_counter()
+            try:
+                probs = _score_onnx(onnx_dir, variant, texts, cfg)
+            except ValueError as err:  # variant absent from the card
+                log.warning("%s: %s", name, err)
+                skipped.append(name)
+                continue
+            quality[name] = evaluate_predictions(clicks, probs, cfg.ece_bins, cfg.ece_strategy)
+            quality[name]["seconds"] = time.perf_counter() - t
+    else:
+        skipped.extend(cfg.onnx_variants)
+    quality.update(_derived(quality))
+    quality["skipped"] = skipped
+    merge_report(cfg.resolve(cfg.report), "quality", quality)
+    merge_report(cfg.resolve(cfg.report), "timings_s", {"evaluate": time.perf_counter() - t0})
+    return quality
+
+
+def _derived(q: dict[str, Any]) -> dict[str, Any]:
+    def auc(name):
+        return q[name]["auc"] if isinstance(q.get(name), dict) else None
+
+    out: dict[str, Any] = {}
+    teacher, student, direct, int8 = auc("teacher"), auc("student"), auc("student_direct"), auc("student_int8")
+    if teacher:
+        if student is not None:
+            out["distillation_efficiency_student"] = student / teacher
+        final = int8 if int8 is not None else student
+        if final is not None:
+            out["distillation_efficiency"] = final / teacher
+    if student is not None and direct is not None:
+        out["lift_auc"] = student - direct
+    return out

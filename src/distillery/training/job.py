@@ -1,0 +1,150 @@
+"""The `distillery train` and `distillery teacher` jobs: one training path, different targets and models.
+
+    python -m jobs.train   --config jobs/configs/train.yaml        run_dir=runs/demo   # distilled student
+    python -m jobs.train   --config jobs/configs/train_direct.yaml run_dir=runs/demo   # student_direct (clicks)
+    python -m jobs.teacher --config jobs/configs/teacher.yaml      run_dir=runs/demo   # teacher fine-tune
+
+Each job trains on Ray Train, checkpoints every epoch under `checkpoint.storage`/<output name>,
+and publishes the best-by-validation checkpoint as a Hugging Face folder at `<run_dir>/<output>`
+(`save_pretrained` + tokenizer + `training_summary.json`). Re-running resumes the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import shutil
+import time
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from distillery import io
+from distillery.config import Section, config_hash
+from distillery.ray_runtime import RaySection, ensure_ray
+from distillery.training.data import DataSection
+from distillery.training.init import ModelInit
+from distillery.training.loop import STATE_FILE, LoopConfig
+from distillery.training.ray_train import CheckpointSection, FailureSection, ScalingSection, TrainSpec, fit
+
+__all__ = ["TrainJobConfig", "TeacherJobConfig", "run", "run_teacher", "publish_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainJobConfig(Section):
+    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+    output: str = Field("student", description="folder under run_dir for the trained model: student | student_direct | teacher | …")
+    init: ModelInit = Field(default_factory=lambda: ModelInit(kind="layer_subset", source="{run_dir}/teacher", layers=[0, 5]),
+                            description="student initialisation ({run_dir} is substituted in source)")
+    data: DataSection = Field(default_factory=DataSection, description="training rows and targets")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="loss, optimiser, epochs")
+    scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers and resources")
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="checkpoint storage and retention")
+    failure: FailureSection = Field(default_factory=FailureSection, description="worker failure handling")
+    ray: RaySection = Field(default_factory=RaySection, description="Ray connection / embedded resources")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainJobConfig":
+        if self.data.reveal_hidden_clicks and self.loop.loss != "click":
+            raise ValueError("data.reveal_hidden_clicks: only the click loss (student_direct, strict comparison) may see hidden clicks")
+        hidden = set(self.data.splits) & set(self.data.hidden_click_splits)
+        if self.loop.loss == "click" and hidden and not self.data.reveal_hidden_clicks:
+            raise ValueError(f"data.splits: {sorted(hidden)} hide their clicks; loss=click needs "
+                             "data.reveal_hidden_clicks=true or splits without them")
+        if self.scaling.use_gpu is False and self.scaling.backend == "nccl":
+            raise ValueError("scaling.backend: nccl needs use_gpu=true")
+        return self
+
+    def resolve(self, template: str) -> str:
+        return template.replace("{run_dir}", self.run_dir.rstrip("/"))
+
+
+class TeacherJobConfig(TrainJobConfig):
+    """The teacher fine-tune: the MiniLM backbone trained on the train split's clicks, same loop."""
+
+    output: str = Field("teacher", description="folder under run_dir for the teacher")
+    init: ModelInit = Field(default_factory=lambda: ModelInit(kind="pretrained", source="minilm"),
+                            description="the backbone the teacher starts from")
+    data: DataSection = Field(default_factory=lambda: DataSection(splits=["train"]), description="rows with known clicks")
+    loop: LoopConfig = Field(default_factory=lambda: LoopConfig(loss="click", lr=5e-5, epochs=2), description="click loss")
+
+    @model_validator(mode="after")
+    def _teacher_check(self) -> "TeacherJobConfig":
+        if self.loop.loss != "click":
+            raise ValueError(f"loop.loss: the teacher learns from clicks; got {self.loop.loss!r}")
+        return self
+
+
+def publish_checkpoint(checkpoint_dir: str, dest: str, summary: dict[str, Any]) -> str:
+    """Copy a checkpoint's Hugging Face files (not the optimizer state) to `dest` (path or URI)."""
+    import pyarrow.fs as pafs
+
+    if "://" in dest:
+        fs, path = io.filesystem(dest)
+        fs.create_dir(path, recursive=True)
+        for name in os.listdir(checkpoint_dir):
+            if name != STATE_FILE:
+                pafs.copy_files(os.path.join(checkpoint_dir, name), posixpath.join(path, name), destination_filesystem=fs)
+    else:
+        tmp = dest.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)  # readers never see a half-copied model
+    io.write_json(io.join(dest, "training_summary.json"), summary)
+    return dest
+
+
+def _history(checkpoint_dir: str) -> list[dict[str, Any]]:
+    import torch
+
+    state = torch.load(os.path.join(checkpoint_dir, STATE_FILE), weights_only=False)
+    return state.get("history", [])
+
+
+def run(cfg: TrainJobConfig) -> dict[str, Any]:
+    """Train on Ray Train; publish the best checkpoint to `<run_dir>/<output>`; return a summary."""
+    t0 = time.perf_counter()
+    ensure_ray(cfg.ray)
+    storage = cfg.checkpoint.storage or io.join(cfg.run_dir, "checkpoints")
+    name = cfg.output.replace("/", "_")
+    if not cfg.checkpoint.resume and "://" not in storage:
+        shutil.rmtree(os.path.join(os.path.abspath(storage), name), ignore_errors=True)
+    init = cfg.init.model_copy(update={"source": cfg.resolve(cfg.init.source)})
+    data = cfg.data.model_copy(update={"labels_dir": cfg.resolve(cfg.data.labels_dir) if cfg.data.labels_dir else None})
+    marker = None
+    if cfg.loop.fail_once_at_epoch is not None and "://" not in storage:
+        marker = os.path.join(os.path.abspath(storage), name, "_injected_failure")
+    spec = TrainSpec(run_dir=cfg.run_dir, init=init, data=data, loop=cfg.loop, failure_marker=marker)
+    result = fit(spec, cfg.scaling, cfg.checkpoint, cfg.failure, storage, name)
+    if result.error is not None:
+        raise result.error
+    ranked = [c for c, _ in result.best_checkpoints] or ([result.checkpoint] if result.checkpoint else [])
+    if not ranked:
+        raise RuntimeError(f"{name}: training finished without a checkpoint")
+    best, latest = ranked[0], result.checkpoint
+    with latest.as_directory() as latest_dir:
+        history = _history(latest_dir)
+    best_metrics = dict(result.best_checkpoints[0][1]) if result.best_checkpoints else dict(result.metrics or {})
+    summary = {
+        "output": cfg.output, "loss": cfg.loop.loss, "init": init.model_dump(mode="json"),
+        "splits": cfg.data.splits, "reveal_hidden_clicks": cfg.data.reveal_hidden_clicks,
+        "workers": cfg.scaling.num_workers, "config_hash": config_hash(cfg), "history": history,
+        "best": best_metrics, "best_checkpoint": best.path, "latest_checkpoint": latest.path,
+        "seconds": time.perf_counter() - t0,
+    }
+    dest = io.join(cfg.run_dir, cfg.output)
+    with best.as_directory() as best_dir:
+        publish_checkpoint(best_dir, dest, summary)
+    log.info("%s: best epoch %s (%s=%.4f) published to %s", name, best_metrics.get("epoch"), cfg.checkpoint.score,
+             best_metrics.get(cfg.checkpoint.score, float("nan")), dest)
+    print(json.dumps({"output": dest, "best": best_metrics}, default=str), flush=True)
+    return summary
+
+
+def run_teacher(cfg: TeacherJobConfig) -> dict[str, Any]:
+    """The teacher fine-tune is `run` with the click loss on the train split, from the backbone."""
+    return run(cfg)

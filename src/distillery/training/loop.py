@@ -1,0 +1,328 @@
+"""The training loop, single-process first: tokenise, batch, step, validate, checkpoint every epoch.
+
+    state = train(cfg, table, model, tokenizer, hooks=local_hooks("runs/x/checkpoints"))
+
+The same `train` runs inside each Ray Train worker; `distillery.training.ray_train` only swaps
+the hooks (`prepare_model` / `prepare_data_loader` from Ray, `ray.train.report` for checkpoints).
+A checkpoint is a Hugging Face folder (`save_pretrained` + tokenizer, loadable by compression and
+serving as is) plus `train_state.pt` (optimizer, scheduler, epoch, history, RNG) for resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch.utils.data import DataLoader, Dataset
+
+from distillery.config import Section
+from distillery.training.data import TrainingTable
+from distillery.training.losses import LossName, compute_loss
+
+__all__ = [
+    "LoopConfig", "TrainState", "Hooks", "TokenizedRows", "InjectedFailure",
+    "train", "train_epoch", "validate", "predict_logits", "score_texts", "make_loader",
+    "save_checkpoint", "load_checkpoint", "local_hooks", "latest_local_checkpoint", "set_seed", "unwrap",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.pt"
+
+
+class LoopConfig(Section):
+    loss: LossName = Field("soft", description="soft | hard | joint (distillation) | click (teacher fine-tune, student_direct)")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="joint: weight of the click cross-entropy")
+    temperature: float = Field(2.0, gt=0.0, description="joint: distillation temperature T")
+    epochs: int = Field(2, ge=1, description="passes over the training rows")
+    batch_size: int = Field(32, ge=1, description="rows per step per worker")
+    eval_batch_size: int = Field(128, ge=1, description="rows per validation batch")
+    max_length: int = Field(64, ge=8, description="tokens per row (longer texts are truncated)")
+    lr: float = Field(1e-4, gt=0.0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay")
+    warmup_fraction: float = Field(0.06, ge=0.0, lt=1.0, description="linear warm-up share of all steps, then linear decay")
+    grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 disables clipping")
+    freeze_embeddings: bool = Field(False, description="keep token embeddings fixed (less to all-reduce, pretrained vocabulary kept)")
+    seed: int = Field(0, description="seed of initial shuffles and dropout")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker; None leaves torch's default")
+    fail_once_at_epoch: int | None = Field(None, ge=0, description="testing: raise once at the start of this epoch (marker file in the checkpoint root)")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (benchmarks, smoke runs)")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by `fail_once_at_epoch` to exercise worker-failure recovery."""
+
+
+@dataclass
+class TrainState:
+    """What survives a restart: completed epochs, per-epoch metrics, best validation score."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    rng: Any = None
+
+
+@dataclass
+class Hooks:
+    """What differs between a single process and a Ray Train worker."""
+
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
+    prepare_loader: Callable[[DataLoader], DataLoader] = lambda d: d
+    report: Callable[..., None] = lambda metrics, **_: None  # (metrics, model=, tokenizer=, state=)
+    world_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    failure_marker: str | None = None  # file whose absence lets `fail_once_at_epoch` fire
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+class TokenizedRows(Dataset):
+    """Rows tokenised once; items are dicts of token ids and float targets (NaN = unknown)."""
+
+    def __init__(self, tokenizer, texts: list[str], max_length: int, target=None, teacher_prob=None, click=None):
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+        self.input_ids = enc["input_ids"]
+        n = len(self.input_ids)
+        nan = np.full(n, np.nan, dtype=np.float32)
+        self.target = nan if target is None else np.asarray(target, dtype=np.float32)
+        self.teacher_prob = nan if teacher_prob is None else np.asarray(teacher_prob, dtype=np.float32)
+        self.click = nan if click is None else np.asarray(click, dtype=np.float32)
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    @classmethod
+    def from_table(cls, tokenizer, table: TrainingTable, max_length: int) -> "TokenizedRows":
+        return cls(tokenizer, table.texts, max_length, table.target, table.teacher_prob, table.click)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[i], "target": self.target[i],
+                "teacher_prob": self.teacher_prob[i], "click": self.click[i], "pad_id": self.pad_id}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad to the longest row in the batch: `input_ids, attention_mask: (batch, seq)` int64, targets `(batch,)`."""
+    width = max(len(it["input_ids"]) for it in items)
+    pad = items[0]["pad_id"]
+    ids = torch.full((len(items), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, it in enumerate(items):
+        ids[r, : len(it["input_ids"])] = torch.tensor(it["input_ids"], dtype=torch.long)
+        mask[r, : len(it["input_ids"])] = 1
+    out = {"input_ids": ids, "attention_mask": mask}
+    for key in ("target", "teacher_prob", "click"):
+        out[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
+    return out
+
+
+def make_loader(rows: TokenizedRows, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+
+
+def _start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Each epoch gets its own seeded order, single-process and distributed alike."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.seed = seed
+        sampler.set_epoch(epoch)
+    elif getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)
+
+
+def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: str) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+    return out.logits.reshape(-1).float()  # (batch,): one click logit per row
+
+
+def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: str = "cpu") -> dict[str, float]:
+    """One pass over `loader`; returns `{"loss": mean train loss, "rows": n, "seconds": s}`."""
+    model.train()
+    total, rows, t0 = 0.0, 0, time.perf_counter()
+    for step, batch in enumerate(loader):
+        if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
+            break
+        logits = _forward(model, batch, device)
+        batch = {k: v.to(device) for k, v in batch.items() if k in ("target", "teacher_prob", "click")}
+        loss = compute_loss(cfg.loss, logits, batch, cfg.alpha, cfg.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        n = len(logits)
+        total += loss.item() * n
+        rows += n
+    return {"loss": total / max(rows, 1), "rows": rows, "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def predict_logits(model, loader: DataLoader, device: str = "cpu") -> np.ndarray:
+    """Click logits `(n,)` float64 for every row of `loader`, in order."""
+    model.eval()
+    out = [_forward(model, b, device).cpu().numpy() for b in loader]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def score_texts(model, tokenizer, texts: list[str], max_length: int = 64, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
+    """Click probabilities `(n,)` float64 in [0, 1] of a one-logit classifier over raw texts."""
+    loader = make_loader(TokenizedRows(tokenizer, texts, max_length), batch_size, shuffle=False)
+    return 1.0 / (1.0 + np.exp(-predict_logits(model, loader, device)))
+
+
+def validate(model, loader: DataLoader, rows: TokenizedRows, cfg: LoopConfig, device: str = "cpu") -> dict[str, float]:
+    """`val_loss` (the training loss on held-out rows) and `val_auc` (against clicks where known)."""
+    from distillery.evaluate import roc_auc
+
+    logits = predict_logits(model, loader, device)
+    batch = {k: torch.from_numpy(getattr(rows, k)) for k in ("target", "teacher_prob", "click")}
+    val_loss = compute_loss(cfg.loss, torch.from_numpy(logits).float(), batch, cfg.alpha, cfg.temperature).item()
+    known = ~np.isnan(rows.click)
+    auc = roc_auc(rows.click[known], logits[known]) if known.any() else float("nan")
+    return {"val_loss": float(val_loss), "val_auc": float(auc), "val_rows": int(len(logits)), "val_click_rows": int(known.sum())}
+
+
+def _lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return f
+
+
+def train(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks | None = None,
+          state: TrainState | None = None) -> TrainState:
+    """Train `model` on `table`'s training rows for `cfg.epochs`, validating on its held-out rows.
+
+    Resumes after `state.epoch` completed epochs (optimizer and scheduler restored) when `state`
+    is given. Calls `hooks.report(metrics, model=, tokenizer=, state=)` at the end of each epoch.
+    """
+    hooks = hooks or Hooks()
+    state = state or TrainState()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    set_seed(cfg.seed + 7919 * state.epoch)
+    if cfg.freeze_embeddings:
+        for name, p in unwrap(model).named_parameters():
+            if "word_embeddings" in name:
+                p.requires_grad_(False)
+    train_rows = TokenizedRows.from_table(tokenizer, table.subset(~table.is_val), cfg.max_length)
+    val_rows = TokenizedRows.from_table(tokenizer, table.subset(table.is_val), cfg.max_length)
+    train_loader = hooks.prepare_loader(make_loader(train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed))
+    val_loader = make_loader(val_rows, cfg.eval_batch_size, shuffle=False)  # every worker scores all of it
+    model = hooks.prepare_model(model)
+    raw = unwrap(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(max(1, steps * cfg.epochs), cfg.warmup_fraction))
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+    if state.rng is not None:
+        torch.set_rng_state(state.rng)
+    for epoch in range(state.epoch, cfg.epochs):
+        _maybe_fail(cfg, epoch, hooks)
+        _start_epoch(train_loader, epoch, cfg.seed)
+        stats = train_epoch(model, train_loader, optimizer, scheduler, cfg, hooks.device)
+        val = validate(raw, val_loader, val_rows, cfg, hooks.device) if len(val_rows) else {"val_loss": stats["loss"], "val_auc": float("nan")}
+        metrics = {
+            "epoch": epoch, "loss": stats["loss"], **val,
+            "rows_per_s": stats["rows"] * hooks.world_size / max(stats["seconds"], 1e-9),
+            "train_seconds": stats["seconds"], "world_size": hooks.world_size, "lr": scheduler.get_last_lr()[0],
+        }
+        state.epoch = epoch + 1
+        state.history.append(metrics)
+        if metrics["val_loss"] < state.best_val_loss:
+            state.best_val_loss, state.best_epoch = metrics["val_loss"], epoch
+        state.optimizer, state.scheduler, state.rng = optimizer.state_dict(), scheduler.state_dict(), torch.get_rng_state()
+        if hooks.world_rank == 0:
+            log.info("epoch %d: loss %.4f val_loss %.4f val_auc %.4f %.0f rows/s", epoch, metrics["loss"],
+                     metrics["val_loss"], metrics["val_auc"], metrics["rows_per_s"])
+            print(f"[train] epoch {epoch} loss={metrics['loss']:.4f} val_loss={metrics['val_loss']:.4f} "
+                  f"val_auc={metrics['val_auc']:.4f} rows/s={metrics['rows_per_s']:.0f}", flush=True)
+        hooks.report(metrics, model=raw, tokenizer=tokenizer, state=state)
+    return state
+
+
+def _maybe_fail(cfg: LoopConfig, epoch: int, hooks: Hooks) -> None:
+    if cfg.fail_once_at_epoch is None or epoch != cfg.fail_once_at_epoch or hooks.failure_marker is None:
+        return
+    if os.path.exists(hooks.failure_marker):
+        return
+    os.makedirs(os.path.dirname(hooks.failure_marker), exist_ok=True)
+    with open(hooks.failure_marker, "w") as f:
+        f.write(f"injected failure at epoch {epoch}\n")
+    raise InjectedFailure(f"fail_once_at_epoch={epoch}: injected worker failure (marker {hooks.failure_marker})")
+
+
+def save_checkpoint(path: str, model, tokenizer, state: TrainState) -> str:
+    """Write a resumable checkpoint folder: HF model + tokenizer + `train_state.pt`."""
+    os.makedirs(path, exist_ok=True)
+    unwrap(model).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    torch.save(state.__dict__, os.path.join(path, STATE_FILE))
+    return path
+
+
+def load_checkpoint(path: str):
+    """(model, tokenizer, TrainState) from a folder written by `save_checkpoint`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    raw = torch.load(os.path.join(path, STATE_FILE), weights_only=False)
+    return model, tokenizer, TrainState(**raw)
+
+
+def local_hooks(checkpoint_dir: str, keep: int = 2) -> Hooks:
+    """Single-process hooks: a checkpoint folder per epoch under `checkpoint_dir`, `best/` kept apart."""
+
+    def report(metrics, *, model, tokenizer, state):
+        path = os.path.join(checkpoint_dir, f"epoch_{metrics['epoch']:04d}")
+        save_checkpoint(path, model, tokenizer, state)
+        if state.best_epoch == metrics["epoch"]:
+            best = os.path.join(checkpoint_dir, "best")
+            shutil.rmtree(best, ignore_errors=True)
+            shutil.copytree(path, best)
+        epochs = sorted(d for d in os.listdir(checkpoint_dir) if d.startswith("epoch_"))
+        for old in epochs[:-keep]:
+            shutil.rmtree(os.path.join(checkpoint_dir, old), ignore_errors=True)
+
+    return Hooks(report=report, failure_marker=os.path.join(checkpoint_dir, "_injected_failure"))
+
+
+def latest_local_checkpoint(checkpoint_dir: str) -> str | None:
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    epochs = sorted(d for d in os.listdir(checkpoint_dir) if d.startswith("epoch_"))
+    return os.path.join(checkpoint_dir, epochs[-1]) if epochs else None

@@ -1,0 +1,142 @@
+"""Ray Train around the single-process loop: `TorchTrainer`, DDP on gloo (CPU) or NCCL (GPU).
+
+    result = fit(spec, ScalingSection(num_workers=2), CheckpointSection(), FailureSection(), storage, "student")
+
+Each worker runs `distillery.training.loop.train` unchanged; only the hooks differ from a single
+process: `ray.train.torch.prepare_model` (DDP), `prepare_data_loader` (DistributedSampler) and
+`ray.train.report` with a checkpoint folder from rank 0 every epoch. Workers, CPUs/GPUs per worker,
+failures and checkpoint retention come from YAML. Re-running with the same storage path and name
+resumes: Ray Train V2 restores its checkpoint manager from storage and `ray.train.get_checkpoint()`
+hands the latest checkpoint to the loop, which continues after its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Literal
+
+from pydantic import Field
+
+from distillery.config import Section
+from distillery.training.data import DataSection
+from distillery.training.init import ModelInit
+from distillery.training.loop import LoopConfig
+
+__all__ = ["ScalingSection", "CheckpointSection", "FailureSection", "TrainSpec", "fit", "worker_loop"]
+
+log = logging.getLogger(__name__)
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(2, ge=1, description="training workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL); False trains on CPU (gloo)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (fractional on small machines)")
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per worker when use_gpu (None = 1)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto = nccl on GPU, gloo on CPU")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="worker placement")
+
+
+class CheckpointSection(Section):
+    storage: str | None = Field(None, description="storage path or URI of Ray Train runs; default <run_dir>/checkpoints")
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept (best by score; the latest is kept for resuming)")
+    score: Literal["val_loss", "val_auc"] = Field("val_loss", description="validation metric that picks the best checkpoint")
+    resume: bool = Field(True, description="continue from the last checkpoint of a run with the same name")
+
+
+class FailureSection(Section):
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts before the run fails (-1 = unlimited)")
+
+
+class TrainSpec(Section):
+    """Everything a worker needs, shipped as plain JSON to each Ray Train worker."""
+
+    run_dir: str = Field(..., description="run directory with data/ and labels/")
+    init: ModelInit = Field(default_factory=ModelInit, description="where the model starts (used when no checkpoint exists)")
+    data: DataSection = Field(default_factory=DataSection, description="training rows and targets")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="loss, optimiser and epochs")
+    failure_marker: str | None = Field(None, description="file of the one-shot injected failure (testing)")
+
+
+def _report_hook(checkpoint_prefix: str):
+    import ray.train
+
+    from distillery.training.loop import save_checkpoint
+
+    def report(metrics: dict[str, Any], *, model, tokenizer, state) -> None:
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if ray.train.get_context().get_world_rank() != 0:
+            ray.train.report(metrics)  # every rank reports; rank 0 alone writes the checkpoint
+            return
+        with tempfile.TemporaryDirectory(prefix=checkpoint_prefix) as tmp:
+            save_checkpoint(tmp, model, tokenizer, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
+
+    return report
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """`train_loop_per_worker`: build rows and model (or resume), then the plain loop with Ray hooks."""
+    import ray.train
+    import ray.train.torch
+
+    from distillery.training.data import build_training_table
+    from distillery.training.init import build_model
+    from distillery.training.loop import Hooks, load_checkpoint, train
+
+    spec = TrainSpec.model_validate(config)
+    ctx = ray.train.get_context()
+    table = build_training_table(spec.run_dir, spec.data, spec.loop.loss)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            model, tokenizer, state = load_checkpoint(path)
+        if ctx.get_world_rank() == 0:
+            print(f"[train] resuming after epoch {state.epoch - 1} from {checkpoint.path}", flush=True)
+    else:
+        model, tokenizer = build_model(spec.init)
+        state = None
+    hooks = Hooks(
+        prepare_model=ray.train.torch.prepare_model,
+        prepare_loader=ray.train.torch.prepare_data_loader,
+        report=_report_hook("distillery-ckpt-"),
+        world_rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=str(ray.train.torch.get_device()),
+        failure_marker=spec.failure_marker,
+    )
+    train(spec.loop, table, model, tokenizer, hooks, state)
+
+
+def fit(spec: TrainSpec, scaling: ScalingSection, checkpoint: CheckpointSection, failure: FailureSection,
+        storage: str, name: str):
+    """Run the TorchTrainer; returns Ray's `Result` (best checkpoints, metrics, path)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker if scaling.gpus_per_worker is not None else 1
+    backend = scaling.backend if scaling.backend != "auto" else ("nccl" if scaling.use_gpu else "gloo")
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config=spec.model_dump(mode="json"),
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker=resources, placement_strategy=scaling.placement_strategy),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=failure.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=checkpoint.num_to_keep,
+                checkpoint_score_attribute=checkpoint.score,
+                checkpoint_score_order="min" if checkpoint.score == "val_loss" else "max",
+            ),
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,114 @@
+"""The single-process training loop and the training table: loss goes down, seeds reproduce,
+a resumed run equals an uninterrupted one, kept=false rows and hidden clicks stay out."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_run, save_tiny_bert
+from distillery.training.data import DataSection, build_training_table
+from distillery.training.init import ModelInit, build_model
+from distillery.training.loop import (InjectedFailure, LoopConfig, latest_local_checkpoint, load_checkpoint,
+                                      local_hooks, train)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("run"), rows_train=240, rows_unlabeled=160, rows_test=50)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("bert"), num_layers=2, hidden=32, seed=1)
+
+
+def test_table_skips_not_kept_rows_and_hides_unlabeled_clicks(run_dir):
+    table = build_training_table(str(run_dir), DataSection(splits=["train", "unlabeled"], val_fraction=0.2), "soft")
+    c = table.counts
+    assert c["rows_read"] == 400 and c["rows_no_label"] == 0
+    assert c["rows_not_kept"] == sum(1 for i in range(240) if i % 7 == 0) + sum(1 for i in range(160) if i % 7 == 0)
+    assert len(table) == c["rows_used"] == 400 - c["rows_not_kept"]
+    unl = np.array([s == "unlabeled" for s in table.split])
+    assert np.isnan(table.click[unl]).all() and not np.isnan(table.click[~unl]).any()
+    assert not np.isnan(table.target).any() and 0 < table.is_val.sum() < len(table)
+    assert all(t.startswith("query:") or t.startswith("site:") or ":" in t for t in table.texts[:5])
+
+
+def test_click_loss_needs_revealed_clicks_for_the_unlabeled_split(run_dir):
+    with pytest.raises(ValueError, match="reveal_hidden_clicks"):
+        build_training_table(str(run_dir), DataSection(splits=["train", "unlabeled"]), "click")
+    strict = build_training_table(str(run_dir), DataSection(splits=["train", "unlabeled"], reveal_hidden_clicks=True), "click")
+    assert strict.counts["rows_used"] == 400 and not np.isnan(strict.target).any()  # no labels needed for clicks
+
+
+def test_validation_holdout_is_the_same_for_every_model(run_dir):
+    a = build_training_table(str(run_dir), DataSection(splits=["train"]), "soft")
+    b = build_training_table(str(run_dir), DataSection(splits=["train"]), "click")
+    val_a = {i for i, v in zip(a.ids, a.is_val) if v}
+    val_b = {i for i, v in zip(b.ids, b.is_val) if v}
+    assert val_a <= val_b  # b has the kept=false rows too
+
+
+def _loop(**kw):
+    base = dict(loss="soft", epochs=3, batch_size=16, lr=3e-3, max_length=48, seed=0, warmup_fraction=0.0)
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def _model(bert, seed=0):
+    return build_model(ModelInit(kind="pretrained", source=str(bert), seed=seed))
+
+
+def test_loss_goes_down_on_a_tiny_model(run_dir, bert):
+    table = build_training_table(str(run_dir), DataSection(splits=["train"]), "soft")
+    model, tok = _model(bert)
+    state = train(_loop(epochs=3), table, model, tok)
+    losses = [h["loss"] for h in state.history]
+    assert losses[-1] < losses[0], losses
+    assert state.epoch == 3 and 0 <= state.best_epoch < 3
+    assert all(math.isfinite(h["val_loss"]) for h in state.history)
+
+
+@pytest.mark.parametrize("loss", ["hard", "joint", "click"])
+def test_every_loss_trains(run_dir, bert, loss):
+    data = DataSection(splits=["train"]) if loss == "click" else DataSection(splits=["train", "unlabeled"])
+    table = build_training_table(str(run_dir), data, loss)
+    model, tok = _model(bert)
+    state = train(_loop(loss=loss, epochs=1), table, model, tok)
+    assert math.isfinite(state.history[0]["loss"])
+
+
+def test_same_seed_same_weights_other_seed_differs(run_dir, bert):
+    table = build_training_table(str(run_dir), DataSection(splits=["train"]), "soft")
+
+    def weights(seed):
+        model, tok = _model(bert)
+        train(_loop(epochs=1, seed=seed), table, model, tok)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    a, b, c = weights(0), weights(0), weights(1)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(run_dir, bert, tmp_path):
+    table = build_training_table(str(run_dir), DataSection(splits=["train"]), "soft")
+    model, tok = _model(bert)
+    straight = train(_loop(epochs=3), table, model, tok)
+    straight_w = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    ckpt = str(tmp_path / "ckpt")
+    model, tok = _model(bert)
+    with pytest.raises(InjectedFailure):
+        train(_loop(epochs=3, fail_once_at_epoch=2), table, model, tok, hooks=local_hooks(ckpt))
+    latest = latest_local_checkpoint(ckpt)
+    assert latest.endswith("epoch_0001")
+    model, tok, state = load_checkpoint(latest)
+    assert state.epoch == 2
+    resumed = train(_loop(epochs=3, fail_once_at_epoch=2), table, model, tok, hooks=local_hooks(ckpt), state=state)
+    resumed_w = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert resumed.history[2]["loss"] == pytest.approx(straight.history[2]["loss"], rel=1e-5)
+    assert torch.allclose(straight_w, resumed_w, atol=1e-6)
