@@ -150,3 +150,9 @@ def make_tiny_run(run_dir: Path, rows_train: int = 300, rows_unlabeled: int = 30
         })
         pq.write_table(labels, run_dir / "labels" / f"{split}.parquet")
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_factories():
+    """`(make_tiny_run, save_tiny_bert)` for test folders whose own conftest shadows this module's name."""
+    return make_tiny_run, save_tiny_bert
