@@ -26,7 +26,7 @@ from distillery.serving.limits import LimitsSection
 if TYPE_CHECKING:
     from ray.serve import Application
 
-__all__ = ["AppArgs", "ModelSection", "BatchSection", "BidderSection", "build_app", "cli_main",
+__all__ = ["AppArgs", "ModelSection", "BatchSection", "BidderSection", "build_app", "bind_app", "cli_main",
            "resolve_model_dir", "DEPLOYMENT_NAME", "deployment_options"]
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,11 @@ def resolve_model_dir(model_root: str, model_dir: str) -> str:
 def build_app(args: AppArgs) -> "Application":
     """The Serve application for `args`. Serve validates a config's `args:` into `AppArgs` from this
     annotation; a plain dict is validated here too (with a `ConfigError` naming the field)."""
-    return _bind(args, {})
+    return bind_app(args, {})
 
 
-def _bind(args: "AppArgs | dict[str, Any]", options: dict[str, Any]) -> "Application":
+def bind_app(args: "AppArgs | dict[str, Any]", options: dict[str, Any]) -> "Application":
+    """`build_app` with deployment options applied (as a Serve config's `deployments:` entry would)."""
     from distillery.serving.deployment import CTRServer
 
     if not isinstance(args, AppArgs):
@@ -142,7 +143,7 @@ def cli_main(args) -> int:
 
     ensure_ray(RaySection(num_cpus=max(4, os.cpu_count() or 1)))
     serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(_bind(app_args, options), name="distillery", route_prefix="/")
+    serve.run(bind_app(app_args, options), name="distillery", route_prefix="/")
     print(f"distillery serving {model_dir} at http://{args.host}:{args.port} "
           f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops", flush=True)
     stop = threading.Event()

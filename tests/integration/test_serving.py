@@ -1,0 +1,514 @@
+"""The Serve app over real HTTP on 127.0.0.1 with a local Ray: every route, bad input, tritonclient,
+the OpenRTB samples, hot swap under load, autoscaling 1 -> 2 -> 1, load shedding, `distillery serve`.
+
+Serve starts once for the module and is driven the way `serve deploy` drives it: the shipped
+serve/serve_config.yaml with test overrides, applied through the controller (`deploy_apps`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def save_tiny_bert(path: Path, seed: int) -> Path:
+    """tests/conftest.py's builder (a sibling conftest shadows the module name `conftest` here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_distillery_root_conftest", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.save_tiny_bert(path, seed=seed)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PORT = 18100
+CLI_PORT = 18150
+URL = f"http://127.0.0.1:{PORT}"
+TOKEN_ENV = "DISTILLERY_TEST_SERVE_TOKEN"
+TOKEN = "test-token-8b1f"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+APP = "distillery"
+TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwear | ad category: sports"
+
+
+def _export(hf_dir: Path, out_dir: Path) -> str:
+    from distillery.compress.export import export_onnx
+    from distillery.compress.quantize import quantize_int8
+
+    card = export_onnx(str(hf_dir), str(out_dir), max_length=64)
+    quantize_int8(str(out_dir))
+    return card["version"]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bert, tmp_path_factory):
+    """Model root with two exported INT8 models of different weights: `a` and `b`."""
+    root = tmp_path_factory.mktemp("model_root")
+    _export(tiny_bert, root / "a")
+    _export(save_tiny_bert(tmp_path_factory.mktemp("bert_b"), seed=1), root / "b")
+    from distillery.serving.scorer import OnnxScorer
+
+    scorers = {name: OnnxScorer(str(root / name), variant="int8", intra_op_threads=1) for name in ("a", "b")}
+    assert scorers["a"].version != scorers["b"].version
+    return root, scorers
+
+
+def _config(root: Path, model: str = "a", **deployment) -> dict:
+    """serve/serve_config.yaml with the test's port, model root, token and small resources."""
+    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": PORT}
+    app = config["applications"][0]
+    app["runtime_env"]["env_vars"][TOKEN_ENV] = TOKEN
+    app["args"].update(model_root=str(root), model={"model_dir": "a", "variant": "int8"}, auth_token_env=TOKEN_ENV)
+    app["args"]["limits"].update(max_body_bytes=200_000)
+    app["args"]["bidder"].update(network_margin_ms=20.0)
+    dep = app["deployments"][0]
+    dep.update(max_ongoing_requests=16, max_queued_requests=16, ray_actor_options={"num_cpus": 0.25},
+               user_config={"model_dir": model, "variant": "int8"},
+               autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2,
+                                   "target_ongoing_requests": 4, "upscale_delay_s": 0.5,
+                                   "downscale_delay_s": 2.0, "metrics_interval_s": 0.5, "look_back_period_s": 1.0})
+    dep.update(deployment)
+    return config
+
+
+def _deploy(config: dict) -> None:
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+
+
+def _replicas() -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(APP)
+    if app is None or "CTRServer" not in app.deployments:
+        return 0
+    return app.deployments["CTRServer"].replica_states.get("RUNNING", 0)
+
+
+def _wait(predicate, timeout_s: float, what: str, every_s: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _healthy() -> bool:
+    try:
+        return requests.get(f"{URL}/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(local_ray, models):
+    from ray import serve
+
+    root, scorers = models
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    _deploy(_config(root))
+    _wait(_healthy, 120, "the app to answer /healthz")
+    yield root, scorers
+    serve.shutdown()
+
+
+def post(path: str, body=None, *, data: bytes | None = None, headers: dict | None = None, session=None):
+    send = session or requests
+    hdrs = {**AUTH, **(headers or {})}
+    if data is None:
+        data = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    return send.post(f"{URL}{path}", data=data, headers=hdrs, timeout=30)
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+def test_health_routes_need_no_token(server):
+    for path in ("/healthz", "/v2/health/live", "/v2/health/ready"):
+        r = requests.get(f"{URL}{path}", timeout=5)
+        assert r.status_code == 200, (path, r.text)
+        assert r.headers["x-model-version"]
+
+
+def test_other_routes_require_the_bearer_token(server):
+    r = requests.post(f"{URL}/predict", json={"texts": [TEXT]}, timeout=5)
+    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    r = requests.get(f"{URL}/v2", headers={"Authorization": "Bearer wrong"}, timeout=5)
+    assert r.status_code == 401 and "not accepted" in r.json()["error"]
+    assert requests.get(f"{URL}/v2", headers=AUTH, timeout=5).json()["name"] == "distillery"
+
+
+def test_predict_texts_and_rows_match_the_in_process_scorer(server):
+    _, scorers = server
+    texts = [TEXT, "query: cheap flights | ad: Get away for less"]
+    r = post("/predict", {"texts": texts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    version = body["model_version"]
+    assert r.headers["x-model-version"] == version
+    scorer = next(s for s in scorers.values() if s.version == version)
+    np.testing.assert_allclose(body["probabilities"], scorer.predict_proba(texts), atol=1e-6)
+    rows = [{"query": "running shoes", "hour": 20, "ad_title": "Marathon-ready footwear"},
+            {"id": "x", "query": "hotel deals", "ad_title": "Stay somewhere wonderful tonight"}]
+    r = post("/predict", {"rows": rows})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["probabilities"], scorer.predict_rows(rows), atol=1e-6)
+
+
+def test_large_predict_is_split_into_batches(server):
+    _, scorers = server
+    texts = [f"{TEXT} | n={i}" for i in range(300)]  # more than max_batch_rows (64)
+    r = post("/predict", {"texts": texts})
+    assert r.status_code == 200, r.text
+    scorer = next(s for s in scorers.values() if s.version == r.json()["model_version"])
+    # Dynamic INT8 quantizes activations per batch, so a row's score depends (~1e-4) on its
+    # batch-mates: compare with the same 64-row batches the server must have run.
+    expected = np.concatenate([scorer.predict_proba(texts[i:i + 64]) for i in range(0, 300, 64)])
+    np.testing.assert_allclose(r.json()["probabilities"], expected, atol=1e-6)
+
+
+def test_oip_routes_over_raw_http(server):
+    _, scorers = server
+    meta = requests.get(f"{URL}/v2/models/ctr", headers=AUTH, timeout=5).json()
+    version = meta["versions"][0]
+    assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    assert requests.get(f"{URL}/v2/models/ctr/versions/{version}", headers=AUTH, timeout=5).status_code == 200
+    assert requests.get(f"{URL}/v2/models/ctr/ready", headers=AUTH, timeout=5).json() == {"name": "ctr", "ready": True}
+    assert requests.get(f"{URL}/v2/models/ctr/versions/{version}/ready", headers=AUTH, timeout=5).status_code == 200
+    body = {"id": "req-1", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2, 1], "data": [[TEXT], ["x"]]}]}
+    for path in ("/v2/models/ctr/infer", f"/v2/models/ctr/versions/{version}/infer"):
+        r = post(path, body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["id"] == "req-1" and out["model_name"] == "ctr" and out["model_version"] == version
+        (tensor,) = out["outputs"]
+        assert tensor["name"] == "click_prob" and tensor["datatype"] == "FP32" and tensor["shape"] == [2, 1]
+        scorer = next(s for s in scorers.values() if s.version == version)
+        np.testing.assert_allclose(tensor["data"], scorer.predict_proba([TEXT, "x"]), atol=1e-6)
+
+
+def test_tritonclient_against_the_oip_routes(server):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    _, scorers = server
+    # headers=dict(AUTH) each time: tritonclient writes Inference-Header-Content-Length into the dict it is given
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{PORT}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("ctr", headers=dict(AUTH))
+    assert client.get_server_metadata(headers=dict(AUTH))["name"] == "distillery"
+    version = client.get_model_metadata("ctr", headers=dict(AUTH))["versions"][0]
+    texts = np.array([TEXT.encode(), "query: cheap flights | ad: Get away for less".encode()], dtype=np.object_)
+    scorer = next(s for s in scorers.values() if s.version == version)
+    expected = scorer.predict_proba([t.decode() for t in texts])
+    for binary in (True, False):
+        inp = httpclient.InferInput("text", [2], "BYTES")
+        inp.set_data_from_numpy(texts, binary_data=binary)
+        outputs = [httpclient.InferRequestedOutput("click_prob", binary_data=binary)]
+        result = client.infer("ctr", [inp], outputs=outputs, headers=dict(AUTH), request_id="t1")
+        np.testing.assert_allclose(result.as_numpy("click_prob"), expected, atol=1e-6)
+        assert result.get_response()["model_version"] == version
+    result = client.infer("ctr", [inp], model_version=version, headers=dict(AUTH))  # no outputs: binary by default
+    np.testing.assert_allclose(result.as_numpy("click_prob"), expected, atol=1e-6)
+    with pytest.raises(InferenceServerException, match="not served here"):
+        client.infer("nope", [inp], headers=dict(AUTH))
+    client.close()
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+DEEP = b"[" * 40 + b"]" * 40
+VERY_DEEP = b"[" * 50_000 + b"]" * 50_000
+OIP = "/v2/models/ctr/infer"
+
+
+@pytest.mark.parametrize("path, data, status, message", [
+    ("/predict", b"{bad json", 400, "malformed JSON"),
+    ("/predict", b'{"texts": [1, 2]}', 400, "texts[0]: expected a string"),
+    ("/predict", b'{"rows": [{"query": "x", "hour": "late"}]}', 400, "rows[0].hour"),
+    ("/predict", b'{"rows": [{"query": {"nested": 1}}]}', 400, "rows[0].query"),
+    ("/predict", b"{}", 400, "rows, texts"),
+    ("/predict", b'{"texts": []}', 400, "empty"),
+    ("/predict", b'{"texts": ["\xff\xfe"]}', 400, "not valid UTF-8"),
+    ("/predict", b"", 400, "body is empty"),
+    ("/predict", DEEP, 400, "nested deeper"),
+    ("/predict", VERY_DEEP, 400, "nested deeper"),
+    ("/predict", b'{"texts": ["a"], "extra": 1}', 400, "extra: unknown field"),
+    (OIP, b'{"inputs": []}', 400, "inputs"),
+    (OIP, b'{"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}', 400, "datatype"),
+    (OIP, b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a"]}]}', 400, "needs 3 elements"),
+    (OIP, b'{"inputs": [{"name": "ids", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}', 400, "inputs[0].name"),
+    ("/v2/models/nope/infer", b'{"inputs": []}', 404, "not served here"),
+    ("/v2/models/ctr/versions/v0/infer", b'{"inputs": []}', 404, "no version"),
+    ("/openrtb/2.6/bid", b'{"id": "r1", "site": {}}', 400, "imp: missing"),
+    ("/openrtb/2.5/bid", b'{"id": "r1", "imp": []}', 400, "imp: empty"),
+    ("/openrtb/2.6/bid", b'[1, 2]', 400, "expected a JSON object"),
+    ("/openrtb/2.6/bid", b'{"id": 5, "imp": [{"id": "1", "banner": {}}]}', 400, "id: expected"),
+    ("/openrtb/2.5/bid", b"not json", 400, "malformed JSON"),
+])
+def test_bad_input_gets_a_4xx_naming_the_problem(server, path, data, status, message):
+    r = post(path, data=data, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert message in r.json()["error"]
+
+
+def test_oversized_bodies_get_413_declared_or_chunked(server):
+    big = json.dumps({"texts": ["x" * 1000] * 300}).encode()  # 300 KB > 200 KB limit
+    r = post("/predict", data=big)
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
+    r = post("/predict", data=iter([big[:100_000], big[100_000:]]))  # chunked: no Content-Length
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
+    r = post("/predict", {"texts": [TEXT] * 600})  # more rows than max_rows
+    assert r.status_code == 413 and "limit of 512" in r.json()["error"]
+
+
+def test_unknown_route_and_method_get_json_errors_and_the_replica_keeps_serving(server):
+    r = requests.get(f"{URL}/nope", headers=AUTH, timeout=5)
+    assert r.status_code == 404 and "error" in r.json()
+    r = requests.get(f"{URL}/predict", headers=AUTH, timeout=5)
+    assert r.status_code == 405 and "error" in r.json()
+    assert post("/predict", {"texts": [TEXT]}).status_code == 200
+
+
+# -- OpenRTB ------------------------------------------------------------------------------------
+
+BID_RESPONSE_SCHEMA = {
+    "type": "object",
+    "required": ["id", "seatbid", "cur"],
+    "properties": {
+        "id": {"type": "string"},
+        "cur": {"type": "string", "pattern": "^[A-Z]{3}$"},
+        "seatbid": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["bid"],
+            "properties": {"seat": {"type": "string"}, "bid": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["id", "impid", "price", "crid", "adomain", "cat"],
+                "properties": {"id": {"type": "string"}, "impid": {"type": "string"},
+                               "price": {"type": "number", "exclusiveMinimum": 0},
+                               "adomain": {"type": "array", "items": {"type": "string"}},
+                               "cat": {"type": "array", "items": {"type": "string"}},
+                               "crid": {"type": "string"}, "dealid": {"type": "string"},
+                               "mtype": {"type": "integer", "enum": [1, 2, 3, 4]}}}}}}},
+    },
+}
+
+
+def _check_bid_response(request: dict, response: dict) -> None:
+    import jsonschema
+
+    jsonschema.validate(response, BID_RESPONSE_SCHEMA)
+    assert response["id"] == request["id"]
+    assert response["cur"] in request.get("cur", ["USD"])
+    imps = {imp["id"]: imp for imp in request["imp"]}
+    seen = set()
+    for seat in response["seatbid"]:
+        for bid in seat["bid"]:
+            imp = imps[bid["impid"]]
+            assert bid["impid"] not in seen
+            seen.add(bid["impid"])
+            floor = imp.get("bidfloor", 0)
+            if "dealid" in bid:
+                deal = next(d for d in imp["pmp"]["deals"] if d["id"] == bid["dealid"])
+                floor = deal.get("bidfloor", floor)
+            assert bid["price"] >= floor
+            assert not any(c == b or c.startswith(b + "-") for c in bid["cat"] for b in request.get("bcat", []))
+            assert not set(bid["adomain"]) & set(request.get("badv", []))
+
+
+@pytest.mark.parametrize("route", ["2.5", "2.6"])
+def test_every_shared_openrtb_sample_gets_a_valid_response(server, shared_data, route):
+    samples = sorted((shared_data / "openrtb").glob("*.json"))
+    assert len(samples) == 11
+    answered = 0
+    for path in samples:
+        request = json.loads(path.read_text())
+        r = post(f"/openrtb/{route}/bid", data=path.read_bytes())
+        assert r.status_code in (200, 204), (path.name, r.status_code, r.text)
+        assert r.headers["x-model-version"]
+        if r.status_code == 204:
+            assert r.content == b""
+            assert "native" in path.name, (path.name, r.headers.get("x-no-bid-reason"))
+            assert "native.request" in r.headers["x-no-bid-reason"]
+            continue
+        answered += 1
+        response = r.json()
+        _check_bid_response(request, response)
+        assert response["ext"]["model_version"] == r.headers["x-model-version"]
+        assert all(("mtype" in b) == (route == "2.6") for s in response["seatbid"] for b in s["bid"])
+    assert answered == 10
+
+
+def test_unscorable_impression_gets_no_bid_while_others_are_answered(server, shared_data):
+    request = json.loads((shared_data / "openrtb" / "iab-ortb25-native-ad.json").read_text())
+    request["imp"].append({"id": "2", "bidfloor": 0.01, "banner": {"w": 300, "h": 250}})
+    r = post("/openrtb/2.5/bid", request)
+    assert r.status_code == 200, r.text
+    response = r.json()
+    _check_bid_response(request, response)
+    assert [b["impid"] for s in response["seatbid"] for b in s["bid"]] == ["2"]
+    assert "native.request: not valid JSON" in response["ext"]["no_bid"]["1"]
+
+
+def test_tmax_too_short_answers_no_bid_in_time(server, shared_data):
+    request = json.loads((shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_text())
+    request["tmax"] = 10  # below the 20 ms network margin: no time left to score
+    r = post("/openrtb/2.6/bid", request)
+    assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
+    request["tmax"] = 2000
+    assert post("/openrtb/2.6/bid", request).status_code == 200
+
+
+# -- operations -------------------------------------------------------------------------------
+
+
+def _load(stop: threading.Event, results: list, body: dict, max_requests: int) -> None:
+    """One client: POST /predict until told to stop (bounded by max_requests)."""
+    with requests.Session() as session:
+        for _ in range(max_requests):
+            if stop.is_set():
+                return
+            try:
+                r = post("/predict", body, session=session)
+                payload = r.json() if r.status_code == 200 else None
+                results.append((time.monotonic(), r.status_code, r.headers.get("x-model-version"),
+                                payload["probabilities"][0] if payload else None))
+            except requests.RequestException as err:
+                results.append((time.monotonic(), repr(err), None, None))
+
+
+def test_hot_swap_under_load_fails_no_request(server):
+    root, scorers = server
+    expected = {s.version: float(s.predict_proba([TEXT])[0]) for s in scorers.values()}
+    va, vb = scorers["a"].version, scorers["b"].version
+    stop, results = threading.Event(), []
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(_load, stop, results, {"texts": [TEXT]}, 3000)
+        _wait(lambda: len(results) >= 20, 30, "load to start")
+        _deploy(_config(root, model="b"))
+        swapped = _wait(lambda: next((t for t, _, v, _ in list(results) if v == vb), None), 60, "version b")
+        _wait(lambda: results[-1][0] > swapped + 1.0, 30, "a second of load after the swap")
+        stop.set()
+    statuses = [s for _, s, _, _ in results]
+    assert statuses.count(200) == len(results), {s for s in statuses if s != 200}
+    versions = {v for _, _, v, _ in results}
+    assert versions == {va, vb}
+    for _, _, version, prob in results:  # each answer was scored by the version it names
+        assert prob == pytest.approx(expected[version], abs=1e-6)
+    assert all(v == vb for t, _, v, _ in results if t > swapped + 0.5)
+    meta = requests.get(f"{URL}/v2/models/ctr", headers=AUTH, timeout=5).json()
+    assert meta["versions"] == [vb]
+
+
+def test_bad_swap_keeps_the_old_model_serving(server):
+    root, scorers = server
+    before = post("/predict", {"texts": [TEXT]}).json()["model_version"]
+    _deploy(_config(root, model="missing"))
+    time.sleep(3)
+    r = post("/predict", {"texts": [TEXT]})
+    assert r.status_code == 200 and r.json()["model_version"] == before
+    from ray import serve
+
+    _deploy(_config(root, model="a"))
+    _wait(lambda: post("/predict", {"texts": [TEXT]}).json()["model_version"] == scorers["a"].version, 60, "swap back")
+    assert serve.status().applications[APP].status == "RUNNING"
+
+
+def test_path_escaping_the_model_root_is_refused():
+    from distillery.config import ConfigError
+    from distillery.serving.app import resolve_model_dir
+
+    with pytest.raises(ConfigError, match="outside model_root"):
+        resolve_model_dir("/srv/models", "../etc")
+    with pytest.raises(ConfigError, match="outside model_root"):
+        resolve_model_dir("/srv/models", "/tmp/x")
+    assert resolve_model_dir("/srv/models", "a/../b") == "/srv/models/b"
+
+
+def test_overload_is_shed_with_503_not_500(server):
+    body = {"texts": [f"{TEXT} {i}" for i in range(512)]}
+    with ThreadPoolExecutor(48) as pool:
+        statuses = list(pool.map(lambda _: post("/predict", body).status_code, range(48)))
+    assert set(statuses) <= {200, 503}, statuses
+    assert 503 in statuses and 200 in statuses
+    assert post("/predict", {"texts": [TEXT]}).status_code == 200
+
+
+def test_autoscaling_goes_to_two_replicas_under_load_and_back(server):
+    _wait(lambda: _replicas() == 1, 60, "one replica before the load")
+    stop, results = threading.Event(), []
+    body = {"texts": [f"{TEXT} {i}" for i in range(64)]}
+    timeline = []
+    with ThreadPoolExecutor(12) as pool:
+        for _ in range(12):
+            pool.submit(_load, stop, results, body, 2000)
+        try:
+            _wait(lambda: timeline.append(_replicas()) or timeline[-1] == 2, 60, "a second replica")
+        finally:
+            stop.set()
+    assert {s for _, s, _, _ in results} <= {200}, {s for _, s, _, _ in results}
+    _wait(lambda: _replicas() == 1, 60, "scale back down to one replica")
+
+
+def test_distillery_serve_cli(models, tmp_path):
+    """`distillery serve --model-dir DIR` in its own process: URL printed, routes answer, Ctrl-C stops it."""
+    root, scorers = models
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "", "DISTILLERY_SERVE_TOKEN": ""}
+    env.pop("RAY_ADDRESS")
+    cmd = [sys.executable, "-m", "distillery.cli", "serve", "--model-dir", str(root / "b"), "--port", str(CLI_PORT)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if f"http://127.0.0.1:{CLI_PORT}" in line:
+                break
+        assert any(f"http://127.0.0.1:{CLI_PORT}" in line for line in lines), "".join(lines[-30:])
+        r = requests.post(f"http://127.0.0.1:{CLI_PORT}/predict", json={"texts": [TEXT]}, timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] == scorers["b"].version
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_shipped_serve_config_validates():
+    from ray.serve.schema import ServeDeploySchema
+
+    from distillery.serving.app import AppArgs, deployment_options
+
+    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
+    ServeDeploySchema.model_validate(copy.deepcopy(config))
+    args = AppArgs.model_validate(config["applications"][0]["args"])
+    assert args.model.model_dir == "demo/onnx" and args.batch.max_batch_rows >= 8
+    assert deployment_options(config)["max_ongoing_requests"] > 5  # Serve's default would cap batches
