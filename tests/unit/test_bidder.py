@@ -83,7 +83,7 @@ def test_bcat_is_hierarchical_and_badv_matches_subdomains():
 def test_currency_mismatch_means_no_candidates():
     plan = plan_bids(_request(cur=["EUR"]), _catalog())
     assert plan.candidates == [] and "currency" in plan.no_bid["1"]
-    assert decide_bids(plan, np.zeros(0), model_version="v") is None
+    assert decide_bids(plan, np.zeros(0), model_version="v")[0] is None
 
 
 def test_battr_and_video_mimes():
@@ -100,23 +100,24 @@ def test_battr_and_video_mimes():
 
 def test_best_expected_value_wins_and_price_is_capped():
     plan = plan_bids(_request(), _catalog())  # a300: vpc 1, cap 5; b300: vpc 2, cap 3
-    resp = decide_bids(plan, np.array([0.004, 0.003]), model_version="v7", openrtb="2.6")
+    resp, _ = decide_bids(plan, np.array([0.004, 0.003]), model_version="v7", openrtb="2.6")
     (seat,) = resp["seatbid"]
     (bid,) = seat["bid"]
     # eCPM a300 = 4.0, b300 = 6.0 -> b300 wins, price capped by its max bid 3.0
     assert bid["crid"] == "b300" and bid["price"] == pytest.approx(3.0)
     assert bid["adomain"] == ["other.example"] and bid["cat"] == ["IAB20-1"] and bid["mtype"] == 1
     assert resp["id"] == "r1" and resp["cur"] == "USD" and resp["ext"]["model_version"] == "v7"
-    resp25 = decide_bids(plan, np.array([0.004, 0.003]), model_version="v7", openrtb="2.5")
+    resp25, _ = decide_bids(plan, np.array([0.004, 0.003]), model_version="v7", openrtb="2.5")
     assert "mtype" not in resp25["seatbid"][0]["bid"][0]
 
 
 def test_floor_is_respected():
     plan = plan_bids(_request(), _catalog())
     # prices 0.4 and 0.4 CPM, floor 0.5 -> no bid at all
-    assert decide_bids(plan, np.array([0.0004, 0.0002]), model_version="v") is None
+    response, why = decide_bids(plan, np.array([0.0004, 0.0002]), model_version="v")
+    assert response is None and "clears the floor 0.5" in why["1"]
     # only a300 clears the floor (0.6); b300's eCPM is below it
-    resp = decide_bids(plan, np.array([0.0006, 0.0002]), model_version="v")
+    resp, _ = decide_bids(plan, np.array([0.0006, 0.0002]), model_version="v")
     assert resp["seatbid"][0]["bid"][0]["crid"] == "a300"
     assert resp["seatbid"][0]["bid"][0]["price"] >= 0.5
 
@@ -126,7 +127,7 @@ def test_invalid_native_request_gets_no_bid_others_answered():
                         {"id": "1", "bidfloor": 0.01, "banner": {"w": 300, "h": 250}}])
     plan = plan_bids(req, _catalog())
     assert "native.request: not valid JSON" in plan.no_bid["n"]
-    resp = decide_bids(plan, np.full(len(plan.candidates), 0.01), model_version="v")
+    resp, _ = decide_bids(plan, np.full(len(plan.candidates), 0.01), model_version="v")
     assert [b["impid"] for b in resp["seatbid"][0]["bid"]] == ["1"]
     assert "native.request" in resp["ext"]["no_bid"]["n"]
 
@@ -138,7 +139,7 @@ def test_private_deal_needs_a_matching_deal_and_seat():
     plan = plan_bids(req, _catalog(deal_ids=["D1"], seat="Agency1"))
     (cand,) = [c for c in plan.candidates]
     assert cand.deal_id == "D1" and cand.floor_cpm == 2.5
-    resp = decide_bids(plan, np.array([0.004]), model_version="v")
+    resp, _ = decide_bids(plan, np.array([0.004]), model_version="v")
     bid = resp["seatbid"][0]["bid"][0]
     assert resp["seatbid"][0]["seat"] == "Agency1" and bid["dealid"] == "D1" and bid["price"] >= 2.5
 
@@ -181,7 +182,7 @@ def test_every_shared_sample_plans(shared_data):
         req = json.loads(path.read_text())
         plan = plan_bids(copy.deepcopy(req), catalog)
         probs = np.full(len(plan.candidates), 0.01)
-        resp = decide_bids(plan, probs, model_version="v")
+        resp, _ = decide_bids(plan, probs, model_version="v")
         imp_ids = {imp["id"] for imp in req["imp"]}
         if "native" in path.name:
             assert resp is None and "native.request" in plan.no_bid["1"], path.name

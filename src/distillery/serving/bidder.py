@@ -2,7 +2,7 @@
 
     plan = plan_bids(request, catalog)                # eligibility: format, size, bcat, badv, cur, deals
     probs = scorer.predict_proba(plan.texts())        # ALL candidates of the request in one batch
-    response = decide_bids(plan, probs, model_version="v1", openrtb="2.6")   # None means no bid (204)
+    response, no_bid = decide_bids(plan, probs, model_version="v1", openrtb="2.6")  # None: no bid (204)
 
 Per impression, each eligible (campaign, creative) pair becomes a candidate row: the impression's
 request context (`distillery.data.openrtb.impression_context`) plus the ad's fields. The winner is the
@@ -249,10 +249,11 @@ def decide_bids(
     *,
     model_version: str,
     openrtb: str = "2.6",
-) -> dict[str, Any] | None:
-    """The bid response for `plan` given click probabilities `probs` (len(plan.candidates),), or None
-    when no impression gets a bid (the caller answers HTTP 204). Prices are CPM in `plan.currency`.
-    Impressions left without a bid get their reason in `plan.no_bid` (and the response's `ext.no_bid`)."""
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """(bid response, why each unanswered impression got no bid) for `plan` given click probabilities
+    `probs` (len(plan.candidates),). The response is None when no impression gets a bid (the caller
+    answers HTTP 204); otherwise the reasons are also in its `ext.no_bid`. Prices are CPM in
+    `plan.currency`."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if probs.shape[0] != len(plan.candidates):
         raise ValueError(f"probs: {probs.shape[0]} values for {len(plan.candidates)} candidates")
@@ -266,7 +267,7 @@ def decide_bids(
             continue
         if cand.imp_id not in best or ecpm > best[cand.imp_id][0]:
             best[cand.imp_id] = (ecpm, price, k)
-    no_bid = plan.no_bid
+    no_bid = dict(plan.no_bid)
     seats: dict[str, list[dict[str, Any]]] = {}
     for imp_id in plan.imp_ids:
         if imp_id in no_bid:
@@ -279,7 +280,7 @@ def decide_bids(
         cand = plan.candidates[k]
         seats.setdefault(cand.ad.seat, []).append(_bid(cand, price, float(probs[k]), openrtb))
     if not seats:
-        return None
+        return None, no_bid
     response: dict[str, Any] = {
         "id": plan.request_id,
         "bidid": uuid.uuid4().hex,
@@ -289,7 +290,7 @@ def decide_bids(
     }
     if no_bid:
         response["ext"]["no_bid"] = no_bid
-    return response
+    return response, no_bid
 
 
 def _bid(cand: Candidate, price: float, pctr: float, openrtb: str) -> dict[str, Any]:

@@ -275,8 +275,7 @@ class CTRServer:
             self._metrics.deadline_misses.inc()
             return self._no_bid("deadline", f"scoring did not finish within the {budget_s * 1000:.1f} ms budget")
         probs, version = task.result()
-        response = decide_bids(plan, probs, model_version=version, openrtb=openrtb)
+        response, no_bid = decide_bids(plan, probs, model_version=version, openrtb=openrtb)
         if response is None:
-            return self._no_bid("floor", "; ".join(f"{k}: {v}" for k, v in plan.no_bid.items())
-                                or "no bid clears its floor", version)
+            return self._no_bid("floor", "; ".join(f"{k}: {v}" for k, v in no_bid.items()), version)
         return self._json(response, version=version)
