@@ -23,6 +23,7 @@ from distillery.teachers import (
     parse_teacher_config,
     score,
     score_detailed,
+    warm_caches,
 )
 from distillery.teachers.retrieval import blend, smoothed_rate, top_k_cosine
 
@@ -125,10 +126,14 @@ def test_hf_classifier_truncates_to_max_length(bert1):
     assert short[0] == pytest.approx(short[1], abs=1e-6)  # only the first 16 tokens are read
 
 
-def test_hf_classifier_rejects_three_labels(tmp_path):
+def test_hf_classifier_rejects_three_labels(tmp_path, bert1, index_dir):
     path = save_tiny_bert(tmp_path / "three", num_labels=3)
     with pytest.raises(ConfigError, match=r"teacher.model: .*num_labels=3"):
         _hf(path)
+    members = [{"kind": "hf-classifier", "model": str(bert1)}, {"kind": "retrieval", "encoder": str(bert1), "index": str(index_dir), "cache": None,
+                                        "base": {"kind": "hf-classifier", "model": str(path)}}]
+    with pytest.raises(ConfigError, match=r"^teacher.members.1.base.model: .*num_labels=3"):
+        build_teacher({"kind": "ensemble", "members": members})
 
 
 def test_hf_classifier_id_is_stable_lineage(bert1, bert1b):
@@ -193,6 +198,31 @@ def test_causal_lm_truncates_text_but_keeps_the_answer_cue(tiny_gpt2):
     assert teacher.tokenizer.decode(ids).startswith("Ad impression: query: running")
     probs = teacher.predict_proba([long, "ad: socks"])
     assert np.all(np.isfinite(probs))
+
+
+def test_causal_lm_chat_template_wraps_the_prompt(tiny_gpt2, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    folder = Path(shutil.copytree(tiny_gpt2, tmp_path / "chat_lm"))
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = (
+        "{% for m in messages %}<|endoftext|>user: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    tok.save_pretrained(folder)
+    teacher = _lm(folder, chat_template=True, batch_size=3)
+    prompt = teacher.render("ad: socks")
+    assert prompt.startswith("<|endoftext|>user: Ad impression: ad: socks") and prompt.endswith("assistant:")
+    probs = teacher.predict_proba(TEXTS[:5])
+    for text, p in zip(TEXTS[:5], probs):
+        ids = teacher.tokenizer(teacher.render(text), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = teacher.model(torch.tensor([ids])).logits[0, -1]
+        margin = logits[teacher.yes_ids].logsumexp(0) - logits[teacher.no_ids].logsumexp(0)
+        assert p == pytest.approx(torch.sigmoid(margin).item(), abs=1e-5)
 
 
 def test_causal_lm_config_errors(tiny_gpt2):
@@ -311,16 +341,18 @@ def test_retrieval_index_cache_saved_loaded_and_invalidated(bert1, index_dir, tm
     other = _write_index(tmp_path / "other", [("pizza", [1, 0])])
     third = _retrieval(bert1, other, cache=cache)  # same cache path, different logs: rebuilt
     assert third.index_source == "built" and third.index.embeddings.shape[0] == 2
-    auto_dir = tmp_path / "auto"
-    import os
+    assert _retrieval(bert1, index_dir, cache=cache).index_source == "built"  # overwritten by `other`
 
-    os.environ["DISTILLERY_CACHE"] = str(auto_dir)
-    try:
-        assert _retrieval(bert1, index_dir, cache="auto").index_source == "built"
-        assert _retrieval(bert1, index_dir, cache="auto").index_source == "cache"
-        assert len(list((auto_dir / "retrieval").glob("*.npz"))) == 1
-    finally:
-        del os.environ["DISTILLERY_CACHE"]
+
+def test_warm_caches_builds_each_index_once_for_actors(bert1, index_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    retrieval = {"kind": "retrieval", "encoder": str(bert1), "index": str(index_dir), "device": "cpu", "k": 2}
+    cfg = parse_teacher_config({"kind": "ensemble", "members": [{"kind": "hf-classifier", "model": str(bert1)}, retrieval]})
+    assert warm_caches(cfg) == {"teacher.members.1": "built"}
+    assert len(list((tmp_path / "cache" / "retrieval").glob("*.npz"))) == 1
+    assert warm_caches(cfg) == {"teacher.members.1": "cache"}
+    actor_side = build_teacher(cfg)  # what a labeling actor does
+    assert actor_side.members[1].index_source == "cache"
 
 
 # ---------------------------------------------------------------------------------------- ensemble

@@ -24,6 +24,7 @@ from distillery.teachers.base import (
     parse_teacher_config,
     score,
     score_detailed,
+    warm_caches,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "describe_errors",
     "check_teacher_sources",
     "build_teacher",
+    "warm_caches",
     "confidence",
     "disagreement",
     "Scores",

@@ -29,6 +29,7 @@ __all__ = [
     "describe_errors",
     "check_teacher_sources",
     "build_teacher",
+    "warm_caches",
     "binary_entropy_bits",
     "disagreement",
     "confidence",
@@ -216,24 +217,55 @@ def build_teacher(cfg: TeacherConfig | dict[str, Any]) -> Teacher:
     return _construct(cfg)
 
 
-def _construct(cfg: TeacherConfig) -> Teacher:
+def warm_caches(cfg: TeacherConfig, field: str = "teacher") -> dict[str, str]:
+    """Build every retrieval index in the config tree once (driver side, before actors start), so
+    actors load cached embeddings; {field path: "cache" or "built"}. Loads encoders, not teachers."""
+    if not isinstance(cfg, (HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig)):
+        cfg = parse_teacher_config(cfg)
+    done: dict[str, str] = {}
+    if isinstance(cfg, RetrievalConfig):
+        from distillery.teachers.retrieval import build_index_cache
+
+        check_teacher_sources(cfg, field)
+        done[field] = build_index_cache(cfg)[1]
+        if cfg.base is not None:
+            done.update(warm_caches(cfg.base, f"{field}.base"))
+    elif isinstance(cfg, EnsembleConfig):
+        for i, member in enumerate(cfg.members):
+            done.update(warm_caches(member, f"{field}.members.{i}"))
+    return done
+
+
+def _construct(cfg: TeacherConfig, field: str = "teacher") -> Teacher:
     if isinstance(cfg, HFClassifierConfig):
         from distillery.teachers.hf_classifier import HFClassifierTeacher
 
-        return HFClassifierTeacher(cfg)
+        return _named(field, HFClassifierTeacher, cfg)
     if isinstance(cfg, CausalLMConfig):
         from distillery.teachers.causal_lm import CausalLMTeacher
 
-        return CausalLMTeacher(cfg)
+        return _named(field, CausalLMTeacher, cfg)
     if isinstance(cfg, RetrievalConfig):
         from distillery.teachers.retrieval import RetrievalTeacher
 
-        return RetrievalTeacher(cfg, base=_construct(cfg.base) if cfg.base is not None else None)
+        base = _construct(cfg.base, f"{field}.base") if cfg.base is not None else None
+        return _named(field, RetrievalTeacher, cfg, base=base)
     if isinstance(cfg, EnsembleConfig):
         from distillery.teachers.ensemble import EnsembleTeacher
 
-        return EnsembleTeacher([_construct(m) for m in cfg.members], cfg.weights)
-    raise ConfigError(f"teacher.kind: unknown config type {type(cfg).__name__}")
+        return EnsembleTeacher([_construct(m, f"{field}.members.{i}") for i, m in enumerate(cfg.members)], cfg.weights)
+    raise ConfigError(f"{field}.kind: unknown config type {type(cfg).__name__}")
+
+
+def _named(field: str, backend: Any, cfg: TeacherConfig, **kwargs: Any) -> Teacher:
+    """Construct one backend; its errors say `teacher.x`, so inside a tree say which node it is."""
+    try:
+        return backend(cfg, **kwargs)
+    except ConfigError as err:
+        message = str(err)
+        if message.startswith("teacher."):
+            message = field + message[len("teacher"):]
+        raise ConfigError(message) from None
 
 
 # ------------------------------------------------------------------------------------- confidence

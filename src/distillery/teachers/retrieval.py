@@ -38,7 +38,16 @@ from distillery.teachers._hf import (
 )
 from distillery.teachers.base import RetrievalConfig, Teacher, logit, sigmoid
 
-__all__ = ["TextEncoder", "RetrievalIndex", "RetrievalTeacher", "read_labelled_texts", "top_k_cosine", "smoothed_rate", "blend"]
+__all__ = [
+    "TextEncoder",
+    "RetrievalIndex",
+    "RetrievalTeacher",
+    "build_index_cache",
+    "read_labelled_texts",
+    "top_k_cosine",
+    "smoothed_rate",
+    "blend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +186,11 @@ def load_or_build_index(encoder: TextEncoder, texts: list[str], clicks: np.ndarr
             except (OSError, ValueError, KeyError) as err:
                 log.warning("retrieval cache %s unreadable (%s); rebuilding", path, err)
         start = time.perf_counter()
-        index = RetrievalIndex(encoder.encode(texts), clicks, key)
-        log.info("embedded %d index rows in %.1fs", len(texts), time.perf_counter() - start)
+        # Logs repeat impressions verbatim; embed each distinct text once.
+        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        index = RetrievalIndex(encoder.encode(list(unique))[inverse.ravel()], clicks, key)
+        log.info("embedded %d index rows (%d distinct texts) in %.1fs", len(texts), len(unique),
+                 time.perf_counter() - start)
         if path is not None:
             try:
                 io.write_bytes(path, index.to_bytes())
@@ -228,6 +240,16 @@ def blend(rate: np.ndarray, base_prob: np.ndarray, weight: float, space: str) ->
     if space == "prob":
         return weight * rate + (1 - weight) * np.asarray(base_prob, dtype=np.float64)
     raise ValueError(f"blend: {space!r}, expected logit or prob")
+
+
+def build_index_cache(cfg: RetrievalConfig) -> tuple[str | None, str]:
+    """Embed (or find) the index of `cfg` and write its cache, loading only the encoder; returns
+    (cache path, "cache" or "built"). Call once on the driver before starting labeling actors, so
+    each actor loads the npz instead of embedding the index itself."""
+    encoder = TextEncoder(cfg.encoder, cfg.batch_size, cfg.max_length, cfg.dtype, cfg.device, cfg.num_threads)
+    texts, clicks = read_labelled_texts(cfg.index, cfg.max_rows)
+    index, source = load_or_build_index(encoder, texts, clicks, cfg.cache)
+    return _cache_path(cfg.cache, index.key), source
 
 
 class RetrievalTeacher:
