@@ -69,6 +69,7 @@ class TextEncoder:
         self.encoder_id = f"{model_label(model)}:{model_fingerprint(path, self.model)}:len{max_length}:{dtype}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), hidden) float32 unit vectors, in the order of `texts`."""
         torch = self._torch
         dim = int(self.model.config.hidden_size)
         out = np.zeros((len(texts), dim), dtype=np.float32)
@@ -200,7 +201,7 @@ def load_or_build_index(encoder: TextEncoder, texts: list[str], clicks: np.ndarr
 
 
 def top_k_cosine(queries: np.ndarray, embeddings: np.ndarray, k: int,
-                 max_block: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+                 max_block: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices), each (n, min(k, N)), of the k most similar index rows per query
     (unit vectors, so a dot product is the cosine). Queries go in chunks so the (chunk, N)
     similarity block stays under `max_block` floats. Neighbours are unordered."""
