@@ -16,6 +16,7 @@ Each call adds its variant (file and size) to `model_card.json`. The quality gat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Iterator
@@ -24,7 +25,8 @@ import numpy as np
 
 from distillery.compress.export import FP32_FILE, read_card, write_card
 
-__all__ = ["PRESETS", "PRESET_VARIANT", "LESS_AGGRESSIVE", "apply_preset", "quantize_int8", "TextCalibrationReader"]
+__all__ = ["PRESETS", "PRESET_VARIANT", "LESS_AGGRESSIVE", "apply_preset", "quantize_int8", "quantize_file",
+           "fuse_transformer", "TextCalibrationReader", "quiet_ort_tools"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,18 @@ class TextCalibrationReader:
         self._it = None
 
 
+@contextlib.contextmanager
+def quiet_ort_tools():
+    """ORT's quantizer and fusion tools log every tensor at INFO on the root logger; mute INFO
+    while they run so a job's own log stays readable."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _as_calibration_reader(reader: TextCalibrationReader):
     # Subclass ORT's ABC lazily so importing this module does not import onnxruntime.quantization.
     from onnxruntime.quantization import CalibrationDataReader
@@ -101,28 +115,24 @@ def apply_preset(
         raise FileNotFoundError(f"{src}: FP32 model missing (run export_onnx first)")
     dst = os.path.join(out_dir, PRESET_FILE[preset])
 
-    if preset == "int8-dynamic":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    if preset == "int8-static" and not calibration_texts:
+        raise ValueError("int8-static: calibration_texts is empty; pass rows from the logs (validation.calibration_rows)")
+    with quiet_ort_tools():
+        if preset == "int8-dynamic":
+            quantize_file(src, dst, per_channel)
+        elif preset == "int8-static":
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        quantize_dynamic(src, dst, op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
-                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
-    elif preset == "int8-static":
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+            reader = TextCalibrationReader(out_dir, calibration_texts, card["inputs"], card["max_length"])
+            quantize_static(src, dst, _as_calibration_reader(reader), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, extra_options={"DefaultTensorType": 1})
+        else:  # fp16
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        if not calibration_texts:
-            raise ValueError("int8-static: calibration_texts is empty; pass rows from the logs (validation.calibration_rows)")
-        reader = TextCalibrationReader(out_dir, calibration_texts, card["inputs"], card["max_length"])
-        quantize_static(src, dst, _as_calibration_reader(reader), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"DefaultTensorType": 1})
-    else:  # fp16
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        model = convert_float_to_float16(onnx.load(src), keep_io_types=True)
-        onnx.save(model, dst)
+            onnx.save(convert_float_to_float16(onnx.load(src), keep_io_types=True), dst)
 
     variant = PRESET_VARIANT[preset]
     card["variants"][variant] = os.path.basename(dst)
@@ -138,3 +148,37 @@ def quantize_int8(out_dir: str, preset: str = "int8-dynamic", **kwargs) -> str:
     if not preset.startswith("int8"):
         raise ValueError(f"preset {preset!r}: quantize_int8 takes int8-dynamic or int8-static")
     return apply_preset(out_dir, preset, **kwargs)
+
+
+# ORT's offline transformer fusion (Attention, SkipLayerNorm, BiasGelu …) understands these graphs.
+_FUSION_MODEL_TYPE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "distilbert": "bert"}
+FUSED_SUFFIX = ".fused"
+
+
+def fuse_transformer(out_dir: str, variant: str = "fp32") -> str | None:
+    """Write ORT's transformer-fused copy of a variant (`student.fp32.fused.onnx`); None when the
+    model type has no fusion support. Callers keep it only where it measures faster."""
+    card = read_card(out_dir)
+    kind = _FUSION_MODEL_TYPE.get(card.get("model_type", ""))
+    if kind is None:
+        return None
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    src = os.path.join(out_dir, card["variants"][variant])
+    dst = src[: -len(".onnx")] + FUSED_SUFFIX + ".onnx"
+    # opt_level=0: fusions only; ORT's own session-level optimisations still run at load time.
+    with quiet_ort_tools():
+        optimize_model(src, model_type=kind, num_heads=0, hidden_size=0, opt_level=0).save_model_to_file(dst)
+    return dst
+
+
+def quantize_file(src: str, dst: str, per_channel: bool = True) -> str:
+    """`int8-dynamic` on an arbitrary ONNX file (used to quantize fused graphs)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # DefaultTensorType: fused graphs carry ops (Attention, SkipLayerNorm) whose output types the
+    # quantizer cannot infer; it needs to be told they are float.
+    with quiet_ort_tools():
+        quantize_dynamic(src, dst, op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
+    return dst

@@ -1,0 +1,269 @@
+"""The compress stage: prune → export ONNX → quantize → validate → model card.
+
+    python -m jobs.compress --config jobs/configs/compress.yaml run_dir=runs/demo
+    distillery compress --config jobs/configs/compress.yaml ffn_keep_ratio=0.5 presets=[int8-dynamic,fp16]
+
+Reads `<run_dir>/<student>/` (a Hugging Face folder), writes `<run_dir>/onnx/` (the serving
+contract: see `export.py`) and, when pruning, the pruned checkpoint to `<run_dir>/student_pruned/`
+so the training job can re-distil it. Validation rows come from `<run_dir>/data/<split>/`; when
+the run has no data yet, from the synthetic generator (recorded in the card). Fails, naming the
+field or the preset to try instead, when FP32 parity or the AUC quality gate is not met.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from distillery import io
+from distillery.config import Section, config_hash
+
+__all__ = ["CompressConfig", "ValidationSection", "run"]
+
+log = logging.getLogger(__name__)
+
+Preset = Literal["int8-dynamic", "int8-static", "fp16"]
+
+
+class ValidationSection(Section):
+    split: str = Field("test", description="split of <run_dir>/data with true clicks for AUC")
+    rows: int = Field(4000, ge=50, description="rows for the AUC of every variant")
+    parity_rows: int = Field(256, ge=1, description="rows for the FP32-vs-PyTorch logit check")
+    atol: float = Field(1e-3, gt=0, description="max |Δ logit| allowed between FP32 ONNX and PyTorch")
+    max_auc_drop: float = Field(0.002, ge=0, description="quality gate: max AUC drop of a quantized variant below FP32")
+    gate: Literal["fail", "warn"] = Field("fail", description="what a gate failure does: raise, or log and keep going")
+    calibration_split: str = Field("train", description="split whose rows calibrate int8-static and score importance")
+    calibration_rows: int = Field(256, ge=8, description="rows for int8-static calibration and pruning importance")
+    batch_size: int = Field(64, ge=1, description="rows per ORT/PyTorch call during validation")
+    latency_calls: int = Field(200, ge=0, description="batch-1 calls per variant for p50/p99 in the card (0 = skip)")
+    num_threads: int | None = Field(None, ge=1, description="ORT intra-op threads during validation (None = ORT default)")
+
+
+class CompressConfig(Section):
+    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+    student: str = Field("student", description="student checkpoint: folder name under run_dir, or a path")
+    out: str = Field("onnx", description="output folder name under run_dir")
+    name: str = Field("ctr", description="model name in the card (served under this name)")
+    keep_layers: list[int] | int | None = Field(None, description="encoder (or only stack) layers to keep: indices, or a count spread evenly; None keeps all")
+    keep_decoder_layers: list[int] | int | None = Field(None, description="decoder layers to keep (encoder-decoders only)")
+    ffn_keep_ratio: float = Field(1.0, gt=0, le=1, description="fraction of FFN units kept per layer, by activation importance")
+    keep_heads: int | None = Field(None, ge=1, description="attention heads kept per layer (BERT family); None keeps all")
+    presets: list[Preset] = Field(default_factory=lambda: ["int8-dynamic"], min_length=1, description="quantization presets to write (at least one)")
+    per_channel: bool = Field(True, description="per-channel int8 weight scales (measured closer to FP32 than per-tensor)")
+    try_fusion: bool = Field(True, description="build ORT's transformer-fused graph and keep it only if int8 measures faster")
+    max_length: int = Field(128, ge=8, le=4096, description="truncation length in tokens, written to the card")
+    opset: int = Field(17, ge=14, le=21, description="ONNX opset")
+    teacher_id: str | None = Field(None, description="teacher id for lineage; default: from labels/_MANIFEST.json")
+    validation: ValidationSection = Field(default_factory=ValidationSection, description="parity, AUC gate, calibration")
+
+
+def _local_dir(path: str, tmp: str, label: str) -> str:
+    """A local folder for `path`, downloading URIs into `tmp` (HF and ORT need local files)."""
+    if "://" not in path:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{label} {path!r}: no such folder")
+        return path
+    import pyarrow.fs as pafs
+
+    fs, p = io.filesystem(path)
+    local = os.path.join(tmp, label)
+    pafs.copy_files(p, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local
+
+
+def _rows(cfg: CompressConfig, split: str, n: int) -> tuple[list[dict], str]:
+    """Up to `n` rows of a split, and where they came from."""
+    from distillery.training.data import read_split
+
+    try:
+        return read_split(cfg.run_dir, split, max_rows=n).to_pylist(), f"{cfg.run_dir}/data/{split}"
+    except FileNotFoundError:
+        from distillery.data.synthetic import SyntheticConfig, generate
+
+        log.warning("no %s split under %s: validating on synthetic rows", split, cfg.run_dir)
+        syn = SyntheticConfig(rows_train=n, rows_test=n, rows_unlabeled=0)
+        return generate(syn, "train" if split == "train" else "test").to_pylist()[:n], f"synthetic:{split}"
+
+
+def _lineage(cfg: CompressConfig, student_path: str) -> dict[str, Any]:
+    manifest_path = io.join(cfg.run_dir, "labels", "_MANIFEST.json")
+    lineage: dict[str, Any] = {"student_checkpoint": student_path, "config_hash": config_hash(cfg),
+                               "teacher_id": cfg.teacher_id, "labels_manifest_sha256": None}
+    if io.exists(manifest_path):
+        blob = io.read_bytes(manifest_path)
+        lineage["labels_manifest_sha256"] = hashlib.sha256(blob).hexdigest()[:16]
+        if lineage["teacher_id"] is None:
+            import json
+
+            ids = json.loads(blob).get("teacher_ids") or []
+            lineage["teacher_id"] = ",".join(ids) or None
+    return lineage
+
+
+def _prune(cfg: CompressConfig, src: str, dst: str, texts: list[str]) -> dict[str, Any] | None:
+    """Apply the configured pruning to `src`, save to `dst`; None when nothing is pruned."""
+    if cfg.keep_layers is None and cfg.keep_decoder_layers is None and cfg.ffn_keep_ratio == 1.0 and cfg.keep_heads is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from distillery.compress.prune import layer_counts, load_pruned, prune_ffn, prune_heads, prune_layers
+
+    model = load_pruned(src, attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(src)
+    before = {"layers": layer_counts(model), "params": model.num_parameters()}
+    keep = {k: v for k, v in (("encoder", cfg.keep_layers), ("decoder", cfg.keep_decoder_layers)) if v is not None}
+    if keep:
+        if "decoder" in keep and "decoder" not in layer_counts(model):
+            raise ValueError(f"keep_decoder_layers: model type {model.config.model_type!r} has no decoder stack")
+        if "decoder" not in layer_counts(model):
+            keep = {next(iter(layer_counts(model))): keep["encoder"]}
+        prune_layers(model, keep)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    batches = [dict(tok(texts[i:i + 32], padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt"))
+               for i in range(0, len(texts), 32)]
+    if getattr(model.config, "type_vocab_size", 0) in (0, None):
+        batches = [{k: v for k, v in b.items() if k != "token_type_ids"} for b in batches]
+    if cfg.keep_heads is not None:
+        prune_heads(model, cfg.keep_heads, inputs=batches)
+    if cfg.ffn_keep_ratio < 1.0:
+        prune_ffn(model, cfg.ffn_keep_ratio, inputs=batches)
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return {"before": before, "after": {"layers": layer_counts(model), "params": model.num_parameters()},
+            "keep_layers": cfg.keep_layers, "keep_decoder_layers": cfg.keep_decoder_layers,
+            "ffn_keep_ratio": cfg.ffn_keep_ratio, "keep_heads": cfg.keep_heads, "importance": "activation"}
+
+
+def _choose_fusion(out_dir: str, cfg: CompressConfig, texts: list[str]) -> dict[str, Any]:
+    """Build fused FP32+INT8 graphs; point the card at them only if INT8 batch-1 p50 is ≥5% faster."""
+    from distillery.compress.export import read_card, write_card
+    from distillery.compress.quantize import FUSED_SUFFIX, fuse_transformer, quantize_file
+    from distillery.compress.validate import interleaved_latency
+    from distillery.serving.scorer import OnnxScorer
+
+    fused = fuse_transformer(out_dir, "fp32")
+    if fused is None:
+        return {"chosen": "plain", "reason": "no ORT fusion for this model type"}
+    card = read_card(out_dir)
+    int8_fused = os.path.join(out_dir, card["variants"]["int8"][: -len(".onnx")] + FUSED_SUFFIX + ".onnx")
+    quantize_file(fused, int8_fused, cfg.per_channel)
+    card["variants"]["_int8_fused"] = os.path.basename(int8_fused)
+    write_card(out_dir, card)
+    threads = cfg.validation.num_threads or 1
+    plain = OnnxScorer(out_dir, "int8", intra_op_threads=threads)
+    fast = OnnxScorer(out_dir, "_int8_fused", intra_op_threads=threads)
+    lat = interleaved_latency({"plain": plain.predict_proba, "fused": fast.predict_proba}, texts, calls=150)
+    card = read_card(out_dir)
+    del card["variants"]["_int8_fused"]
+    chosen = "fused" if lat["fused"]["p50"] < 0.95 * lat["plain"]["p50"] else "plain"
+    if chosen == "fused":
+        for variant, path in (("fp32", fused), ("int8", int8_fused)):
+            os.replace(path, os.path.join(out_dir, card["variants"][variant]))
+    else:
+        for path in (fused, int8_fused):
+            os.remove(path)
+    write_card(out_dir, card)
+    return {"chosen": chosen, "int8_batch1_ms": lat, "rule": "fused only if p50 >= 5% faster, interleaved"}
+
+
+def run(cfg: CompressConfig) -> dict[str, Any]:
+    """Prune, export, quantize and validate; returns the model card (also in `<run_dir>/<out>/model_card.json`)."""
+    from distillery.compress.export import export_onnx, read_card, write_card
+    from distillery.compress.quantize import PRESET_VARIANT, apply_preset
+    from distillery.compress.validate import (QualityGateError, batch1_latency, check_quality_gate, fp32_parity,
+                                              variant_aucs)
+    from distillery.data.text import to_text
+
+    t0 = time.perf_counter()
+    v = cfg.validation
+    student_path = cfg.student if ("://" in cfg.student or os.path.isabs(cfg.student)) else io.join(cfg.run_dir, cfg.student)
+    out_uri = io.join(cfg.run_dir, cfg.out)
+    with tempfile.TemporaryDirectory(prefix="compress-") as tmp:
+        src = _local_dir(student_path, tmp, "student")
+        calib_rows, calib_source = _rows(cfg, v.calibration_split, v.calibration_rows)
+        calib_texts = [to_text(r) for r in calib_rows]
+        pruned_dir = os.path.join(tmp, "student_pruned")
+        pruning = _prune(cfg, src, pruned_dir, calib_texts)
+        model_dir = pruned_dir if pruning else src
+        out_dir = out_uri if "://" not in out_uri else os.path.join(tmp, "onnx")
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)  # a stale variant from an earlier run must not survive
+        lineage = _lineage(cfg, student_path)
+        if pruning:
+            lineage["pruned_checkpoint"] = io.join(cfg.run_dir, "student_pruned")
+        export_onnx(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
+        card = read_card(out_dir)
+        card["lineage"]["source_model"] = lineage.get("pruned_checkpoint", student_path)  # not the temp folder
+        write_card(out_dir, card)
+        rows, source = _rows(cfg, v.split, v.rows)
+        texts = [to_text(r) for r in rows]
+        clicks = np.asarray([r.get("click") for r in rows], dtype=np.float64)
+        parity = fp32_parity(model_dir, out_dir, texts[:v.parity_rows], atol=v.atol, max_length=cfg.max_length,
+                             batch_size=v.batch_size, intra_op_threads=v.num_threads)
+        presets = {}
+        for preset in cfg.presets:
+            apply_preset(out_dir, preset, calibration_texts=calib_texts, per_channel=cfg.per_channel)
+            presets[PRESET_VARIANT[preset]] = preset
+        fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
+        card = read_card(out_dir)
+        for variant, file in card["variants"].items():  # fusion may have replaced files
+            card["size_mb"][variant] = round(os.path.getsize(os.path.join(out_dir, file)) / 1e6, 3)
+        card["version"] = card["version"] if fusion["chosen"] == "plain" else f"{card['version']}-fused"
+        aucs = variant_aucs(out_dir, list(card["variants"]), texts, clicks, batch_size=v.batch_size,
+                            intra_op_threads=v.num_threads)
+        latency = {}
+        if v.latency_calls:
+            from distillery.serving.scorer import OnnxScorer
+
+            for variant in card["variants"]:
+                scorer = OnnxScorer(out_dir, variant, intra_op_threads=v.num_threads or 1)
+                latency[variant] = batch1_latency(scorer.predict_proba, texts, calls=v.latency_calls)
+        card["metrics"] = {
+            "fp32_parity": parity, "auc": aucs, "auc_drop": {k: aucs["fp32"] - a for k, a in aucs.items() if k != "fp32"},
+            "validation_rows": len(texts), "validation_clicks": int(clicks.sum()), "validation_source": source,
+            "calibration_source": calib_source, "batch1_latency_ms": latency, "graph_optimization": fusion,
+            "pruning": pruning, "compress_s": round(time.perf_counter() - t0, 1),
+        }
+        gate_error = None
+        try:
+            card["metrics"]["quality_gate"] = {"passed": True, "max_auc_drop": v.max_auc_drop}
+            check_quality_gate(aucs, max_drop=v.max_auc_drop, presets=presets)
+        except QualityGateError as err:
+            failed = sorted(k for k, d in card["metrics"]["auc_drop"].items() if not d <= v.max_auc_drop)
+            card["metrics"]["quality_gate"] = {"passed": False, "max_auc_drop": v.max_auc_drop, "failed": failed,
+                                               "message": str(err)}
+            if v.gate == "fail":  # a variant that failed the gate must not be servable from this card
+                card["rejected_variants"] = {k: card["variants"].pop(k) for k in failed}
+            gate_error = err
+        write_card(out_dir, card)
+        if "://" in out_uri:
+            _upload(out_dir, out_uri)
+        if pruning:
+            _upload(pruned_dir, io.join(cfg.run_dir, "student_pruned"))
+    if gate_error is not None:
+        if v.gate == "fail":
+            raise gate_error
+        log.warning("%s (validation.gate=warn: keeping the variants)", gate_error)
+    log.info("compress: %s in %.1fs; AUC %s", out_uri, time.perf_counter() - t0, {k: round(a, 4) for k, a in aucs.items()})
+    return card
+
+
+def _upload(local: str, dest: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, p = io.filesystem(dest)
+    if isinstance(fs, pafs.LocalFileSystem) and os.path.abspath(local) == p:
+        return
+    if isinstance(fs, pafs.LocalFileSystem) and os.path.isdir(p):
+        shutil.rmtree(p)
+    io.makedirs(dest)
+    pafs.copy_files(local, p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
