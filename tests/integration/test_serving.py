@@ -78,6 +78,7 @@ def _config(root: Path, model: str = "a", **deployment) -> dict:
     app["args"].update(model_root=str(root), model={"model_dir": "a", "variant": "int8"}, auth_token_env=TOKEN_ENV)
     app["args"]["limits"].update(max_body_bytes=200_000)
     app["args"]["bidder"].update(network_margin_ms=20.0)
+    app["args"]["batch"].update(batch_wait_timeout_ms=3.0)  # > the 1 ms budget of the deadline test
     dep = app["deployments"][0]
     dep.update(max_ongoing_requests=16, max_queued_requests=16, ray_actor_options={"num_cpus": 0.25},
                user_config={"model_dir": model, "variant": "int8"},
@@ -376,8 +377,28 @@ def test_tmax_too_short_answers_no_bid_in_time(server, shared_data):
     request["tmax"] = 10  # below the 20 ms network margin: no time left to score
     r = post("/openrtb/2.6/bid", request)
     assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
+    # 1 ms left, less than the 3 ms batch wait: whether the budget runs out while planning or while
+    # scoring (timing), the answer is a no-bid before the deadline, never a late bid
+    request["tmax"] = 21
+    r = post("/openrtb/2.6/bid", request)
+    assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
     request["tmax"] = 2000
     assert post("/openrtb/2.6/bid", request).status_code == 200
+
+
+def test_cuda_required_but_absent_refuses_to_start(server):
+    """provider: cuda on a machine where ORT cannot use CUDA: the replica constructor fails loudly."""
+    import torch
+
+    from distillery.serving.deployment import CTRServer
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here; the refusal path needs a CPU-only machine")
+    root, _ = server
+    args = _config(root)["applications"][0]["args"]
+    args.update(provider="cuda", model={"model_dir": "a", "variant": "int8"})
+    with pytest.raises(RuntimeError, match="refusing to run on CPU"):
+        CTRServer.func_or_class(args)
 
 
 # -- operations -------------------------------------------------------------------------------

@@ -1,0 +1,301 @@
+"""python bench/serve.py [--model-dir runs/demo/onnx] [--duration 20] [--concurrency 32] [--rows 8]
+
+Ray Serve against raw ONNX Runtime on the same model, threads and machine:
+
+1. raw: `OnnxScorer.predict_proba` in this process, best of batch = `--rows` and batch =
+   `max_batch_rows` (what Serve's batcher can reach), same intra-op threads as a replica;
+2. Serve light load: one client, one text per request, sequential -> p50 / p99 latency (HTTP round
+   trip from the client process);
+3. Serve saturation: `--concurrency` clients, `--rows` candidate rows per /predict request
+   (the bidder pattern) -> rows/s, with the replica count sampled over time (autoscaling on);
+4. OpenRTB: light-load latency of /openrtb/2.6/bid on the IAB simple-banner sample.
+
+The load comes from a separate process (`--client`, asyncio + aiohttp keep-alive connections).
+Without `--model-dir` it exports a student-shaped model (all-MiniLM-L6-v2 cut to 2 layers, as
+jobs/configs/train.yaml distills; random click head, so speed is real and scores are not) to
+`--work/student_l2/onnx` and quantizes it to INT8.
+
+The last line is one JSON object: raw_rows_per_s, serve_rows_per_s, serve_vs_raw, p50_ms_light,
+p99_ms_light, max_replicas, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "openrtb" / "iab-ortb26-simple-banner.json"
+
+
+# -- load client (runs in its own process) ------------------------------------------------------
+
+
+async def _client(spec: dict) -> dict:
+    """Closed-loop load: `concurrency` workers, each POSTs its next body as soon as the last answers."""
+    import aiohttp
+
+    bodies = [json.dumps(b).encode() for b in spec["bodies"]]
+    url, stop_at = spec["url"], time.perf_counter() + spec["duration_s"]
+    latencies, statuses, rows = [], {}, 0
+    warmup_until = time.perf_counter() + spec.get("warmup_s", 0.0)
+    conn = aiohttp.TCPConnector(limit=spec["concurrency"], force_close=False)
+    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as session:
+        async def worker(k: int) -> None:
+            nonlocal rows
+            i = k
+            while time.perf_counter() < stop_at and len(latencies) < spec.get("max_requests", 10**9):
+                body = bodies[i % len(bodies)]
+                i += spec["concurrency"]
+                t0 = time.perf_counter()
+                async with session.post(url, data=body) as resp:
+                    await resp.read()
+                    status = resp.status
+                t1 = time.perf_counter()
+                if t0 < warmup_until:
+                    continue
+                statuses[status] = statuses.get(status, 0) + 1
+                latencies.append((t1 - t0) * 1000.0)
+                if status == 200:
+                    rows += spec["rows_per_request"]
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(spec["concurrency"])))
+        elapsed = time.perf_counter() - max(t_start, warmup_until)
+    lat = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else float("nan")
+
+    return {"requests": len(lat), "statuses": {str(k): v for k, v in statuses.items()},
+            "rows_per_s": round(rows / elapsed, 1), "requests_per_s": round(len(lat) / elapsed, 1),
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": round(lat[-1], 3) if lat else None}
+
+
+def run_client(spec: dict) -> dict:
+    """Run `_client` in a separate Python process (so the load does not share our GIL)."""
+    proc = subprocess.run([sys.executable, __file__, "--client"], input=json.dumps(spec), capture_output=True,
+                          text=True, timeout=spec["duration_s"] + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load client failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- setup ----------------------------------------------------------------------------------------
+
+
+def student_onnx(work: Path) -> Path:
+    """A student-shaped INT8 ONNX folder: MiniLM's first 2 layers, exported and quantized (cached)."""
+    out = work / "student_l2" / "onnx"
+    if (out / "model_card.json").exists() and (out / "student.int8.onnx").exists():
+        return out
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distillery.compress.export import export_onnx
+    from distillery.compress.quantize import quantize_int8
+    from distillery.models import default_backbone
+
+    hf = work / "student_l2" / "hf"
+    model = AutoModelForSequenceClassification.from_pretrained(default_backbone(), num_labels=1, num_hidden_layers=2)
+    model.save_pretrained(hf)
+    AutoTokenizer.from_pretrained(default_backbone()).save_pretrained(hf)
+    export_onnx(str(hf), str(out), max_length=80, name="ctr")
+    quantize_int8(str(out))
+    return out
+
+
+def workload(rows_per_request: int, n_requests: int = 200) -> list[list[str]]:
+    """Groups of `rows_per_request` synthetic ad-log texts (a request context with candidate ads)."""
+    from distillery.data.synthetic import SyntheticConfig, generate
+    from distillery.data.text import to_text
+
+    table = generate(SyntheticConfig(rows_train=1, rows_unlabeled=0, rows_test=rows_per_request * n_requests), "test")
+    texts = [to_text(r) for r in table.to_pylist()]
+    return [texts[i:i + rows_per_request] for i in range(0, len(texts), rows_per_request)]
+
+
+def raw_throughput(model_dir: Path, variant: str, threads: int, groups: list[list[str]], batch: int,
+                   seconds: float) -> float:
+    """Rows/s of the in-process scorer at a fixed batch size (tokenization included)."""
+    from distillery.serving.scorer import OnnxScorer
+
+    scorer = OnnxScorer(str(model_dir), variant=variant, intra_op_threads=threads)
+    texts = [t for g in groups for t in g]
+    batches = [texts[i:i + batch] for i in range(0, len(texts) - batch + 1, batch)]
+    for b in batches[:5]:
+        scorer.predict_proba(b)
+    rows, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        rows += len(scorer.predict_proba(batches[i % len(batches)]))
+        i += 1
+    return rows / (time.perf_counter() - start)
+
+
+def raw_latency_ms(model_dir: Path, variant: str, threads: int, texts: list[str], n: int = 300) -> tuple[float, float]:
+    import numpy as np
+
+    from distillery.serving.scorer import OnnxScorer
+
+    scorer = OnnxScorer(str(model_dir), variant=variant, intra_op_threads=threads)
+    lat = []
+    for i in range(n + 20):
+        t0 = time.perf_counter()
+        scorer.predict_proba([texts[i % len(texts)]])
+        if i >= 20:
+            lat.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def serve_config(model_dir: Path, args) -> dict:
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": args.port}
+    app = config["applications"][0]
+    app["args"].update(model_root=str(model_dir.parent), model={"model_dir": model_dir.name, "variant": args.variant},
+                       intra_op_threads=args.threads, auth_token_env=None)
+    app["args"]["batch"].update(max_batch_rows=args.max_batch_rows, batch_wait_timeout_ms=args.batch_wait_ms)
+    dep = app["deployments"][0]
+    dep["max_ongoing_requests"] = args.max_ongoing
+    dep["max_queued_requests"] = 4 * args.concurrency
+    dep["ray_actor_options"] = {"num_cpus": 0.5}
+    dep["autoscaling_config"].update(max_replicas=args.max_replicas, upscale_delay_s=3, downscale_delay_s=30)
+    return config
+
+
+def replicas_over_time(stop: threading.Event, samples: list, t0: float) -> None:
+    from ray import serve
+
+    while not stop.wait(0.5):
+        try:
+            dep = serve.status().applications["distillery"].deployments["CTRServer"]
+            samples.append((round(time.perf_counter() - t0, 1), dep.replica_states.get("RUNNING", 0)))
+        except Exception:  # a status call racing a scale event: skip the sample
+            continue
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", default=None, help="ONNX folder; default: export a 2-layer MiniLM student")
+    p.add_argument("--work", default=str(REPO / "runs" / "bench_serve"), help="cache for the exported student")
+    p.add_argument("--variant", default="int8")
+    p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (raw and per replica)")
+    p.add_argument("--rows", type=int, default=8, help="candidate rows per request at saturation")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of saturation load")
+    p.add_argument("--light-requests", type=int, default=500)
+    p.add_argument("--max-batch-rows", type=int, default=64)
+    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-ongoing", type=int, default=32)
+    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--port", type=int, default=18200)
+    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        print(json.dumps(asyncio.run(_client(json.loads(sys.stdin.read())))))
+        return
+
+    model_dir = Path(args.model_dir).resolve() if args.model_dir else student_onnx(Path(args.work))
+    groups = workload(args.rows)
+    singles = [[g[0]] for g in groups]
+    print(f"model {model_dir} ({args.variant}), {os.cpu_count()} cores visible, ORT threads {args.threads}", flush=True)
+
+    raw = {b: raw_throughput(model_dir, args.variant, args.threads, groups, b, 5.0)
+           for b in sorted({args.rows, args.max_batch_rows})}
+    raw_best = max(raw.values())
+    raw_p50, raw_p99 = raw_latency_ms(model_dir, args.variant, args.threads, [s[0] for s in singles])
+    for b, v in raw.items():
+        print(f"raw ORT in-process, batch {b:>3}: {v:8.0f} rows/s", flush=True)
+    print(f"raw ORT in-process, batch   1: p50 {raw_p50:.2f} ms  p99 {raw_p99:.2f} ms", flush=True)
+
+    import ray
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(serve_config(model_dir, args)))
+        base = f"http://127.0.0.1:{args.port}"
+        _wait_ready(f"{base}/healthz")
+
+        light = run_client({"url": f"{base}/predict", "bodies": [{"texts": s} for s in singles], "concurrency": 1,
+                            "duration_s": 60, "max_requests": args.light_requests, "warmup_s": 2.0,
+                            "rows_per_request": 1})
+        print(f"serve light load, 1 text/request: p50 {light['p50_ms']:.2f} ms  p99 {light['p99_ms']:.2f} ms "
+              f"({light['requests']} requests)", flush=True)
+        bid = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else None
+        rtb = None
+        if bid is not None:
+            bid["tmax"] = 1000
+            rtb = run_client({"url": f"{base}/openrtb/2.6/bid", "bodies": [bid], "concurrency": 1, "duration_s": 30,
+                              "max_requests": 300, "warmup_s": 1.0, "rows_per_request": 1})
+            print(f"serve OpenRTB 2.6 bid, light load: p50 {rtb['p50_ms']:.2f} ms  p99 {rtb['p99_ms']:.2f} ms "
+                  f"statuses {rtb['statuses']}", flush=True)
+
+        stop, samples = threading.Event(), []
+        t0 = time.perf_counter()
+        sampler = threading.Thread(target=replicas_over_time, args=(stop, samples, t0), daemon=True)
+        sampler.start()
+        sat = run_client({"url": f"{base}/predict", "bodies": [{"texts": g} for g in groups],
+                          "concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": 3.0,
+                          "rows_per_request": args.rows})
+        stop.set()
+        sampler.join()
+        print(f"serve saturation, {args.rows} rows/request x {args.concurrency} clients: {sat['rows_per_s']:.0f} rows/s "
+              f"({sat['requests_per_s']:.0f} req/s, p50 {sat['p50_ms']:.1f} ms, p99 {sat['p99_ms']:.1f} ms, "
+              f"statuses {sat['statuses']})", flush=True)
+        print("replicas over time (s, running): " + " ".join(f"{t}:{n}" for t, n in samples[::4]), flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    result = {
+        "raw_rows_per_s": round(raw_best, 1),
+        "raw_rows_per_s_by_batch": {str(b): round(v, 1) for b, v in raw.items()},
+        "raw_p50_ms_batch1": round(raw_p50, 3), "raw_p99_ms_batch1": round(raw_p99, 3),
+        "serve_rows_per_s": sat["rows_per_s"],
+        "serve_vs_raw": round(sat["rows_per_s"] / raw_best, 3),
+        "serve_requests_per_s": sat["requests_per_s"],
+        "serve_p50_ms_saturation": sat["p50_ms"], "serve_p99_ms_saturation": sat["p99_ms"],
+        "serve_statuses_saturation": sat["statuses"],
+        "p50_ms_light": light["p50_ms"], "p99_ms_light": light["p99_ms"],
+        "openrtb_p50_ms_light": rtb["p50_ms"] if rtb else None, "openrtb_p99_ms_light": rtb["p99_ms"] if rtb else None,
+        "max_replicas": max((n for _, n in samples), default=0),
+        "replicas_over_time": samples,
+        "rows_per_request": args.rows, "concurrency": args.concurrency, "ort_threads": args.threads,
+        "max_batch_rows": args.max_batch_rows, "batch_wait_ms": args.batch_wait_ms, "variant": args.variant,
+        "cores_visible": os.cpu_count(),
+    }
+    print(json.dumps(result))
+
+
+def _wait_ready(url: str, timeout_s: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not become ready in {timeout_s}s")
+
+
+if __name__ == "__main__":
+    main()
