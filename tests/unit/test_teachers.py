@@ -4,6 +4,7 @@ smoothing, ensemble weights, confidence, and config errors that name the field."
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -201,8 +202,6 @@ def test_causal_lm_truncates_text_but_keeps_the_answer_cue(tiny_gpt2):
 
 
 def test_causal_lm_chat_template_wraps_the_prompt(tiny_gpt2, tmp_path):
-    import shutil
-
     import torch
     from transformers import AutoTokenizer
 
@@ -451,3 +450,17 @@ def test_configs_pickle_and_round_trip():
     assert pickle.loads(pickle.dumps(cfg)) == cfg
     assert parse_teacher_config(cfg.model_dump()) == cfg
     assert cfg.members[1].base.dtype == "bf16"
+
+
+def test_hf_classifier_decoder_model_without_pad_token(tiny_gpt2, tmp_path):
+    """A GPT-2 sequence classifier (no pad token) scores the same alone and in padded batches."""
+    from transformers import GPT2ForSequenceClassification
+
+    model = GPT2ForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=1)
+    model.config.pad_token_id = None
+    model.save_pretrained(tmp_path / "gpt2_cls")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_gpt2 / name, tmp_path / "gpt2_cls" / name)
+    batched = _hf(tmp_path / "gpt2_cls", batch_size=8).predict_proba(TEXTS)
+    alone = _hf(tmp_path / "gpt2_cls", batch_size=1).predict_proba(TEXTS)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)

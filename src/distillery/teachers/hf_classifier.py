@@ -41,6 +41,15 @@ class HFClassifierTeacher:
         path = local_model_dir(cfg.model)
         self.tokenizer = load_tokenizer(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        if self.tokenizer.pad_token is None:
+            # Decoder-style classifiers (GPT-2, Llama) ship without a pad token; they locate each
+            # row's last real token through config.pad_token_id, so both must agree.
+            fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
+            if fallback is None:
+                raise ConfigError(f"teacher.model: tokenizer of {cfg.model!r} has no pad, eos or unk token to pad with")
+            self.tokenizer.pad_token = fallback
+        if getattr(self.model.config, "pad_token_id", None) is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.num_labels = int(self.model.config.num_labels)
         if self.num_labels not in (1, 2):
             raise ConfigError(
