@@ -30,7 +30,6 @@ import pytest
 import yaml
 from jsonschema import validators
 
-from distillery.config import load_config  # noqa: F401  (the package must import for the job modules)
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -453,6 +452,16 @@ def _serve_applications(config: dict) -> list[dict]:
     return sorted(config["applications"], key=lambda app: app["name"])
 
 
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Paths where two parsed YAML trees differ, e.g. `[0].args.batch.batch_wait_timeout_ms: 2.0 != 0.5`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def test_rayservice_serves_the_same_application_as_serve_config():
     """Drift test: serveConfigV2 carries the applications of serve/serve_config.yaml, unchanged."""
     if not SERVE_CONFIG.exists():
@@ -460,6 +469,8 @@ def test_rayservice_serves_the_same_application_as_serve_config():
     local = yaml.safe_load(SERVE_CONFIG.read_text())
     ((_, service),) = _ray_objects("RayService")
     cluster = yaml.safe_load(service["spec"]["serveConfigV2"])
-    assert _serve_applications(cluster) == _serve_applications(local)
+    drift = _differences(_serve_applications(cluster), _serve_applications(local))
+    assert not drift, ("cluster/kuberay/rayservice.yaml serveConfigV2 != serve/serve_config.yaml "
+                       "(RayService value first); run `python cluster/sync_serve_config.py`:\n" + "\n".join(drift))
     for app in _serve_applications(cluster):
         assert app["import_path"].startswith("distillery."), app["import_path"]
