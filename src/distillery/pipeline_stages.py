@@ -160,12 +160,13 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     from ray import serve
 
     from distillery.loadtest import openrtb_bodies, percentiles, predict_bodies, run_load
-    from distillery.serving.app import _bind, _load_serve_yaml, deployment_options
-    from distillery.serving.app import AppArgs
+    import yaml
+
     from distillery.config import validate_config
+    from distillery.serving.app import AppArgs, bind_app, deployment_options
 
     s = cfg.serve
-    serve_yaml = _load_serve_yaml("serve/serve_config.yaml") if os.path.exists("serve/serve_config.yaml") else {}
+    serve_yaml = yaml.safe_load(open("serve/serve_config.yaml")) if os.path.exists("serve/serve_config.yaml") else {}
     base_args = dict(((serve_yaml.get("applications") or [{}])[0]).get("args") or {})
     onnx_dir = os.path.abspath(io.join(cfg.run_dir, "onnx"))
     app_args = {**base_args, **s.app, "model_root": os.path.dirname(onnx_dir),
@@ -175,7 +176,7 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     options.pop("user_config", None)
     serve.start(http_options={"host": "127.0.0.1", "port": s.port})
     app_name = "distillery-demo"
-    serve.run(_bind(app_args, options), name=app_name, route_prefix="/")
+    serve.run(bind_app(app_args, options), name=app_name, route_prefix="/")
     url = f"http://127.0.0.1:{s.port}"
     rows = _test_rows(cfg.run_dir, 500)
     samples: list = []

@@ -1,0 +1,82 @@
+"""The whole pipeline end to end on a tiny config (tiny random models, a few hundred rows), local Ray."""
+
+import json
+
+import pytest
+
+from distillery import io
+from distillery.config import load_config
+from distillery.pipeline import PipelineConfig, run
+
+pytestmark = pytest.mark.integration
+
+TINY_LOOP = {"epochs": 1, "batch_size": 16, "max_length": 32, "torch_threads": 1}
+TINY_SCALING = {"num_workers": 1, "cpus_per_worker": 0.5}
+
+
+def _tiny_overrides(run_dir, tiny_bert, port):
+    return [
+        f"run_dir={run_dir}",
+        "data.rows_train=240", "data.rows_unlabeled=360", "data.rows_test=200", "data.files_per_split=2",
+        f"teacher.init={json.dumps({'kind': 'pretrained', 'source': str(tiny_bert)})}",
+        f"teacher.loop={json.dumps({**TINY_LOOP, 'loss': 'click'})}",
+        f"teacher.scaling={json.dumps(TINY_SCALING)}",
+        "label.teacher.max_length=32", "label.teacher.num_threads=1", "label.actors.batch_size=64",
+        f"student.loop={json.dumps({**TINY_LOOP, 'loss': 'soft'})}", f"student.scaling={json.dumps(TINY_SCALING)}",
+        "student.init.layers=[0]", "student_direct.init.layers=[0]",
+        f"student_direct.loop={json.dumps({**TINY_LOOP, 'loss': 'click'})}",
+        f"student_direct.scaling={json.dumps(TINY_SCALING)}",
+        "compress.max_length=32", "compress.validation.rows=200", "compress.validation.parity_rows=32",
+        "compress.validation.latency_calls=10", "compress.validation.gate=warn", "compress.try_fusion=false",
+        "evaluate.max_length=32",
+        f"serve.port={port}", "serve.requests=60", "serve.openrtb_requests=10", "serve.concurrency=2",
+        "serve.max_seconds=60",
+    ]
+
+
+def _get(d, dotted):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+DESIGN_KEYS = (
+    [f"quality.{m}.{k}" for m in ("teacher", "student", "student_direct", "student_int8") for k in ("auc", "logloss", "ece")]
+    + ["quality.oracle_auc", "quality.distillation_efficiency"]
+    + [f"labeling.{k}" for k in ("rows_in", "rows_labeled", "rows_kept", "rows_per_s")]
+    + [f"latency_ms.{m}.{k}" for m in ("teacher", "student_fp32", "student_int8") for k in ("p50", "p99")]
+    + [f"size_mb.{m}" for m in ("teacher", "student_fp32", "student_int8")]
+    + [f"serve.{k}" for k in ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")]
+)
+
+
+def test_pipeline_end_to_end_then_skips(local_ray, tmp_path, tiny_bert, capsys):
+    run_dir = tmp_path / "run"
+    cfg = load_config(PipelineConfig, "jobs/configs/demo.yaml", _tiny_overrides(run_dir, tiny_bert, 17531))
+    report = run(cfg)
+    for key in DESIGN_KEYS:
+        _get(report, key)  # present (a value, or null with a reason)
+    q = report["quality"]
+    for model in ("teacher", "student", "student_direct", "student_int8"):
+        assert 0.0 <= q[model]["auc"] <= 1.0, model
+    assert q["distillation_efficiency"] == pytest.approx(q["student_int8"]["auc"] / q["teacher"]["auc"])
+    assert 0.5 < q["oracle_auc"] <= 1.0
+    lab = report["labeling"]
+    assert lab["rows_in"] == 600 and lab["rows_labeled"] + (lab.get("rows_rejected") or 0) == 600
+    assert lab["rows_kept"] <= lab["rows_labeled"]
+    manifest = io.read_json(str(run_dir / "labels" / "_MANIFEST.json"))
+    assert manifest["rows_kept"] == lab["rows_kept"]
+    sv = report["serve"]
+    assert sv["errors"] == 0 and sv["p50_ms"] <= sv["p99_ms"] and sv["max_replicas"] >= 1
+    for m in ("teacher", "student_fp32", "student_int8"):
+        assert report["latency_ms"][m]["p50"] <= report["latency_ms"][m]["p99"]
+        assert report["size_mb"][m] > 0
+    assert report["size_mb"]["student_int8"] < report["size_mb"]["student_fp32"]
+    stages = ("data", "teacher", "label", "student", "student_direct", "compress", "evaluate", "serve")
+    assert set(report["timings_s"]) >= set(stages)
+    assert (run_dir / "report.html").exists()
+
+    capsys.readouterr()
+    run(cfg)  # everything is complete: every stage is skipped
+    out = capsys.readouterr().out
+    assert out.count("complete, skipped") == 9
