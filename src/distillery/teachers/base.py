@@ -7,6 +7,10 @@ click probabilities. Ensembles also expose `predict_members(texts) -> (n, k)` an
     cfg = parse_teacher_config({"kind": "hf-classifier", "model": "runs/demo/teacher"})
     teacher = build_teacher(cfg)              # loads weights; fails first on a missing model folder
     probs, conf = score(teacher, texts)      # (n,), (n,) float64 in [0, 1]
+
+Extension point: `{"kind": "python", "target": "my_pkg.my_module:MyTeacher", "kwargs": {...}}` builds
+`MyTeacher(**kwargs)`, any class following the `Teacher` protocol. The module must be importable on
+every Ray worker (installed, on the job's working_dir, or under the driver's cwd).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ __all__ = [
     "CausalLMConfig",
     "RetrievalConfig",
     "EnsembleConfig",
+    "PythonTeacherConfig",
     "TeacherConfig",
     "parse_teacher_config",
     "describe_errors",
@@ -152,8 +157,17 @@ class EnsembleConfig(Section):
         return value
 
 
+class PythonTeacherConfig(Section):
+    """A teacher class of your own, `target(**kwargs)`; it must follow the `Teacher` protocol."""
+
+    kind: Literal["python"] = Field("python", description="teacher backend")
+    target: str = Field(..., pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+                        description="import path `package.module:Class` of the teacher class")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments passed to the class")
+
+
 TeacherConfig = Annotated[
-    Union[HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig],
+    Union[HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig, PythonTeacherConfig],
     Field(discriminator="kind"),
 ]
 RetrievalConfig.model_rebuild()
@@ -164,7 +178,7 @@ class _TeacherHolder(Section):
     teacher: TeacherConfig = Field(description="the teacher config being validated")
 
 
-_KINDS = {"hf-classifier", "hf-causal-lm", "retrieval", "ensemble"}
+_KINDS = {"hf-classifier", "hf-causal-lm", "retrieval", "ensemble", "python"}
 
 
 def parse_teacher_config(data: Any, source: str = "config") -> TeacherConfig:
@@ -206,12 +220,14 @@ def check_teacher_sources(cfg: TeacherConfig, field: str = "teacher") -> None:
     elif isinstance(cfg, EnsembleConfig):
         for i, member in enumerate(cfg.members):
             check_teacher_sources(member, f"{field}.members.{i}")
+    elif isinstance(cfg, PythonTeacherConfig):
+        _import_target(cfg.target, f"{field}.target")
 
 
 def build_teacher(cfg: TeacherConfig | dict[str, Any]) -> Teacher:
     """Construct (and load) the teacher a config describes. Raises ConfigError naming the field
     for an invalid config or a missing model folder / index."""
-    if not isinstance(cfg, (HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig)):
+    if not isinstance(cfg, (HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig, PythonTeacherConfig)):
         cfg = parse_teacher_config(cfg)
     check_teacher_sources(cfg)
     return _construct(cfg)
@@ -220,7 +236,7 @@ def build_teacher(cfg: TeacherConfig | dict[str, Any]) -> Teacher:
 def warm_caches(cfg: TeacherConfig, field: str = "teacher") -> dict[str, str]:
     """Build every retrieval index in the config tree once (driver side, before actors start), so
     actors load cached embeddings; {field path: "cache" or "built"}. Loads encoders, not teachers."""
-    if not isinstance(cfg, (HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig)):
+    if not isinstance(cfg, (HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig, PythonTeacherConfig)):
         cfg = parse_teacher_config(cfg)
     done: dict[str, str] = {}
     if isinstance(cfg, RetrievalConfig):
@@ -254,7 +270,23 @@ def _construct(cfg: TeacherConfig, field: str = "teacher") -> Teacher:
         from distillery.teachers.ensemble import EnsembleTeacher
 
         return EnsembleTeacher([_construct(m, f"{field}.members.{i}") for i, m in enumerate(cfg.members)], cfg.weights)
+    if isinstance(cfg, PythonTeacherConfig):
+        teacher = _import_target(cfg.target, f"{field}.target")(**cfg.kwargs)
+        if not isinstance(teacher, Teacher):
+            raise ConfigError(f"{field}.target: {cfg.target} has no teacher_id / predict_proba (the Teacher protocol)")
+        return teacher
     raise ConfigError(f"{field}.kind: unknown config type {type(cfg).__name__}")
+
+
+def _import_target(target: str, field: str) -> Any:
+    """The object `package.module:Name` names; ConfigError naming `field` if it cannot be imported."""
+    import importlib
+
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{field}: cannot import {target!r} ({type(err).__name__}: {err})") from None
 
 
 def _named(field: str, backend: Any, cfg: TeacherConfig, **kwargs: Any) -> Teacher:
