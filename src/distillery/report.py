@@ -1,0 +1,313 @@
+"""The run report: one self-contained `report.html` (inline SVG, no external resources) from a run dir.
+
+    python -c "from distillery.report import write_report; print(write_report('runs/demo'))"
+
+Reads `<run_dir>/report.json` (DESIGN.md keys; any figure may be null, explained by a sibling
+`<name>_reason` or a `null_reasons` dict) and, when present, `<run_dir>/plots/predictions.parquet`
+(test split: `click` 0/1 plus one probability column per model). Writes `<run_dir>/report.html`
+and a copy of each chart as `<run_dir>/plots/<chart>.svg`.
+
+Every figure from report.json is printed in an element carrying `data-key="<dotted key>"`, formatted
+by `format_value`, so tests (and people) can check the page against the JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from distillery import io
+from distillery import report_charts as charts
+from distillery.report_charts import latency_histogram, reliability_bins, roc_area, roc_points
+from distillery.report_svg import standalone
+
+__all__ = ["write_report", "render_html", "format_value", "lookup", "flatten", "roc_points", "roc_area",
+           "reliability_bins", "latency_histogram", "load_predictions"]
+
+_FOUR_DECIMALS = ("auc", "logloss", "ece", "efficiency", "lift", "fraction", "rate", "mean_prob")
+_COUNTS = ("errors", "max_replicas", "requests", "concurrency", "candidates_per_request", "replicas")
+
+
+# ------------------------------------------------------------------------------- figures and keys
+
+def format_value(key: str, value: Any) -> str:
+    """How the report prints the figure at dotted `key`: quality metrics, fractions and rates with 4
+    decimals (lifts signed), counts as integers with thousands separators, everything else
+    (ms, MB, seconds, rows/s) with 2 decimals. None prints as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("∞" if value > 0 else "−∞")
+    leaf = key.rsplit(".", 1)[-1]
+    is_count = (leaf != "rows_per_s" and (leaf.startswith("rows") or leaf.endswith("_rows"))) \
+        or leaf in _COUNTS or ".statuses." in key
+    if is_count and float(value).is_integer():
+        return f"{int(value):,}"
+    if any(part in leaf for part in _FOUR_DECIMALS) or (key.startswith("quality.") and leaf != "seconds"):
+        return f"{value:+.4f}" if "lift" in leaf else f"{value:.4f}"
+    return f"{value:,.2f}"
+
+
+def _node(report: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(report, dict):
+            return None
+        report = report.get(part)
+    return report
+
+
+def _reason(report: dict[str, Any], parts: list[str]) -> str | None:
+    """Why `parts` (or the nearest of its ancestors) is null: `<name>_reason` beside it, or a
+    `null_reasons` dict at any level above it, keyed by the rest of the dotted path."""
+    for k in range(len(parts), 0, -1):
+        parent = _node(report, parts[:k - 1])
+        if isinstance(parent, dict) and parent.get(f"{parts[k - 1]}_reason"):
+            return str(parent[f"{parts[k - 1]}_reason"])
+        for j in range(k - 1, -1, -1):
+            reasons = _node(report, parts[:j] + ["null_reasons"])
+            if isinstance(reasons, dict) and reasons.get(".".join(parts[j:k])):
+                return str(reasons[".".join(parts[j:k])])
+    return None
+
+
+def lookup(report: dict[str, Any], key: str) -> tuple[Any, str | None]:
+    """(value, None) for a figure that is there; (None, why) for one that is null or missing."""
+    parts = key.split(".")
+    value = _node(report, parts)
+    if value is not None:
+        return value, None
+    why = _reason(report, parts)
+    if why:
+        return None, why
+    parent = _node(report, parts[:-1])
+    present = isinstance(parent, dict) and parts[-1] in parent
+    return None, "null in report.json, no reason given" if present else "not in report.json"
+
+
+def flatten(report: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key → scalar for every figure (lists, `*_reason` and `null_reasons` left out)."""
+    out: dict[str, Any] = {}
+    for k, v in report.items():
+        key = f"{prefix}{k}"
+        if k == "null_reasons" or k.endswith("_reason") or isinstance(v, list):
+            continue
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------------- predictions
+
+def load_predictions(run_dir: str) -> charts.Predictions | None:
+    """`(clicks (n,), {model: (clicks (m,), probabilities (m,))}, notes)` from `plots/predictions.parquet`,
+    or None when the file is absent. A model column with missing values loses those rows (noted);
+    one with values outside [0, 1] is left out (noted)."""
+    import pyarrow.parquet as pq
+
+    path = io.join(run_dir, "plots", "predictions.parquet")
+    if not io.exists(path):
+        return None
+    fs, inner = io.filesystem(path)
+    table = pq.read_table(inner, filesystem=fs)
+    if "click" not in table.column_names:
+        raise ValueError(f"{path}: column click missing (columns: {table.column_names})")
+    y = table["click"].to_numpy(zero_copy_only=False).astype(np.float64)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError(f"{path}: click must be 0/1 on every row")
+    models: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    notes = []
+    for name in table.column_names:
+        if name == "click":
+            continue
+        p = table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+        ok = np.isfinite(p)
+        if (p[ok] < 0).any() or (p[ok] > 1).any():
+            notes.append(f"{name}: probabilities outside [0, 1]; left out of the charts")
+            continue
+        if not ok.all():
+            notes.append(f"{name}: {int((~ok).sum()):,} rows without a probability left out")
+        models[name] = (y[ok], p[ok])
+    return y, models, notes
+
+
+# -------------------------------------------------------------------------------------- output
+
+def write_report(run_dir: str) -> str:
+    """Render `<run_dir>/report.html` and `<run_dir>/plots/*.svg`; returns the HTML's path."""
+    report_path = io.join(run_dir, "report.json")
+    if not io.exists(report_path):
+        raise FileNotFoundError(f"{report_path}: no report.json to render (run the evaluate stage first)")
+    report = io.read_json(report_path)
+    if not isinstance(report, dict):
+        raise ValueError(f"{report_path}: top level must be an object, got {type(report).__name__}")
+    notes: dict[str, str] = {}
+    try:
+        predictions = load_predictions(run_dir)
+    except (ValueError, OSError) as err:  # a bad predictions file costs the two charts, not the report
+        predictions, notes["predictions"] = None, str(err)
+    figures = charts.build_charts(report, predictions, notes)
+    for name, svg in figures.items():
+        io.write_bytes(io.join(run_dir, "plots", f"{name}.svg"), standalone(svg).encode())
+    out = io.join(run_dir, "report.html")
+    io.write_bytes(out, render_html(report, figures, notes, run_dir).encode())
+    return out
+
+
+def _cell(report: dict[str, Any], key: str, tag: str = "td", cls: str = "num") -> str:
+    """One figure in an element carrying its key; a null shows its reason instead of a number."""
+    value, why = lookup(report, key)
+    attr = html.escape(key)
+    if value is None:
+        return (f'<{tag} class="{cls} null" data-key="{attr}" data-null="true"><span class="dash">—</span> '
+                f'<span class="reason">{html.escape(why or "")}</span></{tag}>')
+    return f'<{tag} class="{cls}" data-key="{attr}">{html.escape(format_value(key, value))}</{tag}>'
+
+
+def _table(report: dict[str, Any], head: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    """`rows`: (row label, [dotted keys]); a key of "" leaves the cell empty."""
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join(f"<tr><th scope=row>{html.escape(label)}</th>"
+                   + "".join(_cell(report, k) if k else "<td></td>" for k in keys) + "</tr>" for label, keys in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(figures: dict[str, str], notes: dict[str, str], name: str) -> str:
+    note = f'<p class="note">{html.escape(notes[name])}</p>' if name in notes else ""
+    return f'<figure id="fig-{name}">{figures.get(name, "")}{note}</figure>' if name in figures or note else ""
+
+
+def _lift_key(report: dict[str, Any]) -> str:
+    q = report.get("quality") or {}
+    return next((f"quality.{k}" for k in ("lift", "lift_auc") if k in q), "quality.lift")
+
+
+def _rows(report: dict[str, Any], section: str, labels: dict[str, str], required: tuple[str, ...] = ()
+          ) -> list[tuple[str, list[str]]]:
+    """One table row per `labels` key that the section has, or that DESIGN.md requires (then a
+    missing one shows why)."""
+    part = _node(report, section.split(".")) or {}
+    return [(label, [f"{section}.{k}"]) for k, label in labels.items() if k in part or k in required]
+
+
+def _grid(*parts: str) -> str:
+    return f'<div class="grid">{"".join(parts)}</div>'
+
+
+def _quality(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
+    cards = [("Distillation efficiency (INT8 AUC / teacher AUC)", "quality.distillation_efficiency"),
+             ("Lift over click-only student (AUC)", _lift_key(report)),
+             ("INT8 student p50 latency, ms", "latency_ms.student_int8.p50"), ("Serving p99, ms", "serve.p99_ms")]
+    headline = _rows(report, "quality", {
+        "distillation_efficiency": "Distillation efficiency",
+        "distillation_efficiency_student": "Distillation efficiency, FP32 student"}, ("distillation_efficiency",))
+    headline += [("Lift over click-only student (AUC)", [_lift_key(report)])]
+    headline += _rows(report, "quality", {"strict_lift": "Strict lift over click-only student",
+                                          "oracle_auc": "Oracle AUC (true click probability)",
+                                          "test_rows": "Test rows", "click_rate": "Click rate"}, ("oracle_auc",))
+    per_model = [(charts.label(m), [f"quality.{m}.{k}" for k in ("auc", "logloss", "ece")])
+                 for m in charts.quality_models(report)]
+    card_html = "".join(f'<div class="card"><div class="label">{html.escape(label)}</div>'
+                        f'{_cell(report, key, "div", "big")}</div>' for label, key in cards)
+    problems = f'<p class="note">Predictions: {html.escape(notes["predictions"])}</p>' if "predictions" in notes else ""
+    return (f'<div class="cards">{card_html}</div>'
+            f'<div class="tables">{_table(report, ["Figure", "Value"], headline)}'
+            f'{_table(report, ["Model", "AUC", "Log loss", "ECE"], per_model)}</div>'
+            + _grid(_figure(figures, notes, "roc"), _figure(figures, notes, "reliability")) + problems)
+
+
+def _speed(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
+    rows = [(charts.label(m), [f"size_mb.{m}", f"latency_ms.{m}.p50", f"latency_ms.{m}.p99"])
+            for m in ("teacher", "student_fp32", "student_int8")]
+    return _grid(_table(report, ["Model", "Size, MB", "p50, ms", "p99, ms"], rows),
+                 _figure(figures, notes, "latency_size"))
+
+
+def _labeling(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
+    rows = _rows(report, "labeling", {
+        "rows_in": "Rows in", "rows_labeled": "Rows labeled", "rows_kept": "Rows kept",
+        "rows_rejected": "Rows rejected",
+        "kept_fraction": "Kept fraction", "rows_per_s": "Throughput, rows/s"},
+        ("rows_in", "rows_labeled", "rows_kept", "rows_per_s"))
+    return _grid(_table(report, ["Figure", "Value"], rows), _figure(figures, notes, "labeling"))
+
+
+def _serving(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
+    sv = report.get("serve") or {}
+    required = ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")
+    rows = _rows(report, "serve", {"p50_ms": "p50, ms", "p99_ms": "p99, ms", "rps": "Requests/s",
+                                   "rows_per_s": "Rows scored/s", "errors": "Errors", "max_replicas": "Max replicas"},
+                 required)
+    rows += _rows(report, "serve.openrtb", {"p50": "OpenRTB p50, ms", "p99": "OpenRTB p99, ms"})
+    load = _rows(report, "serve", {"requests": "/predict requests",
+                                   "candidates_per_request": "Candidate ads per request",
+                                   "concurrency": "Concurrent connections"})
+    load += _rows(report, "serve.openrtb", {"requests": "OpenRTB requests"})
+    load += [(f"HTTP {code} answers", [f"serve.statuses.{code}"]) for code in (sv.get("statuses") or {})]
+    return (_grid(_table(report, ["Figure", "Value"], rows), _figure(figures, notes, "serve_latency"))
+            + _grid(_figure(figures, notes, "replicas"), _table(report, ["Load test", "Value"], load) if load else ""))
+
+
+def _timings(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
+    rows = [(stage, [f"timings_s.{stage}"]) for stage in charts.stage_order(report)]
+    return _grid(_table(report, ["Stage", "Seconds"], rows), _figure(figures, notes, "timings"))
+
+
+_SECTIONS = (("quality", "Quality on the held-out test split", _quality),
+             ("speed", "Latency and size (batch 1, in process, this host)", _speed),
+             ("labeling", "Teacher labeling", _labeling),
+             ("serving", "Serving (Ray Serve, INT8 student, load test over HTTP)", _serving),
+             ("timings", "Stage timings", _timings))
+
+
+def render_html(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str], run_dir: str) -> str:
+    """The whole page as one string: CSS inline, charts inline, no external references."""
+    body = "".join(f'<section id="{sid}"><h2>{html.escape(heading)}</h2>{build(report, figures, notes)}</section>'
+                   for sid, heading, build in _SECTIONS)
+    everything = [(key, [key]) for key in flatten(report)]
+    appendix = (f'<section id="all"><details><summary>Every figure in report.json ({len(everything)})</summary>'
+                f'{_table(report, ["Key", "Value"], everything)}</details></section>')
+    title = html.escape(f"distillery run report — {run_dir.rstrip('/').rsplit('/', 1)[-1]}")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+            f'<body><header><h1>{title}</h1><p class="meta">Run directory <code>{html.escape(run_dir)}</code> · '
+            f'generated {when} · figures from report.json, charts from plots/predictions.parquet</p></header>'
+            f'{body}{appendix}</body></html>')
+
+
+_CSS = """
+:root{--ink:#1f2937;--muted:#6b7280;--line:#e5e7eb;--accent:#0072B2}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',Arial,sans-serif;color:var(--ink);
+margin:0 auto;max-width:1240px;padding:24px 32px;line-height:1.4;background:#fff}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:18px;margin:0 0 12px;padding-bottom:6px;border-bottom:2px solid var(--line)}
+.meta{color:var(--muted);margin:0 0 20px;font-size:13px}section{margin:0 0 28px}
+.cards{display:grid;grid-template-columns:repeat(4,1fr);gap:12px;margin-bottom:16px}
+.card{border:1px solid var(--line);border-radius:8px;padding:12px 14px;background:#f9fafb}
+.card .label{font-size:12px;color:var(--muted);margin-bottom:4px}
+.card .big{font-size:26px;font-weight:600;font-variant-numeric:tabular-nums}
+.card .big.null{font-size:13px;font-weight:400}
+.tables,.grid{display:grid;grid-template-columns:1fr 1fr;gap:20px;align-items:start;margin-bottom:12px}
+table{border-collapse:collapse;width:100%;font-size:13.5px}
+th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left}
+thead th{background:#f3f4f6;font-weight:600}thead th+th{text-align:right}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+tbody th{font-weight:500}.null{color:var(--muted)}.null .reason{font-size:12px;font-style:italic}
+figure{margin:0}figure svg{width:100%;height:auto;border:1px solid var(--line);border-radius:6px}
+.note{color:var(--muted);font-size:12.5px;margin:6px 0 0}
+details summary{cursor:pointer;font-weight:600;margin-bottom:8px}
+details td.num,details thead th{text-align:left}details tbody th{font-family:ui-monospace,monospace;font-size:12.5px}
+code{background:#f3f4f6;padding:1px 4px;border-radius:3px}
+@media (max-width:900px){.cards{grid-template-columns:1fr 1fr}.tables,.grid{grid-template-columns:1fr}}
+"""

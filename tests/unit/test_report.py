@@ -1,0 +1,412 @@
+"""The run report: chart data against hand-computed values, SVG well-formedness, and the page's
+figures against report.json (every figure, formatted; nulls show their reason; nothing external)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from distillery import report_svg as svg
+from distillery.evaluate import ece, evaluate_predictions, roc_auc
+from distillery.report import (flatten, format_value, latency_histogram, lookup, reliability_bins, roc_area,
+                               roc_points, write_report)
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+# ------------------------------------------------------------------------------ sample run dir
+
+def sample_report(predictions: pa.Table | None = None) -> dict:
+    """A report.json with realistic figures, every DESIGN.md key, the optional extras and three
+    kinds of null-with-reason (sibling `_reason`, section `null_reasons`, root `null_reasons`).
+    With `predictions`, the quality figures are computed from them (as the evaluate stage does)."""
+    rng = np.random.default_rng(0)
+    latencies = np.exp(rng.normal(np.log(14.0), 0.45, 1500)).round(3).tolist() + [310.0]
+    report = {
+        "quality": {
+            "teacher": {"auc": 0.742149, "logloss": 0.361204, "ece": 0.011873, "rows": 4000, "mean_prob": 0.1213},
+            "student": {"auc": 0.731532, "logloss": 0.366811, "ece": 0.014420, "rows": 4000},
+            "student_direct": {"auc": 0.701187, "logloss": 0.378902, "ece": 0.021055, "rows": 4000},
+            "student_int8": {"auc": 0.729818, "logloss": 0.367345, "ece": 0.015001, "rows": 4000, "seconds": 3.4172},
+            "oracle_auc": None, "null_reasons": {"oracle_auc": "no true click probability in these logs"},
+            "distillation_efficiency": 0.983383, "lift_auc": 0.030345, "strict_lift": None,
+            "test_rows": 4000, "click_rate": 0.1187, "skipped": ["student_fp32"],
+        },
+        "labeling": {"rows_in": 20000, "rows_labeled": 20000, "rows_kept": 16342, "rows_rejected": 3658,
+                     "rows_per_s": 212.4391, "kept_fraction": 0.8171, "teacher_ids": ["hf-classifier:teacher"]},
+        "latency_ms": {"teacher": {"p50": 24.3121, "p99": 41.2055}, "student_fp32": {"p50": 3.1241, "p99": 5.4032},
+                       "student_int8": {"p50": 1.8712, "p99": 3.6104}},
+        "size_mb": {"teacher": 90.87, "student_fp32": 17.41, "student_int8": 4.62},
+        "null_reasons": {"quality.strict_lift": "the unlabeled split holds no hidden clicks"},
+        "serve": {"p50_ms": round(float(np.percentile(latencies, 50)), 3),
+                  "p99_ms": round(float(np.percentile(latencies, 99)), 3), "rps": 310.512, "errors": 0,
+                  "max_replicas": None, "max_replicas_reason": "serve.status() returned no replica counts",
+                  "requests": 2000, "concurrency": 8, "candidates_per_request": 8, "statuses": {"200": 2000},
+                  "openrtb": {"p50": 9.81, "p99": 30.2, "requests": 200},
+                  "replicas_over_time": [[0.0, 1], [0.5, 1], [4.0, 2], [9.5, 2], [12.0, 1]],
+                  "latency_hist_ms": latencies},
+        "timings_s": {"data": 3.21, "teacher": 121.5, "label": 94.2, "student": 88.74, "student_direct": 80.1,
+                      "compress": 41.0, "evaluate": 30.55, "serve": 25.3, "total": 484.6},
+    }
+    if predictions is not None:
+        q = report["quality"]
+        y = predictions["click"].to_numpy()
+        for m in ("teacher", "student", "student_direct", "student_int8"):
+            q[m].update(evaluate_predictions(y, predictions[m].to_numpy()))
+        q["distillation_efficiency"] = q["student_int8"]["auc"] / q["teacher"]["auc"]
+        q["lift_auc"] = q["student"]["auc"] - q["student_direct"]["auc"]
+    return report
+
+
+def sample_predictions(n: int = 4000, seed: int = 0) -> pa.Table:
+    """Test-split predictions: clicks drawn from a true probability, models see it through noise."""
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(-2.0, 1.0, n)
+    click = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    cols = {"click": click}
+    for name, noise in (("teacher", 0.6), ("student", 0.7), ("student_direct", 1.0), ("student_int8", 0.72)):
+        cols[name] = 1 / (1 + np.exp(-(logit + rng.normal(0, noise, n))))
+    return pa.table(cols)
+
+
+def write_run(run_dir: Path, report: dict | None = None, predictions: pa.Table | None = None) -> Path:
+    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.json").write_text(json.dumps(report if report is not None else sample_report()))
+    if predictions is not None:
+        pq.write_table(predictions, run_dir / "plots" / "predictions.parquet")
+    return run_dir
+
+
+class _Figures(HTMLParser):
+    """Collects (data-key, attributes, text) of every element carrying data-key, and every
+    attribute value that could load a resource."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures: list[tuple[str, dict, str]] = []
+        self.resources: list[str] = []
+        self._open: list[list] = []  # [key, attrs, depth, text parts]
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        self.resources += [v for k, v in attrs if k in ("src", "href", "xlink:href", "action", "data") and v]
+        for entry in self._open:
+            entry[2] += 1
+        if "data-key" in a:
+            self._open.append([a["data-key"], a, 1, []])
+
+    def handle_endtag(self, tag):
+        for entry in list(self._open):
+            entry[2] -= 1
+            if entry[2] == 0:
+                self._open.remove(entry)
+                self.figures.append((entry[0], entry[1], " ".join("".join(entry[3]).split())))
+
+    def handle_data(self, data):
+        for entry in self._open:
+            entry[3].append(data)
+
+
+def parse(html_text: str) -> _Figures:
+    p = _Figures()
+    p.feed(html_text)
+    p.close()
+    return p
+
+
+# ---------------------------------------------------------------------------------- chart data
+
+def test_roc_points_hand_computed_with_ties():
+    # thresholds 0.8, 0.4 (one positive and one negative tie), 0.2, 0.1
+    fpr, tpr = roc_points([1, 1, 0, 0, 0], [0.8, 0.4, 0.4, 0.2, 0.1])
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 1, 1, 1])
+    assert roc_area(fpr, tpr) == pytest.approx(5.5 / 6)
+
+
+def test_roc_area_matches_rank_auc():
+    rng = np.random.default_rng(3)
+    y = (rng.random(500) < 0.2).astype(int)
+    p = np.round(rng.random(500) * 0.5 + 0.3 * y, 2)  # rounding makes many ties
+    fpr, tpr = roc_points(y, p)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
+    assert roc_area(fpr, tpr) == pytest.approx(roc_auc(y, p))
+
+
+def test_roc_points_rejects_bad_input():
+    with pytest.raises(ValueError, match="both clicks and non-clicks"):
+        roc_points([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="shape"):
+        roc_points([0, 1], [0.1])
+    with pytest.raises(ValueError, match="NaN"):
+        roc_points([0, 1], [0.1, float("nan")])
+    with pytest.raises(ValueError, match="0/1"):
+        roc_points([0, 2], [0.1, 0.2])
+
+
+def test_reliability_bins_hand_computed():
+    b = reliability_bins([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], bins=2)
+    np.testing.assert_allclose(b["mean_pred"], [0.2, 0.7])
+    np.testing.assert_allclose(b["frac_pos"], [0, 1])
+    assert b["count"].tolist() == [2, 2]
+    np.testing.assert_allclose(b["lo"], [0.1, 0.6])
+    np.testing.assert_allclose(b["hi"], [0.3, 0.8])
+    u = reliability_bins([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], bins=10, strategy="uniform")
+    assert u["count"].tolist() == [1, 1, 1, 1]  # empty bins are left out
+    with pytest.raises(ValueError, match="strategy"):
+        reliability_bins([0, 1], [0.1, 0.2], strategy="kmeans")
+
+
+def test_reliability_bins_agree_with_ece():
+    rng = np.random.default_rng(1)
+    p = rng.beta(1, 8, 3000)
+    y = (rng.random(3000) < p * 1.3).astype(int)
+    b = reliability_bins(y, p, bins=10)
+    assert b["count"].sum() == 3000 and len(b["count"]) == 10
+    gap = float(np.sum(b["count"] / 3000 * np.abs(b["mean_pred"] - b["frac_pos"])))
+    assert gap == pytest.approx(ece(y, p, n_bins=10))
+
+
+def test_latency_histogram_keeps_every_request():
+    values = list(np.linspace(1, 20, 199)) + [500.0]
+    edges, counts, overflow = latency_histogram(values, bins=20)
+    assert len(edges) == 21 and edges[0] == 0
+    assert counts.sum() + overflow == 200 and overflow == 1
+    e, c, o = latency_histogram({"edges": [0, 5, 10], "counts": [3, 4]})
+    assert c.tolist() == [3, 4] and o == 0
+    with pytest.raises(ValueError, match="latency_hist_ms"):
+        latency_histogram({"edges": [0, 5], "counts": [3, 4]})
+
+
+# ------------------------------------------------------------------------------ figures and keys
+
+@pytest.mark.parametrize("key,value,text", [
+    ("quality.student.auc", 0.731532, "0.7315"),
+    ("quality.lift_auc", 0.030345, "+0.0303"),
+    ("quality.lift", -0.01, "-0.0100"),
+    ("quality.teacher.rows", 4000, "4,000"),
+    ("quality.student_int8.seconds", 3.4172, "3.42"),
+    ("latency_ms.teacher.p50", 24.3121, "24.31"),
+    ("latency_ms.teacher.p50", 3, "3.00"),
+    ("serve.p99_ms", 1048.9132, "1,048.91"),
+    ("serve.errors", 0, "0"),
+    ("labeling.rows_kept", 16342, "16,342"),
+    ("labeling.kept_fraction", 0.8171, "0.8171"),
+    ("labeling.rows_per_s", 212.4391, "212.44"),
+    ("timings_s.total", 484.6, "484.60"),
+    ("quality.oracle_auc", float("nan"), "NaN"),
+    ("serve.max_replicas", None, "—"),
+])
+def test_format_value(key, value, text):
+    assert format_value(key, value) == text
+
+
+def test_lookup_finds_reasons_wherever_they_are():
+    report = {"quality": {"oracle_auc": None, "null_reasons": {"oracle_auc": "no true probability"},
+                          "student_int8": None, "student_int8_reason": "int8 export failed"},
+              "serve": {"max_replicas": None, "max_replicas_reason": "no replica counts", "p50_ms": 3.2},
+              "size_mb": {"teacher": None}, "null_reasons": {"size_mb.teacher": "on object storage"}}
+    assert lookup(report, "serve.p50_ms") == (3.2, None)
+    assert lookup(report, "quality.oracle_auc") == (None, "no true probability")
+    assert lookup(report, "quality.student_int8.auc") == (None, "int8 export failed")
+    assert lookup(report, "serve.max_replicas") == (None, "no replica counts")
+    assert lookup(report, "size_mb.teacher") == (None, "on object storage")
+    assert lookup(report, "labeling.rows_in") == (None, "not in report.json")
+    assert lookup({"serve": {"rps": None}}, "serve.rps") == (None, "null in report.json, no reason given")
+
+
+def test_flatten_skips_lists_and_reasons():
+    flat = flatten(sample_report())
+    assert flat["quality.student.auc"] == 0.731532 and flat["serve.openrtb.p99"] == 30.2
+    assert not any(k.endswith("_reason") or "null_reasons" in k for k in flat)
+    assert "serve.latency_hist_ms" not in flat and "quality.skipped" not in flat
+
+
+# ------------------------------------------------------------------------------------------ SVG
+
+def _all_charts() -> list[str]:
+    x, y = svg.Axis("x <ms>", 0, 1), svg.Axis("y & more", 0, 1)
+    return [
+        svg.line_chart("ROC <test>", [svg.Series("a & b", [0, 0.5, 1], [0, 0.8, 1], markers=True),
+                                      svg.Series("step", [0, 1], [0, 1], step=True, dash="2 3")], x, y, diagonal=True),
+        svg.scatter_chart("scatter", [svg.Point("teacher", 90, 24, 41), svg.Point("int8", 4.6, 1.9)],
+                          svg.Axis("MB", 1, 200, log=True), svg.Axis("ms", 1, 100, log=True)),
+        svg.histogram_chart("hist", [0, 1, 2, 3], [5, 0, 2], svg.Axis("ms", 0, 3), "n", [("p50 1.00 ms", 1.0)]),
+        svg.bar_chart("bars", ["data", "teacher"], [3.2, 120.0], "s"),
+    ]
+
+
+def test_svg_builders_emit_well_formed_xml():
+    for chart in _all_charts():
+        root = ET.fromstring(chart)
+        assert root.tag == "svg" and root.get("viewBox")
+        assert "http" not in chart
+        file_root = ET.fromstring(svg.standalone(chart).encode())
+        assert file_root.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = "".join(ET.fromstring(_all_charts()[0]).itertext())
+    assert "ROC <test>" in texts and "a & b" in texts  # escaped in the markup, intact in the text
+
+
+def test_svg_rejects_what_cannot_be_drawn():
+    with pytest.raises(ValueError, match="lo < hi"):
+        svg.Axis("x", 1, 1)
+    with pytest.raises(ValueError, match="log axis"):
+        svg.Axis("x", 0, 10, log=True)
+    with pytest.raises(ValueError, match="series 'a'"):
+        svg.line_chart("t", [svg.Series("a", [0, 1], [0])], svg.Axis("x", 0, 1), svg.Axis("y", 0, 1))
+    with pytest.raises(ValueError, match="edges"):
+        svg.histogram_chart("t", [0, 1], [1, 2], svg.Axis("x", 0, 1), "n")
+
+
+def test_ticks_are_round_and_inside_the_range():
+    assert svg.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert svg.nice_ticks(0, 48.9)[-1] <= 48.9
+    assert svg.nice_ceiling(160 * 1.05) == 200 and svg.nice_ceiling(0.63) == pytest.approx(0.8)
+    assert svg.nice_ceiling(12.48) == 15 and svg.nice_ceiling(0.05) == pytest.approx(0.05)
+    assert svg.log_ticks(1, 100) == [1, 2, 5, 10, 20, 50, 100]
+    assert svg.log_ticks(0.5, 5000) == [1, 10, 100, 1000]
+
+
+# ------------------------------------------------------------------------------------ the page
+
+def test_report_shows_every_figure_of_report_json(tmp_path):
+    report = sample_report()
+    run = write_run(tmp_path / "run", report, sample_predictions())
+    path = write_report(str(run))
+    assert path == str(run / "report.html")
+    page = Path(path).read_text()
+    parsed = parse(page)
+    shown: dict[str, list[tuple[dict, str]]] = {}
+    for key, attrs, text in parsed.figures:
+        shown.setdefault(key, []).append((attrs, text))
+
+    flat = flatten(report)
+    assert len(flat) > 50
+    for key, value in flat.items():
+        if isinstance(value, str):
+            continue
+        assert key in shown, f"{key} missing from the page"
+        for attrs, text in shown[key]:
+            if value is None:
+                _, why = lookup(report, key)
+                assert attrs.get("data-null") == "true" and why in text, key
+            else:
+                assert text == format_value(key, value), f"{key}: page {text!r}, report.json {value!r}"
+
+    # spelled out by hand, so a wrong formatter cannot agree with itself
+    by_key = {k: v[0][1] for k, v in shown.items()}
+    assert by_key["quality.student.auc"] == "0.7315"
+    assert by_key["quality.distillation_efficiency"] == "0.9834"
+    assert by_key["quality.lift_auc"] == "+0.0303"
+    assert by_key["latency_ms.student_int8.p50"] == "1.87"
+    assert by_key["labeling.rows_kept"] == "16,342"
+    assert "no true click probability in these logs" in by_key["quality.oracle_auc"]
+    assert "no hidden clicks" in by_key["quality.strict_lift"]
+    assert "returned no replica counts" in by_key["serve.max_replicas"]
+
+    # self-contained: nothing to fetch, no scripts, no stylesheets from elsewhere
+    assert "http://" not in page and "https://" not in page
+    assert parsed.resources == [] and "url(" not in page and "@import" not in page
+    assert "script" not in parsed.tags and "link" not in parsed.tags
+
+    expected = {"roc", "reliability", "latency_size", "labeling", "serve_latency", "replicas", "timings"}
+    assert parsed.tags.count("svg") == len(expected)
+    assert {p.stem for p in (run / "plots").glob("*.svg")} == expected
+    for p in (run / "plots").glob("*.svg"):
+        ET.parse(p)
+    roc_text = "".join(ET.parse(run / "plots" / "roc.svg").getroot().itertext())
+    for name in ("Teacher", "Distilled student", "Click-only student", "ONNX INT8"):
+        assert name in roc_text
+    # these predictions are not the rows report.json's AUCs came from, and the page says so
+    assert "predictions.parquet gives AUC" in page
+
+
+def test_consistent_run_has_no_warnings_and_legend_matches_table(tmp_path):
+    predictions = sample_predictions()
+    report = sample_report(predictions)
+    run = write_run(tmp_path / "run", report, predictions)
+    page = Path(write_report(str(run))).read_text()
+    assert "predictions.parquet gives AUC" not in page
+    roc_text = "".join(ET.parse(run / "plots" / "roc.svg").getroot().itertext())
+    assert f"Teacher (AUC {report['quality']['teacher']['auc']:.4f})" in roc_text
+    hist_text = "".join(ET.parse(run / "plots" / "serve_latency.svg").getroot().itertext())
+    assert f"p99 {report['serve']['p99_ms']:,.2f} ms" in hist_text
+
+
+def test_report_without_predictions_or_most_figures(tmp_path):
+    run = write_run(tmp_path / "run", {"quality": {"teacher": {"auc": 0.7}}, "labeling": {"rows_in": 10}})
+    page = Path(write_report(str(run))).read_text()
+    figures = {k: t for k, _, t in parse(page).figures}
+    assert figures["quality.teacher.auc"] == "0.7000"
+    assert "not in report.json" in figures["quality.student_int8.auc"]
+    assert "not in report.json" in figures["serve.p99_ms"]
+    assert "predictions.parquet absent" in page
+    assert not (run / "plots" / "roc.svg").exists()
+
+
+def test_bad_predictions_cost_only_their_charts(tmp_path):
+    bad = pa.table({"clicked": [0, 1], "teacher": [0.2, 0.8]})
+    run = write_run(tmp_path / "run", sample_report(), bad)
+    page = Path(write_report(str(run))).read_text()
+    assert "column click missing" in page
+    assert not (run / "plots" / "roc.svg").exists()
+    assert (run / "plots" / "timings.svg").exists()
+    assert {k for k, _, _ in parse(page).figures} >= {"quality.student.auc", "serve.p50_ms"}
+
+
+def test_predictions_with_gaps_and_bad_columns(tmp_path):
+    table = sample_predictions(400)
+    teacher = table["teacher"].to_numpy().copy()
+    teacher[:10] = np.nan
+    table = table.set_column(table.column_names.index("teacher"), "teacher", pa.array(teacher))
+    table = table.append_column("student_fp32", pa.array(np.full(400, 1.5)))
+    run = write_run(tmp_path / "run", sample_report(), table)
+    page = Path(write_report(str(run))).read_text()
+    assert "teacher: 10 rows without a probability left out" in page
+    assert "student_fp32: probabilities outside [0, 1]" in page
+    assert (run / "plots" / "roc.svg").exists()
+
+
+def test_run_dir_as_uri(tmp_path):
+    run = write_run(tmp_path / "run", sample_report())
+    path = write_report(f"file://{run}")
+    assert path == f"file://{run}/report.html"
+    assert 'data-key="serve.p50_ms"' in (run / "report.html").read_text()
+    assert (run / "plots" / "timings.svg").exists()
+
+
+def test_missing_report_json_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        write_report(str(tmp_path))
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium absent (apt-get install chromium to render)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    predictions = sample_predictions(1000)
+    report = sample_report(predictions)
+    run = write_run(tmp_path / "run", report, predictions)
+    page = write_report(str(run))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "report.png"
+    subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1200,3000", f"file://{page}"],
+                   check=True, capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a blank page is a few KB
+    dom = subprocess.run([str(CHROMIUM), *flags, "--dump-dom", f"file://{page}"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    figures = {k: t for k, _, t in parse(dom).figures}
+    assert figures["quality.student.auc"] == f"{report['quality']['student']['auc']:.4f}"
+    assert figures["latency_ms.student_int8.p50"] == "1.87"
+    assert parse(dom).tags.count("svg") == 7
