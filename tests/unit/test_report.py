@@ -391,6 +391,7 @@ def test_missing_report_json_names_the_path(tmp_path):
         write_report(str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium absent (apt-get install chromium to render)")
 def test_report_renders_in_headless_chromium(tmp_path):
     predictions = sample_predictions(1000)
