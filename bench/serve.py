@@ -195,7 +195,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of saturation load")
     p.add_argument("--light-requests", type=int, default=500)
     p.add_argument("--max-batch-rows", type=int, default=64)
-    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--batch-wait-ms", type=float, default=0.5)
     p.add_argument("--max-ongoing", type=int, default=32)
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--port", type=int, default=18200)

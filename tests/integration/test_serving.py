@@ -387,18 +387,28 @@ def test_tmax_too_short_answers_no_bid_in_time(server, shared_data):
 
 
 def test_cuda_required_but_absent_refuses_to_start(server):
-    """provider: cuda on a machine where ORT cannot use CUDA: the replica constructor fails loudly."""
+    """provider: cuda where ORT cannot use CUDA: the replica refuses to start and Serve reports why;
+    the running app is untouched."""
     import torch
-
-    from distillery.serving.deployment import CTRServer
+    from ray import serve
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here; the refusal path needs a CPU-only machine")
     root, _ = server
-    args = _config(root)["applications"][0]["args"]
-    args.update(provider="cuda", model={"model_dir": "a", "variant": "int8"})
-    with pytest.raises(RuntimeError, match="refusing to run on CPU"):
-        CTRServer.func_or_class(args)
+    config = _config(root)
+    cuda = copy.deepcopy(config["applications"][0])
+    cuda.update(name="cuda-check", route_prefix="/cuda-check")
+    cuda["args"]["provider"] = "cuda"
+    cuda["deployments"][0].update(max_constructor_retry_count=1, autoscaling_config=None, num_replicas=1)
+    _deploy({**config, "applications": [config["applications"][0], cuda]})
+    try:
+        status = _wait(lambda: (a := serve.status().applications.get("cuda-check")) and a.status == "DEPLOY_FAILED" and a,
+                       120, "the cuda app to fail")
+        assert "refusing to run on CPU" in status.message + str(status.deployments)
+        assert post("/predict", {"texts": [TEXT]}).status_code == 200
+    finally:
+        _deploy(config)
+        _wait(lambda: "cuda-check" not in serve.status().applications, 60, "the cuda app to go away")
 
 
 # -- operations -------------------------------------------------------------------------------
@@ -455,6 +465,36 @@ def test_bad_swap_keeps_the_old_model_serving(server):
     _deploy(_config(root, model="a"))
     _wait(lambda: post("/predict", {"texts": [TEXT]}).json()["model_version"] == scorers["a"].version, 60, "swap back")
     assert serve.status().applications[APP].status == "RUNNING"
+
+
+def test_metrics_are_exported_to_prometheus(server, shared_data):
+    """The replica's counters reach Ray's Prometheus endpoint with Serve's tags (runs after the swaps)."""
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    native = (shared_data / "openrtb" / "iab-ortb25-native-ad.json").read_bytes()
+    late = json.loads((shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_text())
+    late["tmax"] = 5
+    wanted = ("distillery_predictions_total", "distillery_rejected_total", "distillery_no_bids_total",
+              "distillery_deadline_misses_total", "distillery_model_swaps_total", "distillery_model_info")
+
+    def scrape() -> str | None:
+        post("/predict", {"texts": [TEXT]})
+        post("/predict", data=b"{bad")
+        post("/openrtb/2.5/bid", data=native)
+        post("/openrtb/2.6/bid", late)
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return text if all(w in text for w in wanted) else None
+
+    try:
+        text = _wait(scrape, 60, "distillery metrics on the Prometheus endpoint", every_s=2.0)
+    except AssertionError:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        raise AssertionError(f"missing {[w for w in wanted if w not in text]}") from None
+    lines = [line for line in text.splitlines() if line.startswith("ray_distillery_")]
+    assert any('reason="no_candidates"' in line for line in lines)  # the native sample
+    assert any('route="predict"' in line and 'status="400"' in line for line in lines)
+    assert all('deployment="CTRServer"' in line and 'replica="' in line for line in lines)
 
 
 def test_path_escaping_the_model_root_is_refused():

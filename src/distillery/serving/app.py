@@ -44,7 +44,7 @@ class ModelSection(Section):
 
 class BatchSection(Section):
     max_batch_rows: int = Field(64, ge=1, le=4096, description="most texts scored in one ONNX Runtime call")
-    batch_wait_timeout_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill, ms")
+    batch_wait_timeout_ms: float = Field(0.5, ge=0, le=1000, description="how long a batch waits to fill, ms")
 
 
 class BidderSection(Section):

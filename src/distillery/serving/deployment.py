@@ -140,6 +140,8 @@ class CTRServer:
     def check_health(self) -> None:
         if self._scorer is None or self._pool._shutdown:
             raise RuntimeError("no model loaded or scoring pool stopped")
+        # Ray exports a gauge's value once after each set: re-set it so the served version stays visible.
+        self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
 
     def __del__(self) -> None:
         pool = getattr(self, "_pool", None)
@@ -148,7 +150,7 @@ class CTRServer:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0005, batch_size_fn=_rows)  # reset from config in __init__
     async def _score(self, items: list[list[str]]) -> list[tuple[np.ndarray, str]]:
         """One ORT call for every text of the queued requests; sizes are in rows (`_rows`)."""
         scorer = self._scorer  # a swap mid-batch does not split the batch across models
