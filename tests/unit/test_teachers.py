@@ -464,3 +464,25 @@ def test_hf_classifier_decoder_model_without_pad_token(tiny_gpt2, tmp_path):
     batched = _hf(tmp_path / "gpt2_cls", batch_size=8).predict_proba(TEXTS)
     alone = _hf(tmp_path / "gpt2_cls", batch_size=1).predict_proba(TEXTS)
     np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+class ConstantTeacher:
+    """A user-defined teacher for the `python` extension point."""
+
+    def __init__(self, p: float = 0.25):
+        self.p = p
+        self.teacher_id = f"constant:{p}"
+
+    def predict_proba(self, texts):
+        return np.full(len(texts), self.p)
+
+
+def test_python_kind_builds_a_user_class_inside_an_ensemble(bert1):
+    own = {"kind": "python", "target": f"{__name__}:ConstantTeacher", "kwargs": {"p": 0.75}}
+    ens = build_teacher({"kind": "ensemble", "members": [own, {"kind": "hf-classifier", "model": str(bert1)}]})
+    assert ens.members[0].teacher_id == "constant:0.75"
+    np.testing.assert_allclose(ens.predict_members(TEXTS)[:, 0], 0.75)
+    with pytest.raises(ConfigError, match=r"teacher.members.0.target: cannot import"):
+        build_teacher({"kind": "ensemble", "members": [{"kind": "python", "target": "no_such_module:X"}]})
+    with pytest.raises(ConfigError, match=r"teacher.target: .*Teacher protocol"):
+        build_teacher({"kind": "python", "target": "collections:OrderedDict"})

@@ -4,7 +4,8 @@
     teacher = build_teacher({"kind": "hf-classifier", "model": "runs/demo/teacher", "batch_size": 64})
     probs, confidence = score(teacher, texts)    # (n,) float64 each, in [0, 1]
 
-Backends (`kind`): `hf-classifier`, `hf-causal-lm`, `retrieval`, `ensemble`. Importing this package
+Backends (`kind`): `hf-classifier`, `hf-causal-lm`, `retrieval`, `ensemble`, and `python` (a class
+of your own, `module:Class` + kwargs). Importing this package
 does not import torch or transformers; `build_teacher` loads them.
 """
 
@@ -12,6 +13,7 @@ from distillery.teachers.base import (
     CausalLMConfig,
     EnsembleConfig,
     HFClassifierConfig,
+    PythonTeacherConfig,
     RetrievalConfig,
     Scores,
     Teacher,
@@ -34,6 +36,7 @@ __all__ = [
     "CausalLMConfig",
     "RetrievalConfig",
     "EnsembleConfig",
+    "PythonTeacherConfig",
     "parse_teacher_config",
     "describe_errors",
     "check_teacher_sources",
