@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from distillery import io
-from distillery.config import ConfigError
+# distillery.io (pyarrow) and distillery.config (pydantic) are imported inside the functions that
+# need them, so the batching helpers below import on a GPU box that has only torch/transformers.
 from distillery.models import BACKBONE_ALIAS, default_backbone, pick_device, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ def check_model_source(name: str, field: str) -> None:
     Accepted: `minilm`; a local folder holding config.json; a URI folder holding config.json; a hub
     id (with HF_HUB_OFFLINE=1 it must already be in the local hub cache). Cheap: reads no weights.
     """
+    from distillery import io
+    from distillery.config import ConfigError
+
     if not name:
         raise ConfigError(f"{field}: empty model name")
     if name == BACKBONE_ALIAS:
@@ -71,6 +74,8 @@ def local_model_dir(name: str) -> str:
     if "://" not in name:
         return name
     import pyarrow.fs as pafs
+
+    from distillery import io
 
     cache_root = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
     dest = cache_root / "models" / hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -145,9 +150,65 @@ def length_sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> I
         yield order[start:start + batch_size]
 
 
+def token_budget_batches(lengths: list[int] | np.ndarray, max_rows: int, max_tokens: int) -> Iterator[np.ndarray]:
+    """Like `length_sorted_batches`, but a batch also stops growing once rows × its longest row
+    (the padded tokens it costs) would pass `max_tokens`: short rows share big batches, long rows
+    small ones, so a GPU batch's memory stays bounded whatever the length mix. A row longer than
+    `max_tokens` on its own still gets a batch of one."""
+    if max_rows < 1 or max_tokens < 1:
+        raise ValueError(f"max_rows={max_rows}, max_tokens={max_tokens}: both must be >= 1")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)  # longest first: the batch's padded width
+        rows = max(1, min(max_rows, max_tokens // longest))
+        yield order[start:start + rows]
+        start += rows
+
+
+def padded_tokens(lengths: list[int] | np.ndarray, batches: Iterator[np.ndarray] | list[np.ndarray]) -> int:
+    """Tokens a forward pass computes over `batches` (rows × longest row, summed): the cost that
+    length bucketing reduces, against `len(lengths) * max(lengths)` for one-width padding."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return int(sum(len(index) * int(lengths[index].max()) for index in batches if len(index)))
+
+
 def pad_batch(tokenizer: Any, encoded: dict[str, list], index: np.ndarray, device: str) -> dict[str, Any]:
     """Tensors for rows `index` of an unpadded `tokenizer(...)` output, padded to the batch's
-    longest row (on the tokenizer's padding side), moved to `device`."""
+    longest row (on the tokenizer's padding side), moved to `device`.
+
+    On CUDA the host tensors are pinned (page-locked) first so the copy is a DMA that runs
+    asynchronously (`non_blocking=True`) while the CPU pads the next batch; the stream orders it
+    before the forward pass that reads it, and reading the logits back synchronises."""
     features = {key: [values[i] for i in index] for key, values in encoded.items()}
     batch = tokenizer.pad(features, padding="longest", return_tensors="pt")
+    if str(device).startswith("cuda"):
+        return {key: value.pin_memory().to(device, non_blocking=True) for key, value in batch.items()}
     return {key: value.to(device) for key, value in batch.items()}
+
+
+def batched_logits(model: Any, tokenizer: Any, texts: list[str], *, max_length: int, batch_size: int,
+                   device: str, max_batch_tokens: int | None = None) -> np.ndarray:
+    """A sequence classifier's logits for `texts`, float32 (n, num_labels), in the order of `texts`.
+
+    Texts are tokenised once without padding, sorted longest first and batched so each batch pads
+    only to its own longest row (`max_batch_tokens` also caps rows × longest, see
+    `token_budget_batches`); batches go to `device` through `pad_batch` (pinned on CUDA). The model
+    runs in whatever dtype it was loaded in; logits come back as float32.
+    """
+    import torch
+
+    num_labels = int(model.config.num_labels)
+    out = np.zeros((len(texts), num_labels), dtype=np.float32)
+    if not texts:
+        return out
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    batches = (token_budget_batches(lengths, batch_size, max_batch_tokens) if max_batch_tokens
+               else length_sorted_batches(lengths, batch_size))
+    with torch.inference_mode():
+        for index in batches:
+            batch = pad_batch(tokenizer, encoded, index, device)
+            out[index] = model(**batch).logits.float().cpu().numpy()
+    return out

@@ -2,7 +2,9 @@
 
 num_labels 1 → P(click) = sigmoid(logit); num_labels 2 → softmax(logits)[:, 1]. Texts are
 tokenized once per call, sorted by token length and batched so each batch pads only to its own
-longest row; results come back in the caller's order.
+longest row (pinned host memory and asynchronous copies on CUDA; `dtype: bf16` loads the weights
+in bf16); results come back in the caller's order. The loop is `_hf.batched_logits`, shared with
+`bench/gpu.py`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import numpy as np
 
 from distillery.config import ConfigError
 from distillery.teachers._hf import (
-    length_sorted_batches,
+    batched_logits,
     load_tokenizer,
     local_model_dir,
     model_fingerprint,
     model_label,
-    pad_batch,
     setup_torch,
 )
 from distillery.teachers.base import HFClassifierConfig, sigmoid
@@ -65,19 +66,9 @@ class HFClassifierTeacher:
 
     def predict_logits(self, texts: list[str]) -> np.ndarray:
         """Raw logits in fp32: (n,) for num_labels 1, (n, 2) for num_labels 2."""
-        torch = self._torch
-        shape = (len(texts),) if self.num_labels == 1 else (len(texts), 2)
-        out = np.zeros(shape, dtype=np.float32)
-        if not texts:
-            return out
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.cfg.max_length)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
-        with torch.inference_mode():
-            for index in length_sorted_batches(lengths, self.cfg.batch_size):
-                batch = pad_batch(self.tokenizer, encoded, index, self.device)
-                logits = self.model(**batch).logits.float().cpu().numpy()
-                out[index] = logits[:, 0] if self.num_labels == 1 else logits
-        return out
+        logits = batched_logits(self.model, self.tokenizer, list(texts), max_length=self.cfg.max_length,
+                                batch_size=self.cfg.batch_size, device=self.device)
+        return logits[:, 0] if self.num_labels == 1 else logits
 
     def _sigmoid_or_softmax(self, logits: np.ndarray) -> np.ndarray:
         z = logits.astype(np.float64)
