@@ -3,6 +3,7 @@
     path = quantize_int8("runs/demo/onnx")                            # student.int8.onnx
     path = apply_preset("runs/demo/onnx", "fp16")                     # student.fp16.onnx
     path = apply_preset("runs/demo/onnx", "int8-static", calibration_texts=texts)
+    path = apply_preset("runs/demo/onnx", "int8-static", calibration_texts=texts, tensorrt=True)
 
 | preset        | file                     | card variant  | for |
 |---------------|--------------------------|---------------|-----|
@@ -10,6 +11,9 @@
 | `int8-static` | `student.int8-static.onnx` | `int8_static` | QDQ graph with activation ranges calibrated on log rows (TensorRT / GPU, or CPU without per-batch scaling) |
 | `fp16`        | `student.fp16.onnx`      | `fp16`        | GPU; float32 inputs/outputs kept so callers do not change |
 
+`tensorrt=True` makes `int8-static` follow TensorRT's explicit-quantization rules: int8 (signed)
+activations and weights, symmetric (every zero point 0), since TensorRT only runs symmetric
+QDQ; the default keeps uint8 asymmetric activations, which are more accurate on ORT's CPU kernels.
 Each call adds its variant (file and size) to `model_card.json`. The quality gate lives in
 `validate.py`; the preset order from most to least aggressive is `LESS_AGGRESSIVE`.
 """
@@ -101,8 +105,11 @@ def apply_preset(
     *,
     calibration_texts: list[str] | None = None,
     per_channel: bool = True,
+    tensorrt: bool = False,
 ) -> str:
     """Write the preset's variant of `out_dir/student.fp32.onnx` beside it; return its path.
+
+    `tensorrt`: int8-static only; symmetric int8 activations and weights for TensorRT's EP.
 
     `per_channel`: one int8 scale per output channel of each weight (measured: tracks FP32 much
     more closely than one scale per tensor, at no speed cost on this CPU).
@@ -115,6 +122,8 @@ def apply_preset(
         raise FileNotFoundError(f"{src}: FP32 model missing (run export_onnx first)")
     dst = os.path.join(out_dir, PRESET_FILE[preset])
 
+    if tensorrt and preset != "int8-static":
+        raise ValueError(f"tensorrt=True: only the int8-static preset has a TensorRT form, not {preset!r}")
     if preset == "int8-static" and not calibration_texts:
         raise ValueError("int8-static: calibration_texts is empty; pass rows from the logs (validation.calibration_rows)")
     with quiet_ort_tools():
@@ -124,10 +133,14 @@ def apply_preset(
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
             reader = TextCalibrationReader(out_dir, calibration_texts, card["inputs"], card["max_length"])
+            extra = {"DefaultTensorType": 1}
+            if tensorrt:
+                extra.update(ActivationSymmetric=True, WeightSymmetric=True)
             quantize_static(src, dst, _as_calibration_reader(reader), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, extra_options={"DefaultTensorType": 1})
+                            activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
         else:  # fp16
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -137,7 +150,8 @@ def apply_preset(
     variant = PRESET_VARIANT[preset]
     card["variants"][variant] = os.path.basename(dst)
     card.setdefault("size_mb", {})[variant] = round(os.path.getsize(dst) / 1e6, 3)
-    card.setdefault("presets", {})[variant] = {"preset": preset, "per_channel": per_channel if preset != "fp16" else None}
+    card.setdefault("presets", {})[variant] = {"preset": preset, "per_channel": per_channel if preset != "fp16" else None,
+                                               "tensorrt": tensorrt}
     write_card(out_dir, card)
     log.info("%s -> %s (%.1f MB)", preset, dst, card["size_mb"][variant])
     return dst

@@ -7,6 +7,13 @@
 Ray Serve replicas wrap one of these; it is also what benchmarks and validation time, so the
 numbers they report are the serving path's. Texts are padded to the batch's longest and truncated
 to the model card's `max_length`.
+
+On a GPU: `provider="cuda"` with `variant="fp16"` (CUDA execution provider), or
+`provider="tensorrt"` with `variant="int8_static"` (a symmetric QDQ graph, see
+`compress.quantize`; TensorRT builds and caches an engine under `<model_dir>/.trt_cache`). Both
+refuse to start when ORT did not really give them the accelerator. `io_binding=True` binds the
+feeds once per call and allocates the output on the session's device (ORT's I/O binding): it
+skips ORT's per-run staging of inputs, which is where a small batch's copy time goes on CUDA.
 """
 
 from __future__ import annotations
@@ -17,11 +24,45 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from distillery.data.text import to_text
-
 __all__ = ["OnnxScorer", "sigmoid", "PROVIDERS"]
 
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+# The provider each choice must really get (`session.get_providers()`), or the scorer refuses.
+_REQUIRED = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+# TensorRT optimisation profile bounds (rows): engines are built for 1..this many rows at once.
+TRT_MAX_BATCH = 256
+
+
+def provider_options(provider: str, device_id: int, model_dir: str, variant: str, max_length: int,
+                     input_names: list[str]) -> list[dict]:
+    """Per-provider option dicts, in `PROVIDERS[provider]` order (ORT's `provider_options`).
+
+    CUDA: the chosen device, and copies on the default stream (the ORT default, kept explicit:
+    a single request stream gains nothing from a separate copy stream). TensorRT: FP16 kernels
+    allowed, INT8 for int8 variants (the QDQ nodes give the scales, so no calibration table), one
+    engine profile from 1×1 to TRT_MAX_BATCH×max_length tokens so new shapes do not rebuild it,
+    and the built engine cached beside the model (building takes minutes; loading seconds).
+    """
+    cuda = {"device_id": device_id, "do_copy_in_default_stream": True}
+    if provider == "cuda":
+        return [cuda, {}]
+    if provider == "tensorrt":
+        def shapes(rows: int, seq: int) -> str:
+            return ",".join(f"{name}:{rows}x{seq}" for name in input_names)
+
+        trt = {
+            "device_id": device_id,
+            "trt_fp16_enable": True,
+            "trt_int8_enable": variant.startswith("int8"),
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": os.path.join(model_dir, ".trt_cache"),
+            "trt_profile_min_shapes": shapes(1, 1),
+            "trt_profile_opt_shapes": shapes(32, max(1, max_length // 2)),
+            "trt_profile_max_shapes": shapes(TRT_MAX_BATCH, max_length),
+        }
+        return [trt, cuda, {}]
+    return [{}]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -39,12 +80,16 @@ class OnnxScorer:
     """One ORT session over `model_dir/<variant file>` plus the folder's tokenizer.
 
     `variant`: a key of the card's `variants` (`fp32`, `int8`, `int8_static`, `fp16`).
-    `provider`: `cpu` or `cuda`; `cuda` refuses to start unless ORT really gave CUDA.
+    `provider`: `cpu`, `cuda` or `tensorrt`; the GPU ones refuse to start unless ORT really gave
+    them (the onnxruntime-gpu wheel lists CUDA even where it then falls back to CPU).
     `intra_op_threads`: ORT intra-op threads (None = ORT's default, one per core).
+    `io_binding`: run through ORT's I/O binding, output allocated on the provider's device.
+    `device_id`: the GPU for `cuda` / `tensorrt`.
     """
 
     def __init__(self, model_dir: str, variant: str = "int8", provider: str = "cpu",
-                 intra_op_threads: int | None = None, graph_optimization: str = "all"):
+                 intra_op_threads: int | None = None, graph_optimization: str = "all",
+                 io_binding: bool = False, device_id: int = 0):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -74,13 +119,21 @@ class OnnxScorer:
         # One request at a time per session: extra inter-op threads only contend for the cores.
         opts.inter_op_num_threads = 1
         self.model_path = os.path.join(model_dir, variants[variant])
-        self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=PROVIDERS[provider])
+        if device_id < 0:
+            raise ValueError(f"device_id={device_id}: must be >= 0")
+        self.session = ort.InferenceSession(
+            self.model_path, sess_options=opts, providers=PROVIDERS[provider],
+            provider_options=provider_options(provider, device_id, model_dir, variant, int(self.card["max_length"]),
+                                              list(self.card.get("inputs", ["input_ids", "attention_mask"]))))
         self.providers: list[str] = list(self.session.get_providers())
-        if provider == "cuda" and "CUDAExecutionProvider" not in self.providers:
+        required = _REQUIRED.get(provider)
+        if required is not None and required not in self.providers:
             raise RuntimeError(
-                f"provider='cuda' requested but ONNX Runtime started with {self.providers} "
+                f"provider={provider!r} requested but ONNX Runtime started with {self.providers} "
                 "(no usable CUDA: check the GPU, CUDA/cuDNN libraries and onnxruntime-gpu); refusing to run on CPU silently"
             )
+        self.io_binding = bool(io_binding)
+        self.device_id = device_id
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.card.get("output", "logits")
@@ -106,8 +159,23 @@ class OnnxScorer:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}]: expected a string, got {type(t).__name__}")
-        (out,) = self.session.run([self.output_name], self.encode(texts))
+        feeds = self.encode(texts)
+        if self.io_binding:
+            out = self._run_bound(feeds)
+        else:
+            (out,) = self.session.run([self.output_name], feeds)
         return np.asarray(out, dtype=np.float64).reshape(len(texts), -1)[:, 0]
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run through ORT's I/O binding: host feeds bound (copied to the device once, at bind
+        time), the output allocated on the provider's device and copied back after the run."""
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        device = "cpu" if self.provider == "cpu" else "cuda"
+        binding.bind_output(self.output_name, device, self.device_id if device == "cuda" else 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Click probabilities, float64 (n,) in [0, 1]."""
@@ -115,7 +183,10 @@ class OnnxScorer:
 
     def predict_rows(self, rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities for ad-log rows (dicts), rendered with `to_text`; float64 (n,)."""
+        from distillery.data.text import to_text  # pyarrow-backed schema: only the row path needs it
+
         return self.predict_proba([to_text(r) for r in rows])
 
     def __repr__(self) -> str:
-        return f"OnnxScorer(name={self.name!r}, version={self.version!r}, variant={self.variant!r}, providers={self.providers})"
+        return (f"OnnxScorer(name={self.name!r}, version={self.version!r}, variant={self.variant!r}, "
+                f"providers={self.providers}, io_binding={self.io_binding})")
