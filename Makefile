@@ -31,5 +31,12 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+# The long fault scenarios of RELIABILITY.md (about 15 minutes on 2 cores): labeling with a worker node
+# removed and with the driver killed (multi-node Cluster), a training worker killed mid-epoch, then the
+# serving soak (replica kills, overload, hot swaps, repeated). `make test` skips the pytest part.
+soak: $(STAMP)
+	HF_HUB_OFFLINE=1 DISTILLERY_SOAK=1 $(BIN)/python -m pytest -m soak -s tests/integration/test_faults_labeling.py tests/integration/test_faults_training.py $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/soak.py --out bench/soak.json
+
 clean:
 	rm -rf runs/ .pytest_cache

@@ -40,6 +40,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = "tests.integration.test_faults_labeling:ScriptedTeacher"
 PORT_RANGE = (29000, 29999)
+# The multi-node scenarios take about a minute each on a 2-core machine: `make soak` runs them.
+SOAK_ONLY = pytest.mark.skipif(not os.environ.get("DISTILLERY_SOAK"), reason="long fault scenario: run `make soak`")
 
 
 class ScriptedTeacher:
@@ -281,6 +283,8 @@ def _wait(predicate, timeout_s: float, what: str):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
+@SOAK_ONLY
 def test_worker_node_removed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
     from distillery.labeling import run
 
@@ -328,6 +332,8 @@ run(LabelConfig.model_validate(json.loads(sys.argv[2])))
 
 
 @pytest.mark.slow
+@pytest.mark.soak
+@SOAK_ONLY
 def test_driver_killed_mid_run_resumes_without_relabelling_finished_files(cluster, tmp_path):
     from distillery.labeling import label_file_key, run
 

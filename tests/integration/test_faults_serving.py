@@ -198,8 +198,8 @@ def test_replica_killed_under_steady_load_is_replaced_with_few_failures(server):
     print(f"\nreplica kill: {figures}")
     assert figures["requests"] > 100
     assert set(figures["statuses"]) <= {0, 200, 500, 502, 503}, figures  # no 4xx made up by the failure
-    # the other replica keeps serving: only requests in flight on (or routed to) the dead one fail
-    assert figures["failed"] <= max(0.05 * figures["requests"], 2 * MAX_ONGOING), figures
+    # the other replica keeps serving: at most the requests in flight on the dead one fail (goal: <= 1%)
+    assert figures["failed"] <= max(0.01 * figures["requests"], 4), figures
     assert running_replicas() == REPLICAS
     r = requests.post(f"{URL}/predict", json={"texts": [TEXT]}, headers=AUTH, timeout=10)
     assert r.status_code == 200
@@ -208,18 +208,18 @@ def test_replica_killed_under_steady_load_is_replaced_with_few_failures(server):
 # ------------------------------------------------------------------------------- overload
 
 
-def overload(capacity_s: float = 3.0, overload_s: float = 6.0, factor: int = 10, rows: int = 32) -> dict:
-    """Measure capacity (closed loop at the admitted concurrency), then offer `factor` x as many clients."""
-    admitted = REPLICAS * MAX_ONGOING + MAX_QUEUED
+def overload(clients: int = 60, capacity_s: float = 3.0, overload_s: float = 6.0, rows: int = 32) -> dict:
+    """Capacity: closed loop with 4 clients (enough to keep both replicas busy). Overload: `clients`
+    closed-loop clients, whose shed requests come straight back, for `overload_s`. Then light load."""
     base = run_load(URL, bodies(rows), requests=100_000, concurrency=4, max_seconds=capacity_s, headers=AUTH)
     capacity_rps = base.statuses.get(200, 0) / base.seconds
-    flood = run_load(URL, bodies(rows), requests=100_000, concurrency=admitted * factor // 4, max_seconds=overload_s,
-                     headers=AUTH)
+    flood = run_load(URL, bodies(rows), requests=200_000, concurrency=clients, max_seconds=overload_s, headers=AUTH)
     time.sleep(1.0)
     after = run_load(URL, bodies(rows), requests=40, concurrency=2, max_seconds=30, headers=AUTH)
+    offered_rps = flood.requests / flood.seconds
     return {
         "capacity_rps": round(capacity_rps, 1), "capacity_p99_ms": percentiles(base.latencies_ms)["p99"],
-        "offered_rps": round(flood.requests / flood.seconds, 1), "clients": admitted * factor // 4,
+        "clients": clients, "offered_rps": round(offered_rps, 1), "offered_x_capacity": round(offered_rps / capacity_rps, 1),
         "overload_statuses": dict(flood.statuses), "accepted_rps": round(flood.statuses.get(200, 0) / flood.seconds, 1),
         "accepted_p50_ms": percentiles(flood.latencies_ms)["p50"], "accepted_p99_ms": percentiles(flood.latencies_ms)["p99"],
         "after_statuses": dict(after.statuses), "after_p99_ms": percentiles(after.latencies_ms)["p99"],
@@ -240,25 +240,32 @@ def test_overload_is_shed_with_503_and_service_recovers(server):
 # ------------------------------------------------------------------------------- hot swap
 
 
-def test_hot_swap_under_load_fails_no_request(server):
-    base, versions = server
+def hot_swap_under_load(root: Path, versions: dict[str, str], concurrency: int = 4) -> dict:
+    """Swap a <-> b through `user_config` under steady load; returns the load summary and the swap time."""
     stop, timeline = threading.Event(), []
     seen: list[str | None] = []
-    loader = threading.Thread(target=load_slices, args=(stop, timeline, 4), daemon=True)
+    loader = threading.Thread(target=load_slices, args=(stop, timeline, concurrency), daemon=True)
     loader.start()
     try:
         wait_for(lambda: len(timeline) >= 2, 60, "steady load")
         target = "b" if served_version() == versions["a"] else "a"
-        deploy(serve_config(base / "root", model=target))
+        t0 = time.monotonic()
+        deploy(serve_config(root, model=target))
         wait_for(lambda: seen.append(served_version()) or seen[-1] == versions[target], 60, "the new version")
+        swap_s = time.monotonic() - t0
         time.sleep(1.5)
     finally:
         stop.set()
         loader.join(timeout=60)
-    figures = summarise(timeline)
+    return {**summarise(timeline), "target": target, "swap_visible_s": round(swap_s, 2)}
+
+
+def test_hot_swap_under_load_fails_no_request(server):
+    base, versions = server
+    figures = hot_swap_under_load(base / "root", versions)
     print(f"\nhot swap: {figures}")
     assert figures["failed"] == 0 and set(figures["statuses"]) == {200}, figures
-    assert wait_for(lambda: served_version() == versions[target], 30, "every replica on the new version")
+    assert wait_for(lambda: served_version() == versions[figures["target"]], 30, "every replica on the new version")
 
 
 # ------------------------------------------------------------------------------- security
