@@ -112,3 +112,31 @@ def test_resumed_run_equals_an_uninterrupted_one(run_dir, bert, tmp_path):
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert resumed.history[2]["loss"] == pytest.approx(straight.history[2]["loss"], rel=1e-5)
     assert torch.allclose(straight_w, resumed_w, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,cls", [("train.yaml", "TrainJobConfig"), ("train_direct.yaml", "TrainJobConfig"),
+                                      ("teacher.yaml", "TeacherJobConfig"), ("evaluate.yaml", "EvaluateConfig")])
+def test_shipped_configs_parse(name, cls):
+    from pathlib import Path
+
+    import distillery.evaluate as evaluate
+    import distillery.training.job as job
+    from distillery.config import load_config
+
+    klass = getattr(job, cls, None) or getattr(evaluate, cls)
+    cfg = load_config(klass, Path(__file__).resolve().parents[2] / "jobs" / "configs" / name)
+    assert cfg.run_dir == "runs/demo"
+
+
+def test_bad_job_configs_fail_naming_the_field():
+    from distillery.config import ConfigError, load_config
+    from distillery.training.job import TeacherJobConfig, TrainJobConfig
+
+    with pytest.raises(ConfigError, match="reveal_hidden_clicks"):
+        load_config(TrainJobConfig, None, ["data.reveal_hidden_clicks=true", "loop.loss=soft"])
+    with pytest.raises(ConfigError, match="data.splits"):
+        load_config(TrainJobConfig, None, ["loop.loss=click"])  # default splits include unlabeled
+    with pytest.raises(ConfigError, match="loop.loss"):
+        load_config(TeacherJobConfig, None, ["loop.loss=soft"])
+    with pytest.raises(ConfigError, match="loop.epochs"):
+        load_config(TrainJobConfig, None, ["loop.epochs=0"])

@@ -1,0 +1,174 @@
+"""python bench/distill.py [--seeds 0 1 2] [--rows-train 10000 --rows-unlabeled 40000 --rows-test 10000]
+
+Does a student taught by the teacher beat the same student taught by clicks alone? For each seed:
+
+  1. synthetic data (train / unlabeled / test) from `distillery.data.synthetic`;
+  2. `distillery teacher`: MiniLM-L6 fine-tuned on the train split's clicks (Ray Train);
+  3. `distillery label`: the teacher labels train + unlabeled (Ray Data);
+  4. `distillery train`: the distilled student (teacher labels on train + unlabeled), and the
+     same architecture and budget on clicks: `student_direct` on train clicks only (semi-supervised
+     comparison) and `student_direct_strict` on train + unlabeled with the hidden clicks revealed
+     (strict comparison: same rows, only the label source differs);
+  5. `distillery evaluate` on the test split: AUC, logloss, ECE, oracle AUC.
+
+Then training throughput of the student with 2 Ray Train workers vs 1 (one torch thread per worker).
+Prints per-seed rows, mean ± std, and as its last line one JSON object. The defaults are the
+generator's default sizes; `--rows-*` shrink them for a quick check (say so when quoting figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from distillery.config import load_config  # noqa: E402
+
+STUDENT_LAYERS = "[0, 5]"  # 2 of the teacher's 6 layers: ~3x fewer encoder FLOPs, pretrained + fine-tuned weights
+
+
+def _common(args) -> list[str]:
+    return [f"scaling.num_workers={args.workers}", f"scaling.cpus_per_worker={args.cpus_per_worker}",
+            "loop.torch_threads=1", f"loop.max_length={args.max_length}", "checkpoint.resume=false",
+            "ray.num_cpus=4"]
+
+
+def _seed_run(args, seed: int) -> dict:
+    from distillery.data.synthetic import SyntheticConfig, write_splits
+    from distillery.evaluate import EvaluateConfig
+    from distillery.evaluate import run as evaluate
+    from distillery.labeling import LabelConfig
+    from distillery.labeling import run as label
+    from distillery.training.job import TeacherJobConfig, TrainJobConfig, run, run_teacher
+
+    run_dir = os.path.join(args.out, f"seed{seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    times = {}
+    t = time.perf_counter()
+    write_splits(SyntheticConfig(seed=seed, rows_train=args.rows_train, rows_unlabeled=args.rows_unlabeled,
+                                 rows_test=args.rows_test), os.path.join(run_dir, "data"))
+    times["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    run_teacher(load_config(TeacherJobConfig, "jobs/configs/teacher.yaml", [
+        f"run_dir={run_dir}", f"loop.seed={seed}", f"loop.epochs={args.teacher_epochs}", *_common(args)]))
+    times["teacher"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    label(load_config(LabelConfig, "jobs/configs/label.yaml", [f"run_dir={run_dir}", "teacher.num_threads=2"]))
+    times["label"] = time.perf_counter() - t
+
+    students = {
+        "student": ("jobs/configs/train.yaml", []),
+        "student_direct": ("jobs/configs/train_direct.yaml", []),
+        "student_direct_strict": ("jobs/configs/train_direct.yaml", [
+            "output=student_direct_strict", "data.splits=[train, unlabeled]", "data.reveal_hidden_clicks=true"]),
+    }
+    for name, (path, extra) in students.items():
+        t = time.perf_counter()
+        run(load_config(TrainJobConfig, path, [f"run_dir={run_dir}", f"loop.seed={seed}", f"init.seed={seed}",
+                                               f"loop.epochs={args.student_epochs}", *_common(args), *extra]))
+        times[name] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    q = evaluate(load_config(EvaluateConfig, "jobs/configs/evaluate.yaml", [
+        f"run_dir={run_dir}", "models.student_direct_strict={run_dir}/student_direct_strict", "num_threads=2"]))
+    times["evaluate"] = time.perf_counter() - t
+    row = {
+        "seed": seed,
+        "teacher_auc": q["teacher"]["auc"], "student_auc": q["student"]["auc"],
+        "student_direct_auc": q["student_direct"]["auc"], "student_direct_strict_auc": q["student_direct_strict"]["auc"],
+        "oracle_auc": q["oracle_auc"], "efficiency": q["student"]["auc"] / q["teacher"]["auc"],
+        "lift": q["student"]["auc"] - q["student_direct"]["auc"],
+        "strict_lift": q["student"]["auc"] - q["student_direct_strict"]["auc"],
+        "teacher_logloss": q["teacher"]["logloss"], "student_logloss": q["student"]["logloss"],
+        "student_direct_logloss": q["student_direct"]["logloss"],
+        "student_direct_strict_logloss": q["student_direct_strict"]["logloss"],
+        "teacher_ece": q["teacher"]["ece"], "student_ece": q["student"]["ece"],
+        "seconds": times,
+    }
+    print(f"seed {seed}: teacher {row['teacher_auc']:.4f}  student {row['student_auc']:.4f}  "
+          f"direct {row['student_direct_auc']:.4f}  direct_strict {row['student_direct_strict_auc']:.4f}  "
+          f"oracle {row['oracle_auc']:.4f}  efficiency {row['efficiency']:.4f}  lift {row['lift']:+.4f}  "
+          f"strict_lift {row['strict_lift']:+.4f}  ({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})", flush=True)
+    return row
+
+
+def _throughput(args, run_dir: str, workers: int, threads: int) -> float:
+    """Student training rows/s (train steps only, all workers together) on an existing run dir."""
+    from distillery.training.job import TrainJobConfig, run
+
+    summary = run(load_config(TrainJobConfig, "jobs/configs/train.yaml", [
+        f"run_dir={run_dir}", f"output=throughput_w{workers}_t{threads}", "loop.epochs=1",
+        f"loop.max_steps_per_epoch={args.throughput_steps}", f"scaling.num_workers={workers}",
+        f"scaling.cpus_per_worker={args.cpus_per_worker}", f"loop.torch_threads={threads}",
+        f"loop.max_length={args.max_length}", "checkpoint.resume=false", "data.val_fraction=0.01", "ray.num_cpus=4"]))
+    return summary["history"][-1]["rows_per_s"]
+
+
+def _stats(rows: list[dict], key: str) -> tuple[float, float]:
+    vals = [r[key] for r in rows]
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows-train", type=int, default=10_000)
+    p.add_argument("--rows-unlabeled", type=int, default=40_000)
+    p.add_argument("--rows-test", type=int, default=10_000)
+    p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--student-epochs", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=80)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--throughput-steps", type=int, default=30, help="train steps per throughput measurement")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--out", default="runs/bench_distill")
+    args = p.parse_args(argv)
+
+    from distillery.ray_runtime import RaySection, ensure_ray
+
+    t0 = time.perf_counter()
+    ensure_ray(RaySection(num_cpus=4))
+    rows = [_seed_run(args, s) for s in args.seeds]
+    summary: dict = {"seeds": args.seeds, "rows": [args.rows_train, args.rows_unlabeled, args.rows_test],
+                     "student": f"layer_subset {STUDENT_LAYERS} of the fine-tuned MiniLM-L6 teacher"}
+    for key in ("teacher_auc", "student_auc", "student_direct_auc", "student_direct_strict_auc", "oracle_auc",
+                "efficiency", "lift", "strict_lift"):
+        mean, std = _stats(rows, key)
+        summary[key] = round(mean, 4)
+        summary[f"{key}_std"] = round(std, 4)
+        print(f"{key:>28}: {mean:.4f} ± {std:.4f}")
+    summary["efficiency_min"] = round(min(r["efficiency"] for r in rows), 4)
+    summary["lift_min"] = round(min(r["lift"] for r in rows), 4)
+    summary["strict_lift_min"] = round(min(r["strict_lift"] for r in rows), 4)
+    summary["student_beats_direct_every_seed"] = all(r["lift"] > 0 for r in rows)
+    summary["student_beats_strict_direct_every_seed"] = all(r["strict_lift"] > 0 for r in rows)
+    if not args.skip_throughput:
+        run_dir = os.path.join(args.out, f"seed{args.seeds[0]}")
+        one = _throughput(args, run_dir, 1, 1)
+        two = _throughput(args, run_dir, 2, 1)
+        one_two_threads = _throughput(args, run_dir, 1, 2)
+        summary.update(train_rows_per_s_1w=round(one, 1), train_rows_per_s_2w=round(two, 1),
+                       train_rows_per_s_1w_2threads=round(one_two_threads, 1), train_2v1=round(two / one, 3),
+                       train_2w_vs_1w_2threads=round(two / one_two_threads, 3))
+        print(f"train throughput: 1 worker {one:.1f} rows/s, 2 workers {two:.1f} rows/s (2v1 {two / one:.2f}x); "
+              f"1 worker x 2 threads {one_two_threads:.1f} rows/s")
+    else:
+        summary["train_2v1"] = None
+    summary["per_seed"] = rows
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(summary, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
