@@ -38,7 +38,9 @@ CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.
              "RayService": "ray.io_rayservices.yaml"}
 # Every batch job of the product has a RayJob with the local entrypoint and config.
 JOBS = ("label", "train", "teacher", "evaluate", "compress", "pipeline")
-CONFIG_OF = {"pipeline": "demo"}  # `make demo` runs the pipeline on jobs/configs/demo.yaml
+# Configs other than jobs/configs/<job>.yaml: `make demo` runs the pipeline on demo.yaml, and
+# labeling has a GPU-cluster config beside the local one.
+CONFIG_OF = {"pipeline": "demo", "label": "label_gpu"}
 TOKEN_SECRET_KEY = "auth_token"
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
