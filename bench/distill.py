@@ -79,7 +79,7 @@ def _seed_run(args, seed: int) -> dict:
 
     t = time.perf_counter()
     q = evaluate(load_config(EvaluateConfig, "jobs/configs/evaluate.yaml", [
-        f"run_dir={run_dir}", "models.student_direct_strict={run_dir}/student_direct_strict", "num_threads=2"]))
+        f"run_dir={run_dir}", "models.student_direct_strict={run_dir}/student_direct_strict", "num_threads=2"]))["quality"]
     times["evaluate"] = time.perf_counter() - t
     row = {
         "seed": seed,

@@ -167,7 +167,9 @@ def merge_report(path: str, section: str, values: dict[str, Any]) -> dict[str, A
 
 
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Score every available model on the test split; merge `quality` into the report; return it."""
+    """Score every available model on the test split; merge `quality` into the report.
+
+    Returns `{"quality": {...}, "report": path}`."""
     t0 = time.perf_counter()
     texts, clicks, oracle = _load_test(cfg)
     quality: dict[str, Any] = {"test_rows": len(texts), "click_rate": float(clicks.mean()) if len(clicks) else None,
@@ -200,7 +202,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     quality["skipped"] = skipped
     merge_report(cfg.resolve(cfg.report), "quality", quality)
     merge_report(cfg.resolve(cfg.report), "timings_s", {"evaluate": time.perf_counter() - t0})
-    return quality
+    return {"quality": quality, "report": cfg.resolve(cfg.report)}
 
 
 def _derived(q: dict[str, Any]) -> dict[str, Any]:
