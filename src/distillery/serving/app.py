@@ -45,6 +45,8 @@ class ModelSection(Section):
 class BatchSection(Section):
     max_batch_rows: int = Field(64, ge=1, le=4096, description="most texts scored in one ONNX Runtime call")
     batch_wait_timeout_ms: float = Field(0.5, ge=0, le=1000, description="how long a batch waits to fill, ms")
+    score_in_thread: bool = Field(True, description="run ONNX Runtime on a worker thread so the replica keeps "
+                                  "answering (and timing out bids) while a batch computes; False runs it inline")
 
 
 class BidderSection(Section):

@@ -155,7 +155,10 @@ class CTRServer:
         """One ORT call for every text of the queued requests; sizes are in rows (`_rows`)."""
         scorer = self._scorer  # a swap mid-batch does not split the batch across models
         texts = [t for texts in items for t in texts]
-        probs = await asyncio.get_running_loop().run_in_executor(self._pool, scorer.predict_proba, texts)
+        if self.args.batch.score_in_thread:
+            probs = await asyncio.get_running_loop().run_in_executor(self._pool, scorer.predict_proba, texts)
+        else:
+            probs = scorer.predict_proba(texts)
         self._metrics.predictions.inc(len(texts))
         out, start = [], 0
         for chunk in items:
