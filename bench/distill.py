@@ -113,6 +113,24 @@ def _throughput(args, run_dir: str, workers: int, threads: int) -> float:
     return summary["history"][-1]["rows_per_s"]
 
 
+def _latency_ms(model_dir: str, texts: list[str], max_length: int) -> float:
+    """Median in-process batch-1 latency of a Hugging Face folder, ms, one torch thread."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    times = []
+    with torch.inference_mode():
+        for text in texts:
+            enc = tok([text], truncation=True, max_length=max_length, return_tensors="pt")
+            t = time.perf_counter()
+            model(**enc)
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times[5:])
+
+
 def _stats(rows: list[dict], key: str) -> tuple[float, float]:
     vals = [r[key] for r in rows]
     return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
@@ -164,6 +182,19 @@ def main(argv: list[str] | None = None) -> int:
               f"1 worker x 2 threads {one_two_threads:.1f} rows/s")
     else:
         summary["train_2v1"] = None
+    from distillery.data.schema import TEXT_FIELDS
+    from distillery.data.text import to_texts
+    from distillery.training.data import read_split
+
+    run_dir = os.path.join(args.out, f"seed{args.seeds[0]}")
+    test = read_split(run_dir, "test", 45)
+    texts = to_texts({c: test[c].to_pylist() for c in TEXT_FIELDS})
+    teacher_ms = _latency_ms(os.path.join(run_dir, "teacher"), texts, args.max_length)
+    student_ms = _latency_ms(os.path.join(run_dir, "student"), texts, args.max_length)
+    summary.update(teacher_ms_b1=round(teacher_ms, 2), student_ms_b1=round(student_ms, 2),
+                   student_speedup=round(teacher_ms / student_ms, 2))
+    print(f"batch-1 latency (1 thread, fp32 PyTorch): teacher {teacher_ms:.2f} ms, student {student_ms:.2f} ms "
+          f"({teacher_ms / student_ms:.1f}x)")
     summary["per_seed"] = rows
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(summary, default=float))
