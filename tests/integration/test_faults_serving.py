@@ -208,7 +208,7 @@ def test_replica_killed_under_steady_load_is_replaced_with_few_failures(server):
 # ------------------------------------------------------------------------------- overload
 
 
-def overload(clients: int = 60, capacity_s: float = 3.0, overload_s: float = 6.0, rows: int = 32) -> dict:
+def overload(clients: int = 60, capacity_s: float = 3.0, overload_s: float = 6.0, rows: int = 128) -> dict:
     """Capacity: closed loop with 4 clients (enough to keep both replicas busy). Overload: `clients`
     closed-loop clients, whose shed requests come straight back, for `overload_s`. Then light load."""
     base = run_load(URL, bodies(rows), requests=100_000, concurrency=4, max_seconds=capacity_s, headers=AUTH)
