@@ -267,6 +267,8 @@ def ort_cuda_scorer(student_dir: str, workdir: str) -> tuple[Any | None, str]:
         return None, f"ORT lists CUDA but the export path cannot import ({err})"
     except RuntimeError as err:  # the scorer refuses a silent CPU fallback
         return None, f"ORT lists CUDA but the session fell back: {err}"
+    except Exception as err:  # an ORT/export failure must not cost the PyTorch measurement
+        return None, f"ORT CUDA path failed ({type(err).__name__}: {str(err)[:200]})"
     return scorer, f"ONNX Runtime {ort.__version__} CUDA EP, FP16 export, I/O binding"
 
 
