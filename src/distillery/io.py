@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-__all__ = ["filesystem", "join", "exists", "makedirs", "read_json", "write_json", "read_bytes", "write_bytes", "list_files"]
+__all__ = ["filesystem", "absolute", "join", "exists", "makedirs", "read_json", "write_json", "read_bytes", "write_bytes", "list_files"]
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -22,6 +22,13 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     import os
 
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (workers may run in another cwd); URIs are returned unchanged."""
+    import os
+
+    return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
 def join(base: str, *parts: str) -> str:

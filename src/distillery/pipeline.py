@@ -77,6 +77,11 @@ class PipelineConfig(Section):
             raise ValueError(f"unknown stages {unknown}; expected names from {list(STAGES)}")
         return [s for s in STAGES if s in v]
 
+    @field_validator("run_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return io.absolute(v)  # Ray Train workers do not run in the driver's cwd
+
     @model_validator(mode="after")
     def _validate_stage_configs(self) -> "PipelineConfig":
         # Fail at load time, naming the field, rather than after an hour of earlier stages.
