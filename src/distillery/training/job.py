@@ -108,6 +108,8 @@ def _history(checkpoint_dir: str) -> list[dict[str, Any]]:
 def run(cfg: TrainJobConfig) -> dict[str, Any]:
     """Train on Ray Train; publish the best checkpoint to `<run_dir>/<output>`; return a summary."""
     t0 = time.perf_counter()
+    # Ray Train workers do not run in the driver's cwd: a relative run_dir would not be found there.
+    cfg = cfg.model_copy(update={"run_dir": io.absolute(cfg.run_dir)})
     ensure_ray(cfg.ray)
     storage = cfg.checkpoint.storage or io.join(cfg.run_dir, "checkpoints")
     name = cfg.output.replace("/", "_")
