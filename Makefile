@@ -31,7 +31,7 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-# The long fault scenarios of RELIABILITY.md (about 15 minutes on 2 cores): labeling with a worker node
+# The long fault scenarios of RELIABILITY.md (about 13 minutes on 2 cores): labeling with a worker node
 # removed and with the driver killed (multi-node Cluster), a training worker killed mid-epoch, then the
 # serving soak (replica kills, overload, hot swaps, repeated). `make test` skips the pytest part.
 soak: $(STAMP)
