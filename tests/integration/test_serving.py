@@ -372,6 +372,13 @@ def test_unscorable_impression_gets_no_bid_while_others_are_answered(server, sha
     assert "native.request: not valid JSON" in response["ext"]["no_bid"]["1"]
 
 
+def test_no_bid_reason_header_survives_hostile_imp_ids(server):
+    request = {"id": "r", "imp": [{"id": "é\r\nX-Evil: 1", "video": {"w": 1, "h": 1, "mimes": ["video/none"]}}]}
+    r = post("/openrtb/2.6/bid", request)
+    assert r.status_code == 204 and "x-evil" not in r.headers
+    assert "no creative fits" in r.headers["x-no-bid-reason"]
+
+
 def test_tmax_too_short_answers_no_bid_in_time(server, shared_data):
     request = json.loads((shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_text())
     request["tmax"] = 10  # below the 20 ms network margin: no time left to score

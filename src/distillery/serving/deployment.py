@@ -255,8 +255,10 @@ class CTRServer:
 
     def _no_bid(self, reason: str, detail: str, version: str | None = None) -> Response:
         self._metrics.no_bid(reason)
+        # Reasons quote request fields (imp ids): keep the header printable ASCII, no CR/LF injection.
+        safe = "".join(c if " " <= c <= "~" else "?" for c in detail[:200])
         return Response(status_code=204, headers={"x-model-version": version or self._scorer.version,
-                                                  "x-no-bid-reason": detail[:200]})
+                                                  "x-no-bid-reason": safe})
 
     async def _bid(self, request: Request, openrtb: str) -> Response:
         t0 = time.perf_counter()
