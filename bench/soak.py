@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -80,6 +81,7 @@ def main() -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
     summary = summarise(trials)
     print(json.dumps(summary, indent=2, default=str))
