@@ -10,51 +10,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path | None:
-    """`$DISTILLERY_SHARED_DATA`, else `../shared/data` beside the checkout; None if absent."""
-    env = os.environ.get("DISTILLERY_SHARED_DATA")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    return path if path.is_dir() else None
-
+from tinymodels import (  # noqa: E402
+    make_tiny_run,
+    save_tiny_bert,
+    save_tiny_causal_lm,
+    shared_data_dir,
+)
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()
     if path is None:
         pytest.skip("third-party samples absent: set DISTILLERY_SHARED_DATA to the shared/data folder")
-    return path
-
-
-def _tokenizer():
-    from transformers import AutoTokenizer
-
-    from distillery.models import default_backbone
-
-    return AutoTokenizer.from_pretrained(default_backbone())
-
-
-def save_tiny_bert(path: Path, num_layers: int = 2, hidden: int = 64, num_labels: int = 1, seed: int = 0) -> Path:
-    """A random BERT classifier with the MiniLM tokenizer, saved as a Hugging Face folder."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    tok = _tokenizer()
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        intermediate_size=hidden * 2,
-        max_position_embeddings=256,
-        num_labels=num_labels,
-    )
-    model = BertForSequenceClassification(cfg).eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
     return path
 
 
@@ -65,55 +32,6 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 # Words a tiny causal-LM tokenizer must know: prompt words, answers, ad-log field labels.
-_LM_CORPUS = (
-    "Ad impression: query: site: device: os: hour: position: slot: advertiser: ad: text: ad category: | "
-    "Question: will the user click this ad? Answer yes or no.\nAnswer: yes no Yes No "
-    "running shoes cheap sneakers luxury watch travel deals mobile desktop android ios news sports"
-)
-
-
-def _tiny_bpe_tokenizer():
-    """A byte-level BPE tokenizer trained offline on a few sentences (GPT-2 style; eos, no pad)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator([_LM_CORPUS] * 20, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-
-
-def save_tiny_causal_lm(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
-    """A random 2-layer, 64-wide causal LM (`gpt2` or `llama`) with a tiny BPE tokenizer, saved as a
-    Hugging Face folder. Weights are initialised wider than usual so next-token odds vary by row."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    tok = _tiny_bpe_tokenizer()
-    n = len(tok)
-    if arch == "gpt2":
-        cfg = GPT2Config(vocab_size=n, n_positions=256, n_embd=64, n_layer=2, n_head=4,
-                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.2)
-        model = GPT2LMHeadModel(cfg)
-    elif arch == "llama":
-        cfg = LlamaConfig(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.2)
-        model = LlamaForCausalLM(cfg)
-    else:
-        raise ValueError(f"arch {arch!r}: expected gpt2 or llama")
-    model.eval().save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     """Folder of a tiny random GPT-2 causal LM with a byte-level BPE tokenizer."""
@@ -124,32 +42,6 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 def tiny_llama(tmp_path_factory) -> Path:
     """Folder of a tiny random Llama causal LM (RoPE, grouped-query attention) with a BPE tokenizer."""
     return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), "llama")
-
-
-def make_tiny_run(run_dir: Path, rows_train: int = 300, rows_unlabeled: int = 300, rows_test: int = 200,
-                  seed: int = 0, not_kept_every: int = 7) -> Path:
-    """A run directory with synthetic data splits and oracle labels (teacher_prob = click_prob),
-    every `not_kept_every`-th label marked kept=false. For training and evaluation tests."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from distillery.data.synthetic import SyntheticConfig, generate, write_splits
-
-    cfg = SyntheticConfig(seed=seed, rows_train=rows_train, rows_unlabeled=rows_unlabeled, rows_test=rows_test,
-                          files_per_split=1)
-    write_splits(cfg, str(run_dir / "data"))
-    (run_dir / "labels").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "unlabeled"):
-        t = generate(cfg, split)
-        n = t.num_rows
-        kept = [i % not_kept_every != 0 for i in range(n)] if not_kept_every else [True] * n
-        labels = pa.table({
-            "id": t["id"], "teacher_prob": t["click_prob"], "confidence": pa.array([1.0] * n),
-            "kept": pa.array(kept), "reason": pa.array([None if k else "low_confidence" for k in kept], pa.string()),
-            "teacher_id": pa.array(["oracle"] * n),
-        })
-        pq.write_table(labels, run_dir / "labels" / f"{split}.parquet")
-    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, save_tiny_bert
+from tinymodels import REPO, save_tiny_bert
 from distillery.compress.export import CARD_FILE, export_onnx
 from distillery.compress.job import CompressConfig, run
 from distillery.compress.quantize import quantize_int8

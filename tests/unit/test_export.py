@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import save_tiny_bert
+from tinymodels import save_tiny_bert
 from distillery.compress.export import CARD_FILE, FP32_FILE, export_onnx, load_for_export
 from distillery.compress.quantize import apply_preset, quantize_int8
 from distillery.serving.scorer import OnnxScorer, sigmoid

@@ -53,7 +53,7 @@ def test_evaluate_predictions_keys():
 def test_evaluate_job_writes_design_report_keys(tmp_path):
     import json
 
-    from conftest import make_tiny_run, save_tiny_bert
+    from tinymodels import make_tiny_run, save_tiny_bert
     from distillery.evaluate import EvaluateConfig, run
 
     run_dir = make_tiny_run(tmp_path / "run", rows_train=20, rows_unlabeled=0, rows_test=120)

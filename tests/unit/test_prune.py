@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers as T
 
-from conftest import _tokenizer
+from tinymodels import _tokenizer
 from distillery.compress.export import export_onnx
 from distillery.compress.prune import layer_counts, load_pruned, prune_ffn, prune_heads, prune_layers, spread
 from distillery.serving.scorer import OnnxScorer

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import save_tiny_bert
+from tinymodels import save_tiny_bert
 from distillery.training.init import ModelInit, build_model, find_layer_list, keep_layers
 
 

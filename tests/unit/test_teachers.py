@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import save_tiny_bert
+from tinymodels import save_tiny_bert
 from distillery.config import ConfigError
 from distillery.data.schema import LOG_SCHEMA
 from distillery.data.text import to_text

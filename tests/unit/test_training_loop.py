@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_run, save_tiny_bert
+from tinymodels import make_tiny_run, save_tiny_bert
 from distillery.training.data import DataSection, build_training_table
 from distillery.training.init import ModelInit, build_model
 from distillery.training.loop import (InjectedFailure, LoopConfig, latest_local_checkpoint, load_checkpoint,
