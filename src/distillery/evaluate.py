@@ -115,6 +115,8 @@ class EvaluateConfig(Section):
     ece_bins: int = Field(10, ge=2, description="bins of the expected calibration error")
     ece_strategy: Literal["quantile", "uniform"] = Field("quantile", description="equal-count or equal-width bins")
     report: str = Field("{run_dir}/report.json", description="report to merge the quality section into")
+    predictions: str | None = Field("{run_dir}/plots/predictions.parquet",
+                                    description="test clicks and every model's probabilities (ROC/calibration plots); null: not written")
 
     def resolve(self, template: str) -> str:
         return template.replace("{run_dir}", self.run_dir.rstrip("/"))
@@ -175,13 +177,15 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     quality: dict[str, Any] = {"test_rows": len(texts), "click_rate": float(clicks.mean()) if len(clicks) else None,
                                "oracle_auc": roc_auc(clicks, oracle) if oracle is not None else None}
     skipped = []
+    scored: dict[str, np.ndarray] = {}
     for name, template in cfg.models.items():
         path = cfg.resolve(template)
         if not io.exists(io.join(path, "config.json")):
             skipped.append(name)
             continue
         t = time.perf_counter()
-        quality[name] = evaluate_predictions(clicks, _score_hf(path, texts, cfg), cfg.ece_bins, cfg.ece_strategy)
+        scored[name] = _score_hf(path, texts, cfg)
+        quality[name] = evaluate_predictions(clicks, scored[name], cfg.ece_bins, cfg.ece_strategy)
         quality[name]["seconds"] = time.perf_counter() - t
         log.info("%s: %s", name, quality[name])
     onnx_dir = cfg.resolve(cfg.onnx_dir)
@@ -194,15 +198,28 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
                 log.warning("%s: %s", name, err)
                 skipped.append(name)
                 continue
+            scored[name] = probs
             quality[name] = evaluate_predictions(clicks, probs, cfg.ece_bins, cfg.ece_strategy)
             quality[name]["seconds"] = time.perf_counter() - t
     else:
         skipped.extend(cfg.onnx_variants)
     quality.update(_derived(quality))
     quality["skipped"] = skipped
+    if cfg.predictions:
+        _write_predictions(cfg.resolve(cfg.predictions), clicks, scored)
     merge_report(cfg.resolve(cfg.report), "quality", quality)
     merge_report(cfg.resolve(cfg.report), "timings_s", {"evaluate": time.perf_counter() - t0})
     return {"quality": quality, "report": cfg.resolve(cfg.report)}
+
+
+def _write_predictions(path: str, clicks: np.ndarray, scored: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"click": clicks.astype(np.int8), **{name: p.astype(np.float64) for name, p in scored.items()}})
+    io.makedirs(path.rsplit("/", 1)[0])
+    fs, p = io.filesystem(path)
+    pq.write_table(table, p, filesystem=fs)
 
 
 def _derived(q: dict[str, Any]) -> dict[str, Any]:

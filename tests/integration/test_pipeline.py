@@ -75,6 +75,16 @@ def test_pipeline_end_to_end_then_skips(local_ray, tmp_path, tiny_bert, capsys):
     stages = ("data", "teacher", "label", "student", "student_direct", "compress", "evaluate", "serve")
     assert set(report["timings_s"]) >= set(stages)
     assert (run_dir / "report.html").exists()
+    # the report's curves come from the same test predictions the AUCs were computed on
+    import pyarrow.parquet as pq
+
+    from distillery.evaluate import roc_auc
+
+    preds = pq.read_table(run_dir / "plots" / "predictions.parquet").to_pandas()
+    assert len(preds) == 200
+    assert roc_auc(preds["click"].to_numpy(), preds["student"].to_numpy()) == pytest.approx(q["student"]["auc"])
+    html = (run_dir / "report.html").read_text()
+    assert f'data-key="quality.student.auc"' in html and "<svg" in html
 
     capsys.readouterr()
     run(cfg)  # everything is complete: every stage is skipped
