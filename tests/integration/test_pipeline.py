@@ -23,7 +23,7 @@ def _tiny_overrides(run_dir, tiny_bert, port):
         f"teacher.scaling={json.dumps(TINY_SCALING)}",
         "label.teacher.max_length=32", "label.teacher.num_threads=1", "label.actors.batch_size=64",
         f"student.loop={json.dumps({**TINY_LOOP, 'loss': 'soft'})}", f"student.scaling={json.dumps(TINY_SCALING)}",
-        "student.init.layers=[0]", "student_direct.init.layers=[0]",
+        "student.init.layers=[0]", "student_direct.init.layers=[0]", f"student_direct.init.source={tiny_bert}",
         f"student_direct.loop={json.dumps({**TINY_LOOP, 'loss': 'click'})}",
         f"student_direct.scaling={json.dumps(TINY_SCALING)}",
         "compress.max_length=32", "compress.validation.rows=200", "compress.validation.parity_rows=32",
