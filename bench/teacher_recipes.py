@@ -3,7 +3,7 @@
 Why does the MiniLM teacher not learn to rank the synthetic clicks, and which recipe fixes it?
 Every stage runs single-process (no Ray) on in-memory synthetic splits of one seed and appends one
 JSON object per result to `--out` (default bench/teacher_recipes.jsonl); `--stage table` prints
-them as the markdown table of BENCHMARKS.teacher.md.
+them as the markdown table in BENCHMARKS.md (teacher recipes).
 
   oracle    AUC of the true click probability, and of its parts a model could learn: topic
             relevance alone, relevance + slot position (the generator's own coefficients).
