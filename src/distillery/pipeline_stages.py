@@ -140,17 +140,25 @@ def _test_texts(run_dir: str, n: int) -> list[str]:
     return [to_text(r) for r in _test_rows(run_dir, n)]
 
 
-def _replica_counter(app_name: str, samples: list, stop) -> None:
+def _running_replicas(app_name: str) -> int | None:
+    """RUNNING replicas of an app, or None when serve.status() cannot say."""
     from ray import serve
 
-    t0 = time.perf_counter()
-    while not stop.wait(0.5):
-        try:
-            status = serve.status().applications[app_name].deployments
-            running = sum(d.replica_states.get("RUNNING", 0) for d in status.values())
+    try:
+        status = serve.status().applications[app_name].deployments
+        return sum(d.replica_states.get("RUNNING", 0) for d in status.values())
+    except Exception:  # noqa: BLE001 — status polling must never break the load test
+        return None
+
+
+def _replica_counter(app_name: str, samples: list, stop, t0: float) -> None:
+    """Sample the replica count at once, then every 0.5 s until stopped (a short load test still gets one)."""
+    while True:
+        running = _running_replicas(app_name)
+        if running is not None:
             samples.append([round(time.perf_counter() - t0, 2), running])
-        except Exception:  # noqa: BLE001 — status polling must never break the load test
-            continue
+        if stop.wait(0.5):
+            return
 
 
 def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
@@ -181,7 +189,8 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     rows = _test_rows(cfg.run_dir, 500)
     samples: list = []
     stop = threading.Event()
-    poller = threading.Thread(target=_replica_counter, args=(app_name, samples, stop), daemon=True)
+    t0 = time.perf_counter()
+    poller = threading.Thread(target=_replica_counter, args=(app_name, samples, stop, t0), daemon=True)
     poller.start()
     token = os.environ.get(app_args.auth_token_env or "", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -192,6 +201,9 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     finally:
         stop.set()
         poller.join(timeout=5)
+        final = _running_replicas(app_name)
+        if final is not None:
+            samples.append([round(time.perf_counter() - t0, 2), final])
         serve.delete(app_name)
         serve.shutdown()
     lat = percentiles(pred.latencies_ms)
