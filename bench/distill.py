@@ -1,9 +1,11 @@
-"""python bench/distill.py [--seeds 0 1 2] [--rows-train 10000 --rows-unlabeled 40000 --rows-test 10000]
+"""python bench/distill.py [--seeds 0 1 2] [--rows-train 4000 --rows-unlabeled 12000 --rows-test 4000]
 
 Does a student taught by the teacher beat the same student taught by clicks alone? For each seed:
 
   1. synthetic data (train / unlabeled / test) from `distillery.data.synthetic`;
-  2. `distillery teacher`: MiniLM-L6 fine-tuned on the train split's clicks (Ray Train);
+  2. `distillery teacher`: the two-tower teacher (jobs/configs/teacher_two_tower.yaml: MiniLM-L6
+     cosine(query, ad) + a click head fitted on the train split's clicks), or with
+     `--teacher fine-tune` MiniLM-L6 fine-tuned on those clicks (jobs/configs/teacher.yaml, Ray Train);
   3. `distillery label`: the teacher labels train + unlabeled (Ray Data);
   4. `distillery train`: the distilled student (teacher labels on train + unlabeled), and the
      same architecture and budget on clicks: `student_direct` on train clicks only (semi-supervised
@@ -11,9 +13,11 @@ Does a student taught by the teacher beat the same student taught by clicks alon
      (strict comparison: same rows, only the label source differs);
   5. `distillery evaluate` on the test split: AUC, logloss, ECE, oracle AUC.
 
-Then training throughput of the student with 2 Ray Train workers vs 1 (one torch thread per worker).
-Prints per-seed rows, mean ± std, and as its last line one JSON object. The defaults are the
-generator's default sizes; `--rows-*` shrink them for a quick check (say so when quoting figures).
+All three students start from the same weights (layers 0 and 5 of MiniLM-L6) with the same budget;
+only the labels differ. Then training throughput of the student with 2 Ray Train workers vs 1 (one
+torch thread per worker). Prints per-seed rows, mean ± std, and as its last line one JSON object.
+The default sizes are chosen to fit a 2-core machine in about 15-20 min; `--rows-*` change them
+(say so when quoting figures).
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from distillery.config import load_config  # noqa: E402
 
-STUDENT_LAYERS = "[0, 5]"  # 2 of the teacher's 6 layers: ~3x fewer encoder FLOPs, pretrained + fine-tuned weights
+STUDENT_LAYERS = "[0, 5]"  # 2 of MiniLM-L6's 6 layers: ~3x fewer encoder FLOPs than the 6-layer encoder
+TEACHERS = {
+    "two-tower": ("jobs/configs/teacher_two_tower.yaml",
+                  '{"kind": "two-tower", "model": "{run_dir}/teacher", "batch_size": 128, "dtype": "bf16", "num_threads": 2}'),
+    "fine-tune": ("jobs/configs/teacher.yaml",
+                  '{"kind": "hf-classifier", "model": "{run_dir}/teacher", "batch_size": 64, "dtype": "bf16", "num_threads": 2}'),
+}
 
 
 def _common(args) -> list[str]:
@@ -56,13 +66,14 @@ def _seed_run(args, seed: int) -> dict:
                                  rows_test=args.rows_test), os.path.join(run_dir, "data"))
     times["data"] = time.perf_counter() - t
 
+    teacher_yaml, label_teacher = TEACHERS[args.teacher]
     t = time.perf_counter()
-    run_teacher(load_config(TeacherJobConfig, "jobs/configs/teacher.yaml", [
-        f"run_dir={run_dir}", f"loop.seed={seed}", f"loop.epochs={args.teacher_epochs}", *_common(args)]))
+    extra = [] if args.teacher == "two-tower" else [f"loop.epochs={args.teacher_epochs}", *_common(args)]
+    teacher = run_teacher(load_config(TeacherJobConfig, teacher_yaml, [f"run_dir={run_dir}", f"loop.seed={seed}", *extra]))
     times["teacher"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    label(load_config(LabelConfig, "jobs/configs/label.yaml", [f"run_dir={run_dir}", "teacher.num_threads=2"]))
+    label(load_config(LabelConfig, "jobs/configs/label.yaml", [f"run_dir={run_dir}", f"teacher={label_teacher}"]))
     times["label"] = time.perf_counter() - t
 
     students = {
@@ -92,6 +103,7 @@ def _seed_run(args, seed: int) -> dict:
         "student_direct_logloss": q["student_direct"]["logloss"],
         "student_direct_strict_logloss": q["student_direct_strict"]["logloss"],
         "teacher_ece": q["teacher"]["ece"], "student_ece": q["student"]["ece"],
+        "teacher_val_auc": teacher["best"].get("val_auc"),
         "seconds": times,
     }
     print(f"seed {seed}: teacher {row['teacher_auc']:.4f}  student {row['student_auc']:.4f}  "
@@ -114,20 +126,20 @@ def _throughput(args, run_dir: str, workers: int, threads: int) -> float:
 
 
 def _latency_ms(model_dir: str, texts: list[str], max_length: int) -> float:
-    """Median in-process batch-1 latency of a Hugging Face folder, ms, one torch thread."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Median in-process batch-1 latency of a published model folder (tokenizing included), ms, one
+    torch thread, fp32. A two-tower teacher encodes both towers on every call (no embedding cache)."""
+    from distillery.teachers.base import build_teacher, folder_teacher_config
 
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    runtime = {"batch_size": 1, "max_length": max_length, "device": "cpu", "num_threads": 1}
+    cfg = folder_teacher_config(model_dir, **runtime)
+    if cfg.kind == "two-tower":
+        cfg = cfg.model_copy(update={"cache_size": 0})
+    model = build_teacher(cfg)
     times = []
-    with torch.inference_mode():
-        for text in texts:
-            enc = tok([text], truncation=True, max_length=max_length, return_tensors="pt")
-            t = time.perf_counter()
-            model(**enc)
-            times.append((time.perf_counter() - t) * 1000)
+    for text in texts:
+        t = time.perf_counter()
+        model.predict_proba([text])
+        times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times[5:])
 
 
@@ -139,12 +151,13 @@ def _stats(rows: list[dict], key: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rows-train", type=int, default=10_000)
-    p.add_argument("--rows-unlabeled", type=int, default=40_000)
-    p.add_argument("--rows-test", type=int, default=10_000)
-    p.add_argument("--teacher-epochs", type=int, default=2)
-    p.add_argument("--student-epochs", type=int, default=2)
-    p.add_argument("--max-length", type=int, default=80)
+    p.add_argument("--rows-train", type=int, default=4_000)
+    p.add_argument("--rows-unlabeled", type=int, default=12_000)
+    p.add_argument("--rows-test", type=int, default=4_000)
+    p.add_argument("--teacher", choices=list(TEACHERS), default="two-tower")
+    p.add_argument("--teacher-epochs", type=int, default=2, help="--teacher fine-tune only")
+    p.add_argument("--student-epochs", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--throughput-steps", type=int, default=30, help="train steps per throughput measurement")
@@ -158,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray(RaySection(num_cpus=4))
     rows = [_seed_run(args, s) for s in args.seeds]
     summary: dict = {"seeds": args.seeds, "rows": [args.rows_train, args.rows_unlabeled, args.rows_test],
-                     "student": f"layer_subset {STUDENT_LAYERS} of the fine-tuned MiniLM-L6 teacher"}
+                     "teacher": args.teacher, "student_epochs": args.student_epochs, "max_length": args.max_length,
+                     "student": f"layer_subset {STUDENT_LAYERS} of MiniLM-L6 (student and both baselines)"}
     for key in ("teacher_auc", "student_auc", "student_direct_auc", "student_direct_strict_auc", "oracle_auc",
                 "efficiency", "lift", "strict_lift"):
         mean, std = _stats(rows, key)
@@ -193,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     student_ms = _latency_ms(os.path.join(run_dir, "student"), texts, args.max_length)
     summary.update(teacher_ms_b1=round(teacher_ms, 2), student_ms_b1=round(student_ms, 2),
                    student_speedup=round(teacher_ms / student_ms, 2))
-    print(f"batch-1 latency (1 thread, fp32 PyTorch): teacher {teacher_ms:.2f} ms, student {student_ms:.2f} ms "
+    print(f"batch-1 latency (1 thread, fp32 PyTorch, tokenizing included): teacher {teacher_ms:.2f} ms, student {student_ms:.2f} ms "
           f"({teacher_ms / student_ms:.1f}x)")
     summary["per_seed"] = rows
     summary["seconds"] = round(time.perf_counter() - t0, 1)

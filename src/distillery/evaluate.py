@@ -2,8 +2,8 @@
 
     python -m jobs.evaluate --config jobs/configs/evaluate.yaml run_dir=runs/demo
 
-Scores each Hugging Face folder (teacher, student, student_direct) through the `hf-classifier`
-teacher backend, and each ONNX variant through `distillery.serving.scorer.OnnxScorer`, on the
+Scores each published model folder (teacher, student, student_direct) through its teacher backend
+(`hf-classifier`, or `two-tower` for a folder holding two_tower.json), and each ONNX variant through `distillery.serving.scorer.OnnxScorer`, on the
 same test rows, and merges into `<run_dir>/report.json`:
 
     quality.<model>.{auc, logloss, ece, rows, mean_prob}
@@ -105,7 +105,7 @@ class EvaluateConfig(Section):
     models: dict[str, str] = Field(
         default_factory=lambda: {"teacher": "{run_dir}/teacher", "student": "{run_dir}/student",
                                  "student_direct": "{run_dir}/student_direct"},
-        description="report name -> Hugging Face folder; missing folders are skipped and listed")
+        description="report name -> model folder (Hugging Face or two-tower); missing folders are skipped and listed")
     onnx_dir: str = Field("{run_dir}/onnx", description="ONNX folder from compression (skipped when absent)")
     onnx_variants: dict[str, str] = Field(default_factory=lambda: {"student_fp32": "fp32", "student_int8": "int8"},
                                           description="report name -> model_card variant scored with OnnxScorer")
@@ -140,11 +140,12 @@ def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray |
     return texts, clicks, oracle
 
 
-def _score_hf(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    from distillery.teachers.base import HFClassifierConfig, build_teacher
+def _score_folder(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+    """Probabilities of a published model folder: a Hugging Face classifier or a two-tower head."""
+    from distillery.teachers.base import build_teacher, folder_teacher_config
 
-    teacher = build_teacher(HFClassifierConfig(model=path, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                               dtype=cfg.dtype, device="auto", num_threads=cfg.num_threads))
+    teacher = build_teacher(folder_teacher_config(path, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                                  dtype=cfg.dtype, device="auto", num_threads=cfg.num_threads))
     return teacher.predict_proba(texts)
 
 
@@ -181,11 +182,11 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     scored: dict[str, np.ndarray] = {}
     for name, template in cfg.models.items():
         path = cfg.resolve(template)
-        if not io.exists(io.join(path, "config.json")):
+        if not (io.exists(io.join(path, "config.json")) or io.exists(io.join(path, "two_tower.json"))):
             skipped.append(name)
             continue
         t = time.perf_counter()
-        scored[name] = _score_hf(path, texts, cfg)
+        scored[name] = _score_folder(path, texts, cfg)
         quality[name] = evaluate_predictions(clicks, scored[name], cfg.ece_bins, cfg.ece_strategy)
         quality[name]["seconds"] = time.perf_counter() - t
         log.info("%s: %s", name, quality[name])

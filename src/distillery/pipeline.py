@@ -113,7 +113,7 @@ def _outputs(stage: str, run_dir: str) -> list[str]:
     j = lambda *p: io.join(run_dir, *p)  # noqa: E731
     return {
         "data": [j("data", s) for s in ("train", "unlabeled", "test")],
-        "teacher": [j("teacher", "config.json")],
+        "teacher": [j("teacher", "training_summary.json")],  # fine-tune and two-tower teachers both write it
         "label": [j("labels", "_MANIFEST.json")],
         "student": [j("student", "config.json")],
         "student_direct": [j("student_direct", "config.json")],

@@ -96,13 +96,17 @@ def measure_latency(predict, texts: list[str], repeats: int = 200, warmup: int =
 
 def _latency_and_size(cfg: PipelineConfig, texts: list[str]) -> tuple[dict, dict]:
     from distillery.serving.scorer import OnnxScorer
-    from distillery.teachers.base import build_teacher
+    from distillery.teachers.base import build_teacher, folder_teacher_config
+    from distillery.teachers.two_tower import weights_dir
 
     run_dir = cfg.run_dir
     teacher_dir = io.join(run_dir, "teacher")
     onnx_dir = io.join(run_dir, "onnx")
     latency: dict[str, Any] = {}
-    teacher = build_teacher({"kind": "hf-classifier", "model": teacher_dir, "batch_size": 1})
+    runtime = {"batch_size": 1}
+    if io.exists(io.join(teacher_dir, "two_tower.json")):
+        runtime["cache_size"] = 0  # both towers encoded per call: the model's cost, not a cache's
+    teacher = build_teacher(folder_teacher_config(teacher_dir, **runtime))
     latency["teacher"] = measure_latency(teacher.predict_proba, texts)
     del teacher
     card = io.read_json(io.join(onnx_dir, "model_card.json"))
@@ -110,7 +114,7 @@ def _latency_and_size(cfg: PipelineConfig, texts: list[str]) -> tuple[dict, dict
         if variant in card.get("variants", {}):
             scorer = OnnxScorer(onnx_dir, variant=variant, provider="cpu")
             latency[key] = measure_latency(scorer.predict_proba, texts)
-    size = {"teacher": _dir_mb(teacher_dir, (".safetensors", ".bin"))}
+    size = {"teacher": _dir_mb(weights_dir(teacher_dir), (".safetensors", ".bin"))}
     for key, variant in (("student_fp32", "fp32"), ("student_int8", "int8")):
         name = card.get("variants", {}).get(variant)
         path = os.path.join(onnx_dir, name) if name else None

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from distillery.data.schema import NON_TEXT_COLUMNS, TEXT_FIELDS
 
-__all__ = ["to_text", "to_texts"]
+__all__ = ["to_text", "to_texts", "from_text"]
 
 _LABELS = {
     "query": "query",
@@ -22,6 +22,7 @@ _LABELS = {
     "ad_description": "text",
     "ad_category": "ad category",
 }
+_FIELDS = {label: name for name, label in _LABELS.items()}
 
 
 def _render(value: Any) -> str | None:
@@ -63,3 +64,25 @@ def to_texts(batch: Mapping[str, Any]) -> list[str]:
     columns = list(batch)
     n = len(batch[columns[0]]) if columns else 0
     return [to_text({c: batch[c][i] for c in columns}) for i in range(n)]
+
+
+def from_text(text: str) -> dict[str, str]:
+    """The known fields of a `to_text` string, `{field: value}` (values as rendered, all strings).
+
+    The inverse of `to_text` for the fields in `TEXT_FIELDS`; `name=value` extras are skipped. A value
+    that itself contains " | " cannot be told from a field boundary: the part with no known label
+    is joined back onto the field before it, so the value survives whole.
+    """
+    fields: dict[str, str] = {}
+    last: str | None = None
+    for part in text.split(" | "):
+        label, sep, value = part.partition(": ")
+        name = _FIELDS.get(label) if sep else None
+        if name is not None and name not in fields:
+            fields[name] = value
+            last = name
+        elif last is not None and "=" not in part.split(" ", 1)[0]:
+            fields[last] += " | " + part
+        else:
+            last = None  # a `name=value` extra: not a known field
+    return fields

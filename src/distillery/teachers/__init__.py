@@ -4,7 +4,7 @@
     teacher = build_teacher({"kind": "hf-classifier", "model": "runs/demo/teacher", "batch_size": 64})
     probs, confidence = score(teacher, texts)    # (n,) float64 each, in [0, 1]
 
-Backends (`kind`): `hf-classifier`, `hf-causal-lm`, `retrieval`, `ensemble`, and `python` (a class
+Backends (`kind`): `hf-classifier`, `hf-causal-lm`, `retrieval`, `two-tower`, `ensemble`, and `python` (a class
 of your own, `module:Class` + kwargs). Importing this package
 does not import torch or transformers; `build_teacher` loads them.
 """
@@ -16,9 +16,11 @@ from distillery.teachers.base import (
     PythonTeacherConfig,
     RetrievalConfig,
     Scores,
+    TwoTowerConfig,
     Teacher,
     TeacherConfig,
     build_teacher,
+    folder_teacher_config,
     check_teacher_sources,
     confidence,
     describe_errors,
@@ -35,12 +37,14 @@ __all__ = [
     "HFClassifierConfig",
     "CausalLMConfig",
     "RetrievalConfig",
+    "TwoTowerConfig",
     "EnsembleConfig",
     "PythonTeacherConfig",
     "parse_teacher_config",
     "describe_errors",
     "check_teacher_sources",
     "build_teacher",
+    "folder_teacher_config",
     "warm_caches",
     "confidence",
     "disagreement",

@@ -27,6 +27,7 @@ __all__ = [
     "HFClassifierConfig",
     "CausalLMConfig",
     "RetrievalConfig",
+    "TwoTowerConfig",
     "EnsembleConfig",
     "PythonTeacherConfig",
     "TeacherConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "describe_errors",
     "check_teacher_sources",
     "build_teacher",
+    "folder_teacher_config",
     "warm_caches",
     "binary_entropy_bits",
     "disagreement",
@@ -137,6 +139,19 @@ class RetrievalConfig(Section):
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads for this process; None keeps torch's default")
 
 
+class TwoTowerConfig(Section):
+    """A sentence encoder's cosine(request, ad) with a fitted logistic click head (`teachers.two_tower`)."""
+
+    kind: Literal["two-tower"] = Field("two-tower", description="teacher backend")
+    model: str = Field(..., description="folder (local or URI) holding two_tower.json, written by `distillery teacher` with kind: two-tower")
+    batch_size: int = Field(128, ge=1, description="texts per encoder forward pass")
+    max_length: int | None = Field(None, ge=8, le=8192, description="encoder tokens per text; None: what the head was fitted with")
+    cache_size: int = Field(200_000, ge=0, description="distinct request/ad strings whose embeddings are kept per process (0: no cache)")
+    dtype: Dtype = Field("fp32", description="encoder dtype: fp32, bf16 or fp16")
+    device: str = Field("auto", pattern=_DEVICE, description="auto (cuda if available), cpu, cuda or cuda:N")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads for this process; None keeps torch's default")
+
+
 class EnsembleConfig(Section):
     """Weighted mean of member teachers' probabilities; member disagreement lowers confidence."""
 
@@ -167,7 +182,7 @@ class PythonTeacherConfig(Section):
 
 
 TeacherConfig = Annotated[
-    Union[HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig, PythonTeacherConfig],
+    Union[HFClassifierConfig, CausalLMConfig, RetrievalConfig, TwoTowerConfig, EnsembleConfig, PythonTeacherConfig],
     Field(discriminator="kind"),
 ]
 RetrievalConfig.model_rebuild()
@@ -178,7 +193,8 @@ class _TeacherHolder(Section):
     teacher: TeacherConfig = Field(description="the teacher config being validated")
 
 
-_KINDS = {"hf-classifier", "hf-causal-lm", "retrieval", "ensemble", "python"}
+_KINDS = {"hf-classifier", "hf-causal-lm", "retrieval", "two-tower", "ensemble", "python"}
+_CONFIG_TYPES = (HFClassifierConfig, CausalLMConfig, RetrievalConfig, TwoTowerConfig, EnsembleConfig, PythonTeacherConfig)
 
 
 def parse_teacher_config(data: Any, source: str = "config") -> TeacherConfig:
@@ -217,6 +233,11 @@ def check_teacher_sources(cfg: TeacherConfig, field: str = "teacher") -> None:
             raise ConfigError(f"{field}.index: no logs at {cfg.index!r}")
         if cfg.base is not None:
             check_teacher_sources(cfg.base, f"{field}.base")
+    elif isinstance(cfg, TwoTowerConfig):
+        from distillery.teachers.two_tower import HEAD_FILE
+
+        if not io.exists(io.join(cfg.model, HEAD_FILE)):
+            raise ConfigError(f"{field}.model: no {HEAD_FILE} in {cfg.model!r} (fit one with `distillery teacher` kind=two-tower)")
     elif isinstance(cfg, EnsembleConfig):
         for i, member in enumerate(cfg.members):
             check_teacher_sources(member, f"{field}.members.{i}")
@@ -224,10 +245,23 @@ def check_teacher_sources(cfg: TeacherConfig, field: str = "teacher") -> None:
         _import_target(cfg.target, f"{field}.target")
 
 
+def folder_teacher_config(path: str, **runtime: Any) -> TeacherConfig:
+    """The teacher config of a published teacher folder: `two-tower` when it holds two_tower.json,
+    else `hf-classifier`. `runtime` sets batch_size, dtype, device, num_threads (and max_length for
+    hf-classifier; a two-tower head keeps the max_length it was fitted with)."""
+    from distillery import io
+    from distillery.teachers.two_tower import HEAD_FILE
+
+    if io.exists(io.join(path, HEAD_FILE)):
+        runtime.pop("max_length", None)  # the head's own
+        return TwoTowerConfig(model=path, **runtime)
+    return HFClassifierConfig(model=path, **runtime)
+
+
 def build_teacher(cfg: TeacherConfig | dict[str, Any]) -> Teacher:
     """Construct (and load) the teacher a config describes. Raises ConfigError naming the field
     for an invalid config or a missing model folder / index."""
-    if not isinstance(cfg, (HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig, PythonTeacherConfig)):
+    if not isinstance(cfg, _CONFIG_TYPES):
         cfg = parse_teacher_config(cfg)
     check_teacher_sources(cfg)
     return _construct(cfg)
@@ -236,7 +270,7 @@ def build_teacher(cfg: TeacherConfig | dict[str, Any]) -> Teacher:
 def warm_caches(cfg: TeacherConfig, field: str = "teacher") -> dict[str, str]:
     """Build every retrieval index in the config tree once (driver side, before actors start), so
     actors load cached embeddings; {field path: "cache" or "built"}. Loads encoders, not teachers."""
-    if not isinstance(cfg, (HFClassifierConfig, CausalLMConfig, RetrievalConfig, EnsembleConfig, PythonTeacherConfig)):
+    if not isinstance(cfg, _CONFIG_TYPES):
         cfg = parse_teacher_config(cfg)
     done: dict[str, str] = {}
     if isinstance(cfg, RetrievalConfig):
@@ -266,6 +300,10 @@ def _construct(cfg: TeacherConfig, field: str = "teacher") -> Teacher:
 
         base = _construct(cfg.base, f"{field}.base") if cfg.base is not None else None
         return _named(field, RetrievalTeacher, cfg, base=base)
+    if isinstance(cfg, TwoTowerConfig):
+        from distillery.teachers.two_tower import TwoTowerTeacher
+
+        return _named(field, TwoTowerTeacher, cfg)
     if isinstance(cfg, EnsembleConfig):
         from distillery.teachers.ensemble import EnsembleTeacher
 

@@ -2,11 +2,14 @@
 
     python -m jobs.train   --config jobs/configs/train.yaml        run_dir=runs/demo   # distilled student
     python -m jobs.train   --config jobs/configs/train_direct.yaml run_dir=runs/demo   # student_direct (clicks)
-    python -m jobs.teacher --config jobs/configs/teacher.yaml      run_dir=runs/demo   # teacher fine-tune
+    python -m jobs.teacher --config jobs/configs/teacher.yaml      run_dir=runs/demo   # teacher (two-tower fit)
+    python -m jobs.teacher --config jobs/configs/teacher_finetune.yaml run_dir=runs/demo   # teacher fine-tune
 
 Each job trains on Ray Train, checkpoints every epoch under `checkpoint.storage`/<output name>,
 and publishes the best-by-validation checkpoint as a Hugging Face folder at `<run_dir>/<output>`
 (`save_pretrained` + tokenizer + `training_summary.json`). Re-running resumes the same run.
+A `kind: two-tower` teacher is not trained on Ray Train: its click head is fitted in the driver
+in seconds (`distillery.teachers.two_tower`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import os
 import posixpath
 import shutil
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from distillery import io
 from distillery.config import Section, config_hash
 from distillery.ray_runtime import RaySection, ensure_ray
+from distillery.teachers.two_tower import TwoTowerFit, fit_two_tower
 from distillery.training.data import DataSection
 from distillery.training.init import ModelInit
 from distillery.training.loop import STATE_FILE, LoopConfig
@@ -63,8 +67,11 @@ class TrainJobConfig(Section):
 
 
 class TeacherJobConfig(TrainJobConfig):
-    """The teacher fine-tune: the MiniLM backbone trained on the train split's clicks, same loop."""
+    """The teacher: `two-tower` (the encoder's cosine + a click head fitted on the train split's
+    clicks, seconds) or `fine-tune` (the MiniLM backbone trained on those clicks, same loop as students)."""
 
+    kind: Literal["fine-tune", "two-tower"] = Field("fine-tune", description="fine-tune: a cross-encoder on Ray Train; two-tower: fit the click head of `two_tower` (data.splits, data.val_fraction and loop.seed apply; the rest is unused)")
+    two_tower: TwoTowerFit = Field(default_factory=TwoTowerFit, description="kind=two-tower: encoder, tower fields and the head's features")
     output: str = Field("teacher", description="folder under run_dir for the teacher")
     init: ModelInit = Field(default_factory=lambda: ModelInit(kind="pretrained", source="minilm"),
                             description="the backbone the teacher starts from")
@@ -148,5 +155,11 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
 
 
 def run_teacher(cfg: TeacherJobConfig) -> dict[str, Any]:
-    """The teacher fine-tune is `run` with the click loss on the train split, from the backbone."""
+    """`fine-tune`: `run` with the click loss on the train split, from the backbone.
+    `two-tower`: fit the click head in this process and publish the folder."""
+    if cfg.kind == "two-tower":
+        result = fit_two_tower(io.absolute(cfg.run_dir), cfg.output, cfg.two_tower, cfg.data.splits,
+                               cfg.data.val_fraction, seed=cfg.loop.seed)
+        print(json.dumps({"output": result["output"], "best": result["best"]}, default=str), flush=True)
+        return result
     return run(cfg)
