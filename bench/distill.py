@@ -90,7 +90,8 @@ def _seed_run(args, seed: int) -> dict:
 
     t = time.perf_counter()
     q = evaluate(load_config(EvaluateConfig, "jobs/configs/evaluate.yaml", [
-        f"run_dir={run_dir}", "models.student_direct_strict={run_dir}/student_direct_strict", "num_threads=2"]))["quality"]
+        f"run_dir={run_dir}", "models.student_direct_strict={run_dir}/student_direct_strict", "num_threads=2",
+        f"max_length={args.max_length}"]))["quality"]  # students are scored on the token window they were trained on
     times["evaluate"] = time.perf_counter() - t
     row = {
         "seed": seed,

@@ -124,8 +124,8 @@ def test_errors_name_the_field(tmp_path, fitted):
 def test_teacher_job_config_two_tower(tmp_path):
     from distillery.training.job import TeacherJobConfig
 
-    cfg = load_config(TeacherJobConfig, "jobs/configs/teacher_two_tower.yaml", [f"run_dir={tmp_path}"])
-    assert cfg.kind == "two-tower" and cfg.two_tower.encoder == "minilm"
+    cfg = load_config(TeacherJobConfig, "jobs/configs/teacher_two_tower.yaml", [f"run_dir={tmp_path}", "loop.seed=3"])
+    assert cfg.kind == "two-tower" and cfg.two_tower.encoder == "minilm" and cfg.loop.seed == 3
     with pytest.raises(ConfigError, match=r"kind"):
         load_config(TeacherJobConfig, "jobs/configs/teacher_two_tower.yaml", ["kind=three-tower"])
 

@@ -80,7 +80,7 @@ class TeacherJobConfig(TrainJobConfig):
 
     @model_validator(mode="after")
     def _teacher_check(self) -> "TeacherJobConfig":
-        if self.loop.loss != "click":
+        if self.kind == "fine-tune" and self.loop.loss != "click":
             raise ValueError(f"loop.loss: the teacher learns from clicks; got {self.loop.loss!r}")
         return self
 
