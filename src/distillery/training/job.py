@@ -2,8 +2,8 @@
 
     python -m jobs.train   --config jobs/configs/train.yaml        run_dir=runs/demo   # distilled student
     python -m jobs.train   --config jobs/configs/train_direct.yaml run_dir=runs/demo   # student_direct (clicks)
-    python -m jobs.teacher --config jobs/configs/teacher.yaml      run_dir=runs/demo   # teacher (two-tower fit)
-    python -m jobs.teacher --config jobs/configs/teacher_finetune.yaml run_dir=runs/demo   # teacher fine-tune
+    python -m jobs.teacher --config jobs/configs/teacher_two_tower.yaml run_dir=runs/demo   # two-tower teacher (fit)
+    python -m jobs.teacher --config jobs/configs/teacher.yaml      run_dir=runs/demo   # teacher fine-tune
 
 Each job trains on Ray Train, checkpoints every epoch under `checkpoint.storage`/<output name>,
 and publishes the best-by-validation checkpoint as a Hugging Face folder at `<run_dir>/<output>`
