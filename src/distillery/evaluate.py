@@ -174,6 +174,8 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score every available model on the test split; merge `quality` into the report.
 
     Returns `{"quality": {...}, "report": path}`."""
+    from distillery.teachers.two_tower import is_two_tower_folder
+
     t0 = time.perf_counter()
     texts, clicks, oracle = _load_test(cfg)
     quality: dict[str, Any] = {"test_rows": len(texts), "click_rate": float(clicks.mean()) if len(clicks) else None,
@@ -182,7 +184,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     scored: dict[str, np.ndarray] = {}
     for name, template in cfg.models.items():
         path = cfg.resolve(template)
-        if not (io.exists(io.join(path, "config.json")) or io.exists(io.join(path, "two_tower.json"))):
+        if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path)):
             skipped.append(name)
             continue
         t = time.perf_counter()

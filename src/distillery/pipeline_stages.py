@@ -97,14 +97,14 @@ def measure_latency(predict, texts: list[str], repeats: int = 200, warmup: int =
 def _latency_and_size(cfg: PipelineConfig, texts: list[str]) -> tuple[dict, dict]:
     from distillery.serving.scorer import OnnxScorer
     from distillery.teachers.base import build_teacher, folder_teacher_config
-    from distillery.teachers.two_tower import weights_dir
+    from distillery.teachers.two_tower import is_two_tower_folder, weights_dir
 
     run_dir = cfg.run_dir
     teacher_dir = io.join(run_dir, "teacher")
     onnx_dir = io.join(run_dir, "onnx")
     latency: dict[str, Any] = {}
     runtime = {"batch_size": 1}
-    if io.exists(io.join(teacher_dir, "two_tower.json")):
+    if is_two_tower_folder(teacher_dir):
         runtime["cache_size"] = 0  # both towers encoded per call: the model's cost, not a cache's
     teacher = build_teacher(folder_teacher_config(teacher_dir, **runtime))
     latency["teacher"] = measure_latency(teacher.predict_proba, texts)

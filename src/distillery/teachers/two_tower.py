@@ -176,16 +176,14 @@ class TwoTowerTeacher:
     """Loads the head and its encoder in `__init__`; `predict_proba` embeds (with the cache) and scores."""
 
     def __init__(self, cfg: TwoTowerConfig):
-        from distillery.teachers._hf import local_model_dir
         from distillery.teachers.retrieval import TextEncoder
 
         self.cfg = cfg
-        path = local_model_dir(cfg.model) if not io.exists(io.join(cfg.model, HEAD_FILE)) else cfg.model
-        self.head = TwoTowerHead.load(path)
+        self.head = TwoTowerHead.load(cfg.model)
         encoder = TextEncoder(self.head.encoder, batch_size=cfg.batch_size, max_length=cfg.max_length or self.head.max_length,
                               dtype=cfg.dtype, device=cfg.device, num_threads=cfg.num_threads)
         self.encoder = _CachedEncoder(encoder, cfg.cache_size)
-        head_id = io.read_json(io.join(path, HEAD_FILE)).get("fit", {}).get("fingerprint", "unfitted")
+        head_id = self.head.fit.get("fingerprint", "unfitted")
         suffix = "" if cfg.dtype == "fp32" else f"@{cfg.dtype}"
         self.teacher_id = f"two-tower:{encoder.encoder_id}:{head_id}{suffix}"
 
