@@ -70,8 +70,26 @@ def run_student_direct(cfg: PipelineConfig) -> dict[str, Any]:
 def run_compress(cfg: PipelineConfig) -> dict[str, Any]:
     from distillery.compress.job import run as compress
 
-    result = compress(cfg.stage_config("compress"))
-    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))} if isinstance(result, dict) else {}
+    from distillery.compress.validate import QualityGateError
+
+    ccfg = cfg.stage_config("compress")
+    try:
+        card = compress(ccfg)
+    except QualityGateError:
+        rejected = io.join(cfg.run_dir, ccfg.out.rstrip("/") + ".rejected", "model_card.json")
+        if io.exists(rejected):  # the figures that failed the gate go in the report too
+            _merge_report(cfg.run_dir, "compress", _compress_summary(io.read_json(rejected)))
+        raise
+    summary = _compress_summary(card)
+    _merge_report(cfg.run_dir, "compress", summary)
+    return {"quality_gate_passed": summary["quality_gate"]["passed"], "variants": sorted(card["variants"])}
+
+
+def _compress_summary(card: dict[str, Any]) -> dict[str, Any]:
+    m = card.get("metrics") or {}
+    return {"variants": sorted(card.get("variants", {})), "rejected_variants": sorted(card.get("rejected_variants", {})),
+            "quality_gate": m.get("quality_gate"), "fp32_parity": m.get("fp32_parity"),
+            "graph_optimization": (m.get("graph_optimization") or {}).get("chosen"), "seconds": m.get("compress_s")}
 
 
 def _dir_mb(path: str, suffixes: tuple[str, ...]) -> float | None:

@@ -1,4 +1,4 @@
-"""The compress job end to end on a tiny BERT, and the AUC quality gate on a deliberately broken model."""
+"""The compress job end to end on a tiny BERT, and the paired quality gate on a deliberately damaged model."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from tinymodels import REPO, save_tiny_bert
 from distillery.compress.export import CARD_FILE, export_onnx
 from distillery.compress.job import CompressConfig, run
 from distillery.compress.quantize import quantize_int8
-from distillery.compress.validate import (ParityError, QualityGateError, check_quality_gate, fp32_parity, onnx_logits,
-                                          variant_aucs)
+from distillery.compress.gate import GateThresholds
+from distillery.compress.validate import (ParityError, QualityGateError, fp32_parity, onnx_logits, quality_gate,
+                                          raise_if_failed, variant_probs)
 from distillery.config import ConfigError, load_config
 from distillery.data.synthetic import SyntheticConfig, generate
 from distillery.data.text import to_text
@@ -25,32 +26,54 @@ def texts():
     return [to_text(r) for r in generate(SyntheticConfig(rows_test=300), "test").to_pylist()]
 
 
-def test_gate_passes_small_drops_and_names_a_less_aggressive_preset():
-    drops = check_quality_gate({"fp32": 0.75, "int8": 0.7495, "fp16": 0.751}, max_drop=0.002)
-    assert drops["int8"] == pytest.approx(0.0005) and drops["fp16"] < 0
+def test_gate_fails_only_a_variant_worse_with_confidence():
+    rng = np.random.default_rng(0)
+    clicks = (rng.random(3000) < 0.03).astype(float)
+    fp32 = 1 / (1 + np.exp(-(rng.normal(-3.5, 0.5, 3000) + 0.8 * clicks)))
+    probs = {"fp32": fp32, "int8": fp32 * (1 + rng.normal(0, 1e-3, 3000)), "fp16": fp32.copy()}
+    result = quality_gate(clicks, probs, GateThresholds(), presets={"int8": "int8-dynamic", "fp16": "fp16"})
+    assert result["passed"] and result["failed"] == []
+    assert result["variants"]["fp16"]["auc_drop"] == 0 and result["variants"]["fp16"]["spearman"] == 1.0
+    raise_if_failed(result)  # a pass does not raise
+    damaged = {"fp32": fp32, "int8": fp32 * rng.uniform(0.2, 1.8, 3000)}  # noise as large as the signal
+    result = quality_gate(clicks, damaged, GateThresholds(), presets={"int8": "int8-dynamic"})
+    assert result["failed"] == ["int8"] and result["variants"]["int8"]["auc_drop_ci"][0] > 0.002
     with pytest.raises(QualityGateError, match=r"int8 \(int8-dynamic\).*try the less aggressive preset: fp16"):
-        check_quality_gate({"fp32": 0.75, "int8": 0.74}, max_drop=0.002, presets={"int8": "int8-dynamic"})
+        raise_if_failed(result)
     with pytest.raises(QualityGateError, match="int8-static.*int8-dynamic"):
-        check_quality_gate({"fp32": 0.75, "int8_static": 0.70}, presets={"int8_static": "int8-static"})
-    with pytest.raises(QualityGateError):  # NaN AUC is a failure, not a pass
-        check_quality_gate({"fp32": 0.75, "int8": float("nan")})
+        raise_if_failed(quality_gate(clicks, {"fp32": fp32, "int8_static": 1 - fp32}, GateThresholds(),
+                                     presets={"int8_static": "int8-static"}))
+    nan = quality_gate(clicks, {"fp32": fp32, "int8": np.full(3000, np.nan)}, GateThresholds())
+    assert not nan["passed"]  # NaN scores are a failure, not a pass
+    with pytest.raises(ValueError, match="both classes"):
+        quality_gate(np.zeros(3000), probs, GateThresholds())
 
 
-def test_gate_trips_on_a_deliberately_broken_int8_model(tmp_path, texts):
+def test_gate_trips_on_a_deliberately_damaged_int8_model(tmp_path, texts):
+    import onnx
+    from onnx import numpy_helper
+
     good = save_tiny_bert(tmp_path / "good", seed=0)
-    other = save_tiny_bert(tmp_path / "other", seed=7)
-    out, broken = tmp_path / "onnx", tmp_path / "broken"
+    out = tmp_path / "onnx"
     export_onnx(str(good), str(out), max_length=64)
     quantize_int8(str(out))
-    export_onnx(str(other), str(broken), max_length=64)
-    # Clicks the FP32 model ranks perfectly: its top 20% of logits clicked.
     fp32 = onnx_logits(str(out), "fp32", texts)
-    clicks = (fp32 > np.quantile(fp32, 0.8)).astype(float)
-    assert variant_aucs(str(out), ["fp32"], texts, clicks)["fp32"] == 1.0
-    shutil.copy(broken / "student.fp32.onnx", out / "student.int8.onnx")  # a different model posing as INT8
-    aucs = variant_aucs(str(out), ["fp32", "int8"], texts, clicks)
+    clicks = (fp32 > np.quantile(fp32, 0.8)).astype(float)  # clicks the FP32 model ranks perfectly
+    probs = variant_probs(str(out), ["fp32", "int8"], texts)
+    assert quality_gate(clicks, probs, GateThresholds())["variants"]["int8"]["auc_ref"] == 1.0
+    # Damage the INT8 graph the way a broken quantizer would: corrupt every weight scale.
+    model = onnx.load(str(out / "student.int8.onnx"))
+    rng = np.random.default_rng(1)
+    for init in model.graph.initializer:
+        if init.name.endswith("_scale") and init.data_type == onnx.TensorProto.FLOAT:
+            arr = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array((arr * rng.uniform(0.1, 10, arr.shape)).astype(np.float32), init.name))
+    onnx.save(model, str(out / "student.int8.onnx"))
+    result = quality_gate(clicks, variant_probs(str(out), ["fp32", "int8"], texts), GateThresholds(),
+                          presets={"int8": "int8-dynamic"})
+    assert result["failed"] == ["int8"], result["variants"]["int8"]
     with pytest.raises(QualityGateError, match="int8"):
-        check_quality_gate(aucs, max_drop=0.002, presets={"int8": "int8-dynamic"})
+        raise_if_failed(result)
 
 
 def test_parity_check_catches_a_graph_that_is_not_the_model(tmp_path, texts):
@@ -98,3 +121,22 @@ def test_shipped_yaml_parses_and_bad_keys_name_the_field():
     with pytest.raises(ConfigError, match="ffn_keep_ratio"):
         load_config(CompressConfig, None, ["ffn_keep_ratio=0"])
     assert yaml.safe_load((REPO / "jobs" / "configs" / "compress.yaml").read_text())["run_dir"] == "runs/demo"
+
+
+def test_a_failed_gate_publishes_nothing_servable(tmp_path):
+    run_dir = tmp_path / "run"
+    save_tiny_bert(run_dir / "student")
+    (run_dir / "onnx").mkdir(parents=True)
+    (run_dir / "onnx" / CARD_FILE).write_text("{}")  # an earlier run's folder must not survive either
+    # min_spearman=1: INT8 can never rank exactly like FP32, so the gate must fail.
+    cfg = CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False,
+                         validation={"rows": 300, "parity_rows": 16, "calibration_rows": 16, "latency_calls": 0,
+                                     "min_spearman": 1.0, "num_threads": 1})
+    with pytest.raises(QualityGateError, match=r"(?s)Spearman.*onnx\.rejected"):
+        run(cfg)
+    assert not (run_dir / "onnx").exists() and not (run_dir / "onnx.staging").exists()
+    card = json.loads((run_dir / "onnx.rejected" / CARD_FILE).read_text())
+    gate = card["metrics"]["quality_gate"]
+    assert gate["passed"] is False and gate["failed"] == ["int8"] and "int8" in card["rejected_variants"]
+    assert set(card["variants"]) == {"fp32"}
+    assert {"auc_drop_ci", "spearman", "kendall", "flipped_pairs", "max_abs_dp"} <= set(gate["variants"]["int8"])

@@ -12,6 +12,7 @@ field or the preset to try instead, when FP32 parity or the AUC quality gate is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -35,10 +36,13 @@ Preset = Literal["int8-dynamic", "int8-static", "fp16"]
 
 class ValidationSection(Section):
     split: str = Field("test", description="split of <run_dir>/data with true clicks for AUC")
-    rows: int = Field(4000, ge=50, description="rows for the AUC of every variant")
+    rows: int = Field(4000, ge=50, description="rows for the paired quality gate of every variant")
     parity_rows: int = Field(256, ge=1, description="rows for the FP32-vs-PyTorch logit check")
     atol: float = Field(1e-3, gt=0, description="max |Δ logit| allowed between FP32 ONNX and PyTorch")
-    max_auc_drop: float = Field(0.002, ge=0, description="quality gate: max AUC drop of a quantized variant below FP32")
+    max_auc_drop: float = Field(0.002, ge=0, description="quality gate: a variant fails when the lower end of the paired-DeLong CI of its AUC drop below FP32 exceeds this")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="quality gate: two-sided level of that confidence interval")
+    min_spearman: float = Field(0.95, ge=-1.0, le=1.0, description="quality gate: least Spearman rank correlation with FP32's scores on the same rows")
+    max_mean_abs_dp: float = Field(0.01, gt=0.0, le=1.0, description="quality gate: most mean |p_variant − p_fp32| on the same rows (calibration kept)")
     gate: Literal["fail", "warn"] = Field("fail", description="what a gate failure does: raise, or log and keep going")
     calibration_split: str = Field("train", description="split whose rows calibrate int8-static and score importance")
     calibration_rows: int = Field(256, ge=8, description="rows for int8-static calibration and pruning importance")
@@ -179,27 +183,34 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
     """Prune, export, quantize and validate; returns the model card (also in `<run_dir>/<out>/model_card.json`)."""
     from distillery.compress.export import export_onnx, read_card, write_card
     from distillery.compress.quantize import PRESET_VARIANT, apply_preset
-    from distillery.compress.validate import (QualityGateError, batch1_latency, check_quality_gate, fp32_parity,
-                                              variant_aucs)
+    from distillery.compress.gate import GateThresholds
+    from distillery.compress.validate import (QualityGateError, batch1_latency, fp32_parity, quality_gate,
+                                              raise_if_failed, variant_probs)
+    from distillery.evaluate import roc_auc
     from distillery.data.text import to_text
 
     t0 = time.perf_counter()
     v = cfg.validation
     student_path = cfg.student if ("://" in cfg.student or os.path.isabs(cfg.student)) else io.join(cfg.run_dir, cfg.student)
     out_uri = io.join(cfg.run_dir, cfg.out)
-    with tempfile.TemporaryDirectory(prefix="compress-") as tmp:
+    rejected_uri = out_uri.rstrip("/") + ".rejected"
+    _remove(out_uri)  # a stale folder from an earlier student must not look servable
+    _remove(rejected_uri)
+    with tempfile.TemporaryDirectory(prefix="compress-") as tmp, contextlib.ExitStack() as cleanup:
         src = _local_dir(student_path, tmp, "student")
         calib_rows, calib_source = _rows(cfg, v.calibration_split, v.calibration_rows)
         calib_texts = [to_text(r) for r in calib_rows]
         pruned_dir = os.path.join(tmp, "student_pruned")
         pruning = _prune(cfg, src, pruned_dir, calib_texts)
         model_dir = pruned_dir if pruning else src
-        out_dir = out_uri if "://" not in out_uri else os.path.join(tmp, "onnx")
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)  # a stale variant from an earlier run must not survive
+        # Built in a staging folder and published by one rename: `onnx/` is either absent or complete.
+        out_dir = os.path.join(tmp, "onnx") if "://" in out_uri else f"{out_uri.rstrip('/')}.staging"
+        _remove(out_dir)
+        cleanup.callback(_remove, out_dir)  # whatever fails, no staging folder is left behind
         lineage = _lineage(cfg, student_path)
         if pruning:
             lineage["pruned_checkpoint"] = io.join(cfg.run_dir, "student_pruned")
+        print(f"[compress] export {model_dir} → ONNX (opset {cfg.opset})", flush=True)
         export_onnx(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
         card = read_card(out_dir)
         card["lineage"]["source_model"] = lineage.get("pruned_checkpoint", student_path)  # not the temp folder
@@ -211,6 +222,7 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
                              batch_size=v.batch_size, intra_op_threads=v.num_threads)
         presets = {}
         for preset in cfg.presets:
+            print(f"[compress] quantize: {preset}", flush=True)
             apply_preset(out_dir, preset, calibration_texts=calib_texts, per_channel=cfg.per_channel)
             presets[PRESET_VARIANT[preset]] = preset
         fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
@@ -218,8 +230,14 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         for variant, file in card["variants"].items():  # fusion may have replaced files
             card["size_mb"][variant] = round(os.path.getsize(os.path.join(out_dir, file)) / 1e6, 3)
         card["version"] = card["version"] if fusion["chosen"] == "plain" else f"{card['version']}-fused"
-        aucs = variant_aucs(out_dir, list(card["variants"]), texts, clicks, batch_size=v.batch_size,
-                            intra_op_threads=v.num_threads)
+        print(f"[compress] quality gate: {len(texts)} rows, {int(clicks.sum())} clicks, variants {sorted(card['variants'])}", flush=True)
+        probs = variant_probs(out_dir, list(card["variants"]), texts, batch_size=v.batch_size,
+                              intra_op_threads=v.num_threads)
+        thresholds = GateThresholds(max_auc_drop=v.max_auc_drop, confidence=v.confidence,
+                                    min_spearman=v.min_spearman, max_mean_abs_dp=v.max_mean_abs_dp)
+        gate = quality_gate(clicks, probs, thresholds, presets=presets)
+        aucs = {"fp32": next(iter(gate["variants"].values()))["auc_ref"] if gate["variants"] else roc_auc(clicks, probs["fp32"]),
+                **{k: r["auc_variant"] for k, r in gate["variants"].items()}}
         latency = {}
         if v.latency_calls:
             from distillery.serving.scorer import OnnxScorer
@@ -228,33 +246,56 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
                 scorer = OnnxScorer(out_dir, variant, intra_op_threads=v.num_threads or 1)
                 latency[variant] = batch1_latency(scorer.predict_proba, texts, calls=v.latency_calls)
         card["metrics"] = {
-            "fp32_parity": parity, "auc": aucs, "auc_drop": {k: aucs["fp32"] - a for k, a in aucs.items() if k != "fp32"},
+            "fp32_parity": parity, "auc": aucs, "auc_drop": {k: r["auc_drop"] for k, r in gate["variants"].items()},
             "validation_rows": len(texts), "validation_clicks": int(clicks.sum()), "validation_source": source,
             "calibration_source": calib_source, "batch1_latency_ms": latency, "graph_optimization": fusion,
-            "pruning": pruning, "compress_s": round(time.perf_counter() - t0, 1),
+            "pruning": pruning, "compress_s": round(time.perf_counter() - t0, 1), "quality_gate": gate,
         }
-        gate_error = None
-        try:
-            card["metrics"]["quality_gate"] = {"passed": True, "max_auc_drop": v.max_auc_drop}
-            check_quality_gate(aucs, max_drop=v.max_auc_drop, presets=presets)
-        except QualityGateError as err:
-            failed = sorted(k for k, d in card["metrics"]["auc_drop"].items() if not d <= v.max_auc_drop)
-            card["metrics"]["quality_gate"] = {"passed": False, "max_auc_drop": v.max_auc_drop, "failed": failed,
-                                               "message": str(err)}
-            if v.gate == "fail":  # a variant that failed the gate must not be servable from this card
-                card["rejected_variants"] = {k: card["variants"].pop(k) for k in failed}
-            gate_error = err
+        _print_gate(gate)
+        if not gate["passed"] and v.gate == "fail":  # a variant that failed the gate must not be servable
+            card["rejected_variants"] = {k: card["variants"].pop(k) for k in gate["failed"]}
         write_card(out_dir, card)
-        if "://" in out_uri:
-            _upload(out_dir, out_uri)
+        try:
+            raise_if_failed(gate)
+        except QualityGateError as err:
+            if v.gate == "fail":
+                # The build is kept for inspection under <out>.rejected, never under the served name.
+                _publish(out_dir, rejected_uri)
+                raise QualityGateError(f"{err}\n  (the rejected build, with every figure in model_card.json, is in {rejected_uri})") from None
+            log.warning("%s (validation.gate=warn: keeping the variants)", err)
+        _publish(out_dir, out_uri)
         if pruning:
             _upload(pruned_dir, io.join(cfg.run_dir, "student_pruned"))
-    if gate_error is not None:
-        if v.gate == "fail":
-            raise gate_error
-        log.warning("%s (validation.gate=warn: keeping the variants)", gate_error)
     log.info("compress: %s in %.1fs; AUC %s", out_uri, time.perf_counter() - t0, {k: round(a, 4) for k, a in aucs.items()})
     return card
+
+
+def _print_gate(gate: dict[str, Any]) -> None:
+    for v, r in gate["variants"].items():
+        lo, hi = r["auc_drop_ci"]
+        print(f"[compress] gate {v}: {'pass' if r['passed'] else 'FAIL'}: AUC drop {r['auc_drop']:+.4f} "
+              f"(CI [{lo:+.4f}, {hi:+.4f}]), Spearman {r['spearman']:.4f}, flipped pairs {r['flipped_pairs']:.4f}, "
+              f"mean |Δp| {r['mean_abs_dp']:.2e}, max |Δp| {r['max_abs_dp']:.2e}", flush=True)
+
+
+def _remove(uri: str) -> None:
+    if "://" in uri:
+        fs, p = io.filesystem(uri)
+        try:
+            fs.delete_dir(p)
+        except (FileNotFoundError, OSError):
+            pass
+    elif os.path.isdir(uri):
+        shutil.rmtree(uri)
+
+
+def _publish(local: str, dest: str) -> None:
+    """Move a finished local folder to `dest` (a rename on the same local filesystem, else an upload)."""
+    if "://" in dest:
+        _upload(local, dest)
+        return
+    _remove(dest)
+    os.replace(local, dest)
 
 
 def _upload(local: str, dest: str) -> None:

@@ -1,11 +1,13 @@
 """Does the exported model still say what the PyTorch model said, and is each variant good enough?
 
     parity = fp32_parity("runs/demo/student", "runs/demo/onnx", texts, atol=1e-4)   # max |Δ logit|
-    aucs = variant_aucs("runs/demo/onnx", ["fp32", "int8"], texts, clicks)
-    check_quality_gate(aucs, max_drop=0.002, presets={"int8": "int8-dynamic"})       # raises if not
+    probs = variant_probs("runs/demo/onnx", ["fp32", "int8"], texts)
+    result = quality_gate(clicks, probs, GateThresholds(max_auc_drop=0.002), presets={"int8": "int8-dynamic"})
+    raise_if_failed(result)                                                           # names the preset to try
 
 FP32 is checked against PyTorch logit by logit (it must be the same function); quantized variants
-are checked by what matters downstream, test-split AUC against true clicks, relative to FP32.
+are checked against FP32 on paired predictions of the same test rows (`gate.py`): a paired DeLong
+interval of the AUC drop, rank agreement and |Δp|, so the decision does not flip with the sample.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from distillery.evaluate import roc_auc
+from distillery.compress.gate import GateThresholds, gate_decision, paired_comparison
 
-__all__ = ["QualityGateError", "ParityError", "torch_logits", "onnx_logits", "fp32_parity", "variant_aucs",
-           "check_quality_gate", "batch1_latency", "interleaved_latency"]
+__all__ = ["QualityGateError", "ParityError", "torch_logits", "onnx_logits", "fp32_parity", "variant_probs",
+           "quality_gate", "raise_if_failed", "batch1_latency", "interleaved_latency"]
 
 
 class ParityError(RuntimeError):
@@ -75,39 +77,55 @@ def fp32_parity(model_dir: str, onnx_dir: str, texts: list[str], *, atol: float 
     return result
 
 
-def variant_aucs(onnx_dir: str, variants: list[str], texts: list[str], clicks: np.ndarray, *,
-                 batch_size: int = 64, intra_op_threads: int | None = None) -> dict[str, float]:
-    """Test AUC of each variant on (texts, true clicks): {variant: auc}."""
-    clicks = np.asarray(clicks)
-    if len(clicks) != len(texts):
-        raise ValueError(f"clicks: {len(clicks)} labels for {len(texts)} texts")
-    if clicks.min(initial=0) == clicks.max(initial=0):
-        raise ValueError("clicks: one class only; AUC needs both clicks and non-clicks (use more validation rows)")
-    return {v: roc_auc(clicks, onnx_logits(onnx_dir, v, texts, batch_size, intra_op_threads)) for v in variants}
+def variant_probs(onnx_dir: str, variants: list[str], texts: list[str], *, batch_size: int = 64,
+                  intra_op_threads: int | None = None) -> dict[str, np.ndarray]:
+    """Click probabilities `(n,)` of each variant on the same texts: {variant: probs}."""
+    return {v: 1.0 / (1.0 + np.exp(-onnx_logits(onnx_dir, v, texts, batch_size, intra_op_threads))) for v in variants}
 
 
-def check_quality_gate(aucs: dict[str, float], *, max_drop: float = 0.002, presets: dict[str, str] | None = None,
-                       reference: str = "fp32") -> dict[str, float]:
-    """AUC drop of every variant below `reference`; raises QualityGateError if any exceeds `max_drop`.
+def quality_gate(clicks: np.ndarray, probs: dict[str, np.ndarray], thresholds: GateThresholds, *,
+                 presets: dict[str, str] | None = None, reference: str = "fp32") -> dict[str, Any]:
+    """Compare every variant with `reference` on paired predictions (see `distillery.compress.gate`).
 
-    `presets` maps variant → preset name so the message can name the less aggressive one to try.
-    Returns {variant: drop} (positive = worse than FP32).
+    `clicks: (n,)` 0/1; `probs`: {variant: (n,) probabilities on the same rows}; `presets` maps
+    variant → preset so the message names the less aggressive one to try. Returns
+    `{"passed", "thresholds", "variants": {v: figures + passed + reasons}, "failed": [v, ...]}`;
+    never raises on a failing variant (`raise_if_failed` does).
     """
+    from dataclasses import asdict
+
+    clicks = np.asarray(clicks)
+    if reference not in probs:
+        raise ValueError(f"probs: no {reference!r} reference variant")
+    if len(clicks) != len(probs[reference]):
+        raise ValueError(f"clicks: {len(clicks)} labels for {len(probs[reference])} predictions")
+    n_pos = int((clicks == 1).sum())
+    if n_pos < 2 or len(clicks) - n_pos < 2:
+        raise ValueError(f"clicks: {n_pos} clicks in {len(clicks)} rows; the gate needs both classes "
+                         "(raise validation.rows)")
+    variants = {}
+    for v, p in probs.items():
+        if v == reference:
+            continue
+        stats = paired_comparison(clicks, probs[reference], p, thresholds.confidence)
+        variants[v] = {**stats, **gate_decision(stats, thresholds), "preset": (presets or {}).get(v, v)}
+    failed = sorted(v for v, r in variants.items() if not r["passed"])
+    return {"passed": not failed, "failed": failed, "reference": reference,
+            "thresholds": asdict(thresholds), "variants": variants}
+
+
+def raise_if_failed(result: dict[str, Any]) -> None:
+    """QualityGateError naming each failed variant, why, and the less aggressive preset to try."""
     from distillery.compress.quantize import LESS_AGGRESSIVE
 
-    if reference not in aucs:
-        raise ValueError(f"aucs: no {reference!r} reference AUC")
-    base = aucs[reference]
-    drops = {v: float(base - a) for v, a in aucs.items() if v != reference}
-    failed = {v: d for v, d in drops.items() if not d <= max_drop}
-    if failed:
-        lines = []
-        for v, d in failed.items():
-            preset = (presets or {}).get(v, v)
-            lines.append(f"{v} ({preset}): AUC {aucs[v]:.4f} is {d:.4f} below FP32 {base:.4f} (allowed {max_drop}); "
-                         f"try the less aggressive preset: {LESS_AGGRESSIVE.get(preset, 'fp32')}")
-        raise QualityGateError("quality gate failed:\n  " + "\n  ".join(lines))
-    return drops
+    if result["passed"]:
+        return
+    lines = []
+    for v in result["failed"]:
+        r = result["variants"][v]
+        lines.append(f"{v} ({r['preset']}): " + "; ".join(r["reasons"])
+                     + f"; try the less aggressive preset: {LESS_AGGRESSIVE.get(r['preset'], 'fp32')}")
+    raise QualityGateError("quality gate failed:\n  " + "\n  ".join(lines))
 
 
 def batch1_latency(predict, texts: list[str], *, calls: int = 200, warmup: int = 20) -> dict[str, float]:
