@@ -6,12 +6,16 @@ Every stage reads and writes through these helpers so a run directory can live o
 from __future__ import annotations
 
 import json
+import os
 import posixpath
-from typing import Any
+import uuid
+from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-__all__ = ["filesystem", "absolute", "join", "exists", "makedirs", "read_json", "write_json", "read_bytes", "write_bytes", "list_files"]
+__all__ = ["filesystem", "absolute", "join", "exists", "makedirs", "read_json", "write_json", "read_bytes", "write_bytes",
+           "write_parquet", "create_exclusive", "remove_file", "list_files", "is_hidden"]
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -19,15 +23,11 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     path = str(path)
     if "://" in path:
         return pafs.FileSystem.from_uri(path)
-    import os
-
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
 def absolute(path: str) -> str:
     """A local path made absolute (workers may run in another cwd); URIs are returned unchanged."""
-    import os
-
     return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
@@ -36,8 +36,6 @@ def join(base: str, *parts: str) -> str:
     if "://" in base:
         scheme, rest = base.split("://", 1)
         return f"{scheme}://{posixpath.join(rest, *parts)}"
-    import os
-
     return os.path.join(base, *parts)
 
 
@@ -57,20 +55,74 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Write atomically where the filesystem allows (local: temp file + rename)."""
+def _write_atomic(path: str, write: Callable[[pa.NativeFile], None]) -> None:
+    """Run `write(stream)` so that `path` appears whole or not at all.
+
+    Local: into a hidden temp file beside `path` (`.<name>.<random>.tmp`, skipped by `list_files`),
+    then renamed over `path` (atomic on POSIX). Object stores: one upload, which they publish whole.
+    """
     fs, p = filesystem(path)
-    parent = posixpath.dirname(p) if "://" in str(path) else __import__("os").path.dirname(p)
+    parent = posixpath.dirname(p) if "://" in str(path) else os.path.dirname(p)
     if parent:
         fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = p + ".tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, p)
-    else:
+    if not isinstance(fs, pafs.LocalFileSystem):
         with fs.open_output_stream(p) as f:
-            f.write(data)
+            write(f)
+        return
+    tmp = os.path.join(parent, f".{os.path.basename(p)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with fs.open_output_stream(tmp) as f:
+            write(f)
+        fs.move(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write atomically where the filesystem allows (local: temp file + rename)."""
+    _write_atomic(path, lambda f: f.write(data))
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    """`table` as one parquet file at `path`, atomically where the filesystem allows (as `write_bytes`)."""
+    import pyarrow.parquet as pq
+
+    _write_atomic(path, lambda f: pq.write_table(table, f))
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists; True if this call created it.
+
+    Local: the whole file is written under a temp name, then hard-linked to `path`, which fails if
+    `path` exists (atomic: no reader sees a half-written file, no two callers both win). Object
+    stores: check, then upload (best effort: two callers in the same instant may both win).
+    """
+    fs, p = filesystem(path)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        if exists(path):
+            return False
+        write_bytes(path, data)
+        return True
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, p)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
+
+
+def remove_file(path: str) -> None:
+    """Delete one file; a missing file is not an error."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
 
 
 def read_json(path: str) -> Any:
@@ -81,10 +133,18 @@ def write_json(path: str, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def list_files(path: str, suffixes: tuple[str, ...] = ()) -> list[str]:
-    """Files under `path` (recursively; or `path` itself if it is a file), sorted, hidden files skipped.
+def is_hidden(relative: str) -> bool:
+    """True when any component of a `/`-separated relative path starts with `.` or `_` (as pyarrow,
+    Spark and Hadoop treat `_SUCCESS`, `_staging/`, `.tmp` files)."""
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
 
-    Returned paths keep `path`'s form (URI in, URIs out).
+
+def list_files(path: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Files under `path` (recursively; or `path` itself if it is a file), sorted.
+
+    Hidden entries are skipped: a file is left out when any component of its path *below* `path`
+    starts with `.` or `_` (`labels/_rejects/a.parquet`, `logs/.cache/x.csv`, `_SUCCESS`); the
+    components of `path` itself do not count. Returned paths keep `path`'s form (URI in, URIs out).
     """
     fs, p = filesystem(path)
     info = fs.get_file_info(p)
@@ -94,11 +154,10 @@ def list_files(path: str, suffixes: tuple[str, ...] = ()) -> list[str]:
         return [str(path)]
     out = []
     for f in fs.get_file_info(pafs.FileSelector(p, recursive=True)):
-        name = posixpath.basename(f.path)
-        if f.type != pafs.FileType.File or name.startswith((".", "_")):
-            continue
-        if suffixes and not name.endswith(suffixes):
-            continue
         rel = f.path[len(p):].lstrip("/")
+        if f.type != pafs.FileType.File or is_hidden(rel):
+            continue
+        if suffixes and not posixpath.basename(rel).endswith(suffixes):
+            continue
         out.append(join(str(path), rel))
     return sorted(out)

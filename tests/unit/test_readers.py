@@ -232,6 +232,23 @@ def test_folder_uri_and_compressed_input(tmp_path):
     assert inspect_logs(f"file://{folder}")["clicks"] == 2
 
 
+def test_same_named_files_in_different_folders_get_different_default_ids(tmp_path):
+    folder = tmp_path / "logs"
+    for day in ("day-1", "day-2", "_old"):  # `_old`: a hidden folder, not read
+        (folder / day).mkdir(parents=True)
+        (folder / day / "part-0.csv").write_text("query,click\nshoes,0\nboots,1\n")
+        (folder / day / "part-1.jsonl").write_text('{"query": "hats"}\n')
+        pq.write_table(pa.table({"query": ["socks"]}), folder / day / "part-2.parquet")
+    ids = read_logs(str(folder)).table.column("id").to_pylist()
+    assert sorted(ids) == sorted(f"{day}/{name}" for day in ("day-1", "day-2")
+                                 for name in ("part-0:2", "part-0:3", "part-1:1", "part-2:1"))
+    # a single file keeps its bare stem; `id_root` (labeling passes the run directory) qualifies it
+    single = str(folder / "day-1" / "part-0.csv")
+    assert read_logs(single).table.column("id").to_pylist() == ["part-0:2", "part-0:3"]
+    assert read_logs(single, id_root=str(tmp_path)).table.column("id").to_pylist() == [
+        "logs/day-1/part-0:2", "logs/day-1/part-0:3"]
+
+
 def test_bad_arguments_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="fmt: 'xml'"):
         read_logs(str(tmp_path), fmt="xml")

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import posixpath
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -21,8 +22,8 @@ from distillery.data.schema import CLICK, CLICK_PROB, ID, LOG_SCHEMA
 
 __all__ = [
     "KNOWN", "CRITEO_HEADER", "RowError", "Reject", "Parsed", "as_int", "as_text", "click_label", "typed_value",
-    "check_utf8", "generic_mapper", "criteo_row", "avazu_row", "file_stem", "file_suffix", "parse_delimited",
-    "json_documents", "parse_jsonl",
+    "check_utf8", "generic_mapper", "criteo_row", "avazu_row", "file_stem", "file_suffix", "id_prefix",
+    "parse_delimited", "json_documents", "parse_jsonl",
 ]
 
 KNOWN = {f.name: f.type for f in LOG_SCHEMA}
@@ -218,6 +219,27 @@ def file_suffix(path: str) -> str:
     return "." + name.rsplit(".", 1)[1] if "." in name else ""
 
 
+def id_prefix(path: str, root: str | None = None) -> str:
+    """The `<prefix>` of a file's default row ids `<prefix>:<line>`.
+
+    The file's path below `root` without its suffixes (`day-2/part-0` for `<root>/day-2/part-0.csv.gz`),
+    so same-named files in different folders never share ids; the bare stem when `root` is None or
+    holds the file directly (`part-0`); the whole path without suffixes when the file is outside `root`.
+    """
+    stem = file_stem(path)
+    if root is None:
+        return stem
+
+    def normal(p: str) -> str:
+        return str(p).rstrip("/") if "://" in str(p) else os.path.realpath(p)
+
+    full, base = normal(path), normal(root)
+    folder = posixpath.dirname(full)
+    if full.startswith(base + "/"):
+        folder = posixpath.dirname(full[len(base) + 1:])
+    return f"{folder}/{stem}" if folder else stem
+
+
 def _delimited_records(path: str, data: bytes, delimiter: str, header: list[str] | None
                        ) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None, str | None]], bool]:
     """(header, records, clean): each record is (line, {column: text}, None), or (line, None, reason)
@@ -259,12 +281,13 @@ def _delimited_records(path: str, data: bytes, delimiter: str, header: list[str]
 
 
 def parse_delimited(path: str, data: bytes, delimiter: str, mapper: Mapper, header: list[str] | None = None,
-                    label_column: str | None = None) -> Parsed:
-    """Rows of a CSV/TSV file through `mapper`; ids default to `<file stem>:<line>` (header = line 1).
+                    label_column: str | None = None, prefix: str | None = None) -> Parsed:
+    """Rows of a CSV/TSV file through `mapper`; ids default to `<prefix>:<line>` (header = line 1).
 
     `header`: the column names of a file without a header row (headerless Criteo); else line 1.
+    `prefix`: see `id_prefix`; the file's stem when None.
     """
-    rows, rejects, stem = [], [], file_stem(path)
+    rows, rejects, stem = [], [], prefix or file_stem(path)
     header, records, clean = _delimited_records(path, data, delimiter, header)
     if label_column and header and label_column not in header:
         raise ValueError(f"{path}: label column {label_column!r} not found; columns are {header}")
@@ -302,9 +325,10 @@ def json_documents(path: str, data: bytes, whole: bool) -> Iterator[tuple[int, A
             yield line, None, f"line: not valid JSON ({err})"
 
 
-def parse_jsonl(path: str, data: bytes, label_column: str | None) -> Parsed:
-    """One JSON object per line; nested values become JSON text, ids default to `<file stem>:<line>`."""
-    rows, rejects, to_row, stem = [], [], generic_mapper(label_column), file_stem(path)
+def parse_jsonl(path: str, data: bytes, label_column: str | None, prefix: str | None = None) -> Parsed:
+    """One JSON object per line; nested values become JSON text, ids default to `<prefix>:<line>`
+    (`prefix`: see `id_prefix`; the file's stem when None)."""
+    rows, rejects, to_row, stem = [], [], generic_mapper(label_column), prefix or file_stem(path)
     for line, obj, problem in json_documents(path, data, whole=False):
         rid = None
         if problem is None and not isinstance(obj, dict):

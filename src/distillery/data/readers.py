@@ -35,6 +35,7 @@ from distillery.data.parsing import (
     file_stem,
     file_suffix,
     generic_mapper,
+    id_prefix,
     json_documents,
     parse_delimited,
     parse_jsonl,
@@ -100,9 +101,10 @@ def _parse_openrtb(path: str, data: bytes, outcomes: dict[str, Any] | None) -> P
     return rows, rejects
 
 
-def _read_parquet(path: str, label_column: str | None) -> tuple[pa.Table, list[Reject]]:
+def _read_parquet(path: str, label_column: str | None, prefix: str | None = None) -> tuple[pa.Table, list[Reject]]:
     """Known columns cast to LOG_SCHEMA types, the rest to strings; values that will not cast are
-    coerced one by one, and rows that still fail are rejected (source `file:row`, rows from 1)."""
+    coerced one by one, and rows that still fail are rejected (source `file:row`, rows from 1).
+    Without an `id` column ids are `<prefix>:<row>` (`prefix`: see `id_prefix`)."""
     fs, inner = io.filesystem(path)
     table = pq.read_table(inner, filesystem=fs)
     if label_column and label_column != CLICK:
@@ -111,7 +113,7 @@ def _read_parquet(path: str, label_column: str | None) -> tuple[pa.Table, list[R
         names = ["click_original" if n == CLICK else n for n in table.column_names]
         table = table.rename_columns([CLICK if n == label_column else n for n in names])
     if ID not in table.column_names:
-        stem = file_stem(path)
+        stem = prefix or file_stem(path)
         table = table.append_column(ID, pa.array([f"{stem}:{i + 1}" for i in range(table.num_rows)], pa.string()))
     bad: dict[int, str] = {}
     columns = {}
@@ -216,42 +218,47 @@ def _ordered(table: pa.Table, extras_order: list[str]) -> pa.Table:
     return table.select(known + [n for n in extras_order if n in table.column_names and n not in KNOWN])
 
 
-def _read_file(file: str, kind: str, label_column: str | None, outcomes: dict[str, Any] | None
-               ) -> tuple[pa.Table, list[Reject]]:
+def _read_file(file: str, kind: str, label_column: str | None, outcomes: dict[str, Any] | None,
+               prefix: str | None = None) -> tuple[pa.Table, list[Reject]]:
     if kind == "parquet":
-        return _read_parquet(file, label_column)
+        return _read_parquet(file, label_column, prefix)
     data = io.read_bytes(file)
     if kind == "openrtb":
         rows, rejects = _parse_openrtb(file, data, outcomes)
     elif kind == "jsonl":
-        rows, rejects = parse_jsonl(file, data, label_column)
+        rows, rejects = parse_jsonl(file, data, label_column, prefix)
     elif kind in ("criteo", "avazu"):
         first = data.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff")
         delimiter = "\t" if "\t" in first else ","
         # Kaggle's Criteo train.txt has no header row; DeepCTR's sample and Avazu have one
         header = CRITEO_HEADER if kind == "criteo" and first.split(delimiter)[0].strip() != "label" else None
-        rows, rejects = parse_delimited(file, data, delimiter, criteo_row if kind == "criteo" else avazu_row, header)
+        rows, rejects = parse_delimited(file, data, delimiter, criteo_row if kind == "criteo" else avazu_row, header,
+                                        prefix=prefix)
     else:
         rows, rejects = parse_delimited(file, data, "\t" if kind == "tsv" else ",", generic_mapper(label_column),
-                                        label_column=label_column)
+                                        label_column=label_column, prefix=prefix)
     return _rows_to_table(rows), rejects
 
 
 def read_logs(path: str, fmt: str = "auto", label_column: str | None = None,
-              outcomes: str | None = None) -> ReadResult:
+              outcomes: str | None = None, id_root: str | None = None) -> ReadResult:
     """Read ad logs from a file, a folder (its log files, sorted) or a URI into LOG_SCHEMA rows.
 
     `fmt`: one of `FORMATS`; `auto` decides per file (`detect_format`) and, in a folder, skips files
     that are not logs (e.g. `SOURCE.md`). `label_column`: the click column of a generic
     CSV/TSV/JSONL/parquet or of an outcomes file (renamed to `click`, values coerced to 0/1).
     `outcomes`: for OpenRTB, a CSV/TSV/JSONL of `id` (`<request.id>:<imp.id>`) and click; with fmt
-    `auto`/`openrtb` a file named `outcomes.*` in the folder is used the same way. Raises ValueError
+    `auto`/`openrtb` a file named `outcomes.*` in the folder is used the same way. `id_root`: rows
+    without an `id` get `<path below id_root, suffixes dropped>:<line>` (`parsing.id_prefix`); by
+    default the folder read (a single file: its stem), so same-named files in subfolders never
+    share ids. Files or folders whose name starts with `_` or `.` are skipped. Raises ValueError
     for an unknown format or a missing label column, FileNotFoundError for a missing path.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt: {fmt!r} is not one of {FORMATS}")
     listing = io.list_files(path)
     single = listing == [str(path)]
+    root = id_root if id_root is not None else (None if single else str(path))
     files = listing if single else [f for f in listing if file_suffix(f) in _SUFFIXES[fmt]]
     outcome_files = [f for f in files if _is_outcomes(f)] if not single and fmt in ("auto", "openrtb") else []
     if outcomes is not None:
@@ -274,7 +281,7 @@ def read_logs(path: str, fmt: str = "auto", label_column: str | None = None,
                 raise ValueError(f"{file}: cannot tell the log format from the name; pass fmt")
             log.info("skipping %s: not a log file", file)
             continue
-        table, bad = _read_file(file, kind, label_column, outcome_map)
+        table, bad = _read_file(file, kind, label_column, outcome_map, id_prefix(file, root))
         read.append(file)
         extras += [n for n in table.column_names if n not in KNOWN and n not in extras]
         tables.append(table)

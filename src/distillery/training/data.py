@@ -3,7 +3,11 @@
     table = build_training_table("runs/demo", DataSection(splits=["train", "unlabeled"]), loss="soft")
 
 Rules, the same for the teacher fine-tune, the distilled student and `student_direct`:
-- logs come from `<run_dir>/data/<split>/*.parquet`, labels from `<run_dir>/labels/*.parquet`;
+- logs come from `<run_dir>/data/<split>/*.parquet`; labels from the files a finished labeling run
+  lists in `<labels>/_MANIFEST.json` (never `_rejects/`, `_staging/` or stale outputs; a labeling run
+  that has not finished is an error), or every visible `*.parquet` of a folder without a manifest;
+- an id is used once: the first row carrying it (splits in order, files sorted, rows in file order:
+  the order labeling gives ids to rows) owns the label, later rows with that id are skipped and counted;
 - clicks of a `hidden_click_splits` split (the unlabeled split) are never read unless
   `reveal_hidden_clicks` is set, which only the strict `student_direct` comparison does;
 - a row whose label has `kept=false`, or that has no label at all, is skipped and counted;
@@ -30,6 +34,7 @@ from distillery import io
 from distillery.config import Section
 from distillery.data.schema import CLICK, ID, TEXT_FIELDS
 from distillery.data.text import to_texts
+from distillery.label_store import committed_label_files
 
 __all__ = ["DataSection", "TrainingTable", "read_split", "read_labels", "build_training_table", "is_validation_id"]
 
@@ -88,16 +93,19 @@ def is_validation_id(row_id: str, fraction: float) -> bool:
     return zlib.crc32(row_id.encode()) % 1_000_000 < fraction * 1_000_000
 
 
-def _read_parquet_folder(path: str, columns: list[str] | None, max_rows: int | None) -> pa.Table:
-    files = io.list_files(path, suffixes=(".parquet",))
+def _read_parquet_files(path: str, files: list[str], columns: list[str] | None, max_rows: int | None,
+                        expected_rows: list[int] | None = None) -> pa.Table:
     if not files:
         raise FileNotFoundError(f"{path}: no parquet files")
     tables, rows = [], 0
-    for f in files:
+    for i, f in enumerate(files):
         fs, p = io.filesystem(f)
         schema = pq.read_schema(p, filesystem=fs)
         cols = [c for c in columns if c in schema.names] if columns else None
         t = pq.read_table(p, filesystem=fs, columns=cols)
+        if expected_rows is not None and t.num_rows != expected_rows[i]:
+            raise ValueError(f"{f}: {t.num_rows} rows, but the labeling manifest says {expected_rows[i]}: the file "
+                             "changed after the run that committed it; re-run labeling")
         tables.append(t)
         rows += t.num_rows
         if max_rows is not None and rows >= max_rows:
@@ -108,12 +116,19 @@ def _read_parquet_folder(path: str, columns: list[str] | None, max_rows: int | N
 
 def read_split(run_dir: str, split: str, max_rows: int | None = None, columns: list[str] | None = None) -> pa.Table:
     """Rows of `<run_dir>/data/<split>/*.parquet` (files in name order; at most `max_rows`)."""
-    return _read_parquet_folder(io.join(run_dir, "data", split), columns, max_rows)
+    path = io.join(run_dir, "data", split)
+    return _read_parquet_files(path, io.list_files(path, suffixes=(".parquet",)), columns, max_rows)
 
 
 def read_labels(labels_dir: str) -> pa.Table:
-    """`id, teacher_prob, kept` from the labeling job's parquet; duplicate ids are an error."""
-    table = _read_parquet_folder(labels_dir, ["id", "teacher_prob", "kept"], None)
+    """`id, teacher_prob, kept` of the committed labels (`label_store.committed_label_files`; each file
+    must hold the row count its marker records); duplicate ids are an error."""
+    committed = committed_label_files(labels_dir)
+    if committed is None:
+        files, expected = io.list_files(labels_dir, suffixes=(".parquet",)), None
+    else:
+        files, expected = [f for f, _ in committed], [n for _, n in committed]
+    table = _read_parquet_files(labels_dir, files, ["id", "teacher_prob", "kept"], None, expected)
     missing = {"id", "teacher_prob", "kept"} - set(table.column_names)
     if missing:
         raise ValueError(f"{labels_dir}: labels lack column(s) {sorted(missing)}")
@@ -121,6 +136,15 @@ def read_labels(labels_dir: str) -> pa.Table:
         dupes = table.num_rows - pc.count_distinct(table["id"]).as_py()
         raise ValueError(f"{labels_dir}: {dupes} duplicate id(s) in labels (exactly-once broken)")
     return table
+
+
+def _first_sightings(ids: list[str], seen: set[str]) -> list[bool]:
+    """True for each id not in `seen` and not earlier in `ids`; adds them to `seen`."""
+    first = []
+    for rid in ids:
+        first.append(rid not in seen)
+        seen.add(rid)
+    return first
 
 
 def _as_float(column: pa.ChunkedArray | None, n: int) -> np.ndarray:
@@ -132,13 +156,14 @@ def _as_float(column: pa.ChunkedArray | None, n: int) -> np.ndarray:
 def build_training_table(run_dir: str, cfg: DataSection, loss: LossTarget) -> TrainingTable:
     """Read the configured splits of `run_dir`, join teacher labels (unless `loss == "click"`), build targets.
 
-    Counts: `rows_read`, `rows_no_label`, `rows_not_kept`, `rows_no_click` (click loss on a row
-    without a known click), `rows_used`, `rows_val`.
+    Counts: `rows_read`, `rows_duplicate_id` (a later row with an id already read), `rows_no_label`,
+    `rows_not_kept`, `rows_no_click` (click loss on a row without a known click), `rows_used`, `rows_val`.
     """
     needs_labels = loss != "click"
     labels = read_labels(cfg.labels_dir or io.join(run_dir, "labels")) if needs_labels else None
-    counts = {"rows_read": 0, "rows_no_label": 0, "rows_not_kept": 0, "rows_no_click": 0}
+    counts = {"rows_read": 0, "rows_duplicate_id": 0, "rows_no_label": 0, "rows_not_kept": 0, "rows_no_click": 0}
     parts: list[dict] = []
+    seen: set[str] = set()
     for split in cfg.splits:
         hidden = split in cfg.hidden_click_splits and not cfg.reveal_hidden_clicks
         columns = [ID, *TEXT_FIELDS] + ([] if hidden else [CLICK])
@@ -146,6 +171,11 @@ def build_training_table(run_dir: str, cfg: DataSection, loss: LossTarget) -> Tr
         if hidden and CLICK in table.column_names:  # never let a hidden click through
             table = table.drop_columns([CLICK])
         counts["rows_read"] += table.num_rows
+        # A label belongs to the first row with its id (labeling rejects the later ones): a later
+        # row would inherit a label computed from another row's text.
+        read = table.num_rows
+        table = table.filter(pa.array(_first_sightings(table[ID].to_pylist(), seen), pa.bool_()))
+        counts["rows_duplicate_id"] += read - table.num_rows
         if labels is not None:
             table = table.join(labels, keys=ID, join_type="left outer")
             no_label = pc.is_null(table["teacher_prob"])
