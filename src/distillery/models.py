@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["default_backbone", "resolve_model_path", "torch_dtype", "pick_device"]
+__all__ = ["default_backbone", "resolve_model_path", "torch_dtype", "dtype_suffix", "pick_device"]
 
 BACKBONE_ALIAS = "minilm"
 
@@ -32,14 +32,26 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str, device: str = "cpu"):
+    """The torch dtype of a config name; `auto` follows the hardware (`distillery.hardware.resolve_dtype`)."""
     import torch
+
+    from distillery.hardware import resolve_dtype
+
+    name = resolve_dtype(name, device)
 
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if name not in table:
-        raise ValueError(f"dtype {name!r}: expected one of fp32, bf16, fp16")
+        raise ValueError(f"dtype {name!r}: expected one of auto, fp32, bf16, fp16")
     return table[name]
+
+
+def dtype_suffix(dtype) -> str:
+    """`""` for float32, else `@bf16` / `@fp16`: the part of a teacher id that says how it ran."""
+    import torch
+
+    return {torch.float32: "", torch.bfloat16: "@bf16", torch.float16: "@fp16"}[dtype]
 
 
 def pick_device(name: str = "auto") -> str:

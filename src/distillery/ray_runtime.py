@@ -14,7 +14,7 @@ from pydantic import Field
 
 from distillery.config import Section
 
-__all__ = ["RaySection", "ensure_ray"]
+__all__ = ["RaySection", "ensure_ray", "quiet_worker_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,28 @@ class RaySection(Section):
     object_store_mb: int | None = Field(None, ge=64, description="object store size for an embedded Ray, MB")
     include_dashboard: bool = Field(False, description="start the dashboard with an embedded Ray (bound to 127.0.0.1)")
     log_to_driver: bool = Field(True, description="stream worker logs to the driver")
+    data_operator_progress: bool = Field(False, description="Ray Data's progress log (every 10 s) lists every operator, not only the total")
+
+
+# Known noise, quieted at its source in every Ray worker process (errors still surface):
+# - Ray Train's detached PlacementGroupCleaner polls the state API, which an embedded Ray without
+#   the dashboard does not serve: one identical warning a second for a whole training run (seen:
+#   313 lines). Its job, removing a crashed controller's placement group, ends with the driver's
+#   embedded cluster anyway, and on a real cluster the dashboard answers and it stays silent.
+# - transformers' per-load progress bars in every training worker.
+_QUIET_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
+
+
+def quiet_worker_logs() -> None:
+    """`worker_process_setup_hook`: runs in each Ray worker before its first task or actor."""
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # a worker without transformers has no such bars
+        pass
 
 
 def ensure_ray(cfg: RaySection | None = None) -> bool:
@@ -40,7 +62,9 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
     if ray.is_initialized():
         return False
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                                "TOKENIZERS_PARALLELISM": "false"}}
+                                "TOKENIZERS_PARALLELISM": "false"},
+                   "worker_process_setup_hook": "distillery.ray_runtime.quiet_worker_logs"}
+    _configure_data_progress(cfg)
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=cfg.log_to_driver)
@@ -61,3 +85,9 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
     )
     log.info("started embedded Ray: %s", ray.cluster_resources())
     return True
+
+
+def _configure_data_progress(cfg: RaySection) -> None:
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_operator_progress_bars = cfg.data_operator_progress

@@ -140,3 +140,24 @@ def test_bad_job_configs_fail_naming_the_field():
         load_config(TeacherJobConfig, None, ["loop.loss=soft"])
     with pytest.raises(ConfigError, match="loop.epochs"):
         load_config(TrainJobConfig, None, ["loop.epochs=0"])
+
+
+class _Payload:  # a pickled object that would run code when a checkpoint is unpickled
+    def __reduce__(self):
+        return (print, ("code ran while loading a checkpoint",))
+
+
+def test_checkpoint_state_loads_without_unpickling_code(tmp_path):
+    import pickle
+
+    import torch
+
+    from distillery.training.loop import STATE_FILE, TrainState, _plain, load_state
+
+    state = TrainState(epoch=1, history=[{"loss": np.float64(0.5)}], rng=torch.get_rng_state())
+    torch.save(_plain(state.__dict__), tmp_path / STATE_FILE)
+    loaded = load_state(str(tmp_path))
+    assert loaded["epoch"] == 1 and loaded["history"] == [{"loss": 0.5}] and torch.equal(loaded["rng"], state.rng)
+    torch.save({"epoch": 1, "history": [_Payload()]}, tmp_path / STATE_FILE)  # written by someone else
+    with pytest.raises(pickle.UnpicklingError):
+        load_state(str(tmp_path))

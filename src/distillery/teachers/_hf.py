@@ -133,7 +133,12 @@ def setup_torch(device: str, dtype: str, num_threads: int | None) -> tuple[str, 
     resolved = pick_device(device)
     if dtype == "fp16" and resolved == "cpu":
         log.warning("dtype fp16 on CPU is slow and less accurate; bf16 or fp32 is the usual choice")
-    return resolved, torch_dtype(dtype)
+    if dtype == "bf16" and resolved == "cpu":
+        from distillery.hardware import native_bf16
+
+        if not native_bf16():
+            log.warning("dtype bf16 on a CPU without native bf16 is emulated and slower than fp32; dtype auto chooses for you")
+    return resolved, torch_dtype(dtype, resolved)
 
 
 def load_tokenizer(path: str, **kwargs: Any):

@@ -59,7 +59,7 @@ class Teacher(Protocol):
 
 # ---------------------------------------------------------------------------------------- configs
 
-Dtype = Literal["fp32", "bf16", "fp16"]
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 where the CPU/GPU computes it natively, else fp32
 _DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"
 
 

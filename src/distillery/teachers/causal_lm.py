@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from distillery.config import ConfigError
+from distillery.models import dtype_suffix
 from distillery.teachers._hf import (
     length_sorted_batches,
     load_tokenizer,
@@ -72,7 +73,7 @@ class CausalLMTeacher:
         prompt_hash = hashlib.sha256(
             "\x00".join([cfg.prompt, *cfg.yes_words, "|", *cfg.no_words, str(cfg.chat_template)]).encode()
         ).hexdigest()[:8]
-        suffix = "" if cfg.dtype == "fp32" else f"@{cfg.dtype}"
+        suffix = dtype_suffix(dtype)
         self.teacher_id = (
             f"hf-causal-lm:{model_label(cfg.model)}:{model_fingerprint(path, self.model)}:prompt-{prompt_hash}{suffix}"
         )

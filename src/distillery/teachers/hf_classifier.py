@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from distillery.config import ConfigError
+from distillery.models import dtype_suffix
 from distillery.teachers._hf import (
     batched_logits,
     load_tokenizer,
@@ -56,7 +57,7 @@ class HFClassifierTeacher:
             raise ConfigError(
                 f"teacher.model: {cfg.model!r} has num_labels={self.num_labels}; a click teacher needs 1 (sigmoid) or 2 (softmax)"
             )
-        suffix = "" if cfg.dtype == "fp32" else f"@{cfg.dtype}"
+        suffix = dtype_suffix(dtype)
         self.teacher_id = f"hf-classifier:{model_label(cfg.model)}:{model_fingerprint(path, self.model)}{suffix}"
         self._torch = torch
 

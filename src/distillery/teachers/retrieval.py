@@ -26,6 +26,7 @@ import numpy as np
 
 from distillery import io
 from distillery.config import ConfigError
+from distillery.models import dtype_suffix
 from distillery.data.text import to_text
 from distillery.teachers._hf import (
     length_sorted_batches,
@@ -66,7 +67,8 @@ class TextEncoder:
         path = local_model_dir(model)
         self.tokenizer = load_tokenizer(path)
         self.model = AutoModel.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
-        self.encoder_id = f"{model_label(model)}:{model_fingerprint(path, self.model)}:len{max_length}:{dtype}"
+        self.dtype_suffix = dtype_suffix(torch_dtype)
+        self.encoder_id = f"{model_label(model)}:{model_fingerprint(path, self.model)}:len{max_length}:{self.dtype_suffix.lstrip('@') or 'fp32'}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), hidden) float32 unit vectors, in the order of `texts`."""

@@ -184,7 +184,7 @@ class TwoTowerTeacher:
                               dtype=cfg.dtype, device=cfg.device, num_threads=cfg.num_threads)
         self.encoder = _CachedEncoder(encoder, cfg.cache_size)
         head_id = self.head.fit.get("fingerprint", "unfitted")
-        suffix = "" if cfg.dtype == "fp32" else f"@{cfg.dtype}"
+        suffix = encoder.dtype_suffix
         self.teacher_id = f"two-tower:{encoder.encoder_id}:{head_id}{suffix}"
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:

@@ -36,6 +36,7 @@ class ModelInit(Section):
     layers: list[int] = Field(default_factory=lambda: [0, 5], description="layer_subset: source layer indices to keep, in order")
     overrides: dict[str, int | float | str] = Field(default_factory=dict, description="fresh: config overrides, e.g. hidden_size: 128")
     seed: int = Field(0, description="seed of the randomly initialised parts (classifier head, fresh weights)")
+    trim_vocab_splits: list[str] = Field(default_factory=list, description="splits under <run_dir>/data whose texts define the vocabulary kept (training.vocab: the embedding table cut to the pieces they use); empty keeps the full vocabulary")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelInit":
@@ -90,6 +91,7 @@ def build_model(init: ModelInit):
     source = resolve_model_path(init.source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(init.seed)
+    loading = {}
     if init.kind == "fresh":
         config = AutoConfig.from_pretrained(source, num_labels=1)
         for key, value in init.overrides.items():
@@ -100,11 +102,29 @@ def build_model(init: ModelInit):
     else:
         if init.overrides:
             raise ValueError("overrides: only used with kind=fresh")
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, ignore_mismatched_sizes=True)
+        model, loading = _from_pretrained(source)
         if init.kind == "layer_subset":
             keep_layers(model, init.layers)
     model.config.num_labels = 1
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    log.info("model %s from %s: %.1fM parameters", init.kind, source, sum(p.numel() for p in model.parameters()) / 1e6)
+    fresh = sorted(set(loading.get("missing_keys", [])) | {k for k, *_ in loading.get("mismatched_keys", [])})
+    log.info("model %s from %s: %.1fM parameters%s", init.kind, source, sum(p.numel() for p in model.parameters()) / 1e6,
+             f"; newly initialised: {', '.join(fresh)}" if fresh else "")
     return model, tokenizer
+
+
+def _from_pretrained(source: str):
+    """(model, loading info) with one click logit. Transformers prints a table of the keys it had to
+    initialise on every load, in every worker; the same facts go in one log line here instead, and
+    anything worse than a warning still surfaces."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, ignore_mismatched_sizes=True,
+                                                                  output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)

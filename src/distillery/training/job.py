@@ -106,10 +106,9 @@ def publish_checkpoint(checkpoint_dir: str, dest: str, summary: dict[str, Any]) 
 
 
 def _history(checkpoint_dir: str) -> list[dict[str, Any]]:
-    import torch
+    from distillery.training.loop import load_state
 
-    state = torch.load(os.path.join(checkpoint_dir, STATE_FILE), weights_only=False)
-    return state.get("history", [])
+    return load_state(checkpoint_dir).get("history", [])
 
 
 def run(cfg: TrainJobConfig) -> dict[str, Any]:

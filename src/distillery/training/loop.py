@@ -31,7 +31,7 @@ from distillery.training.losses import LossName, compute_loss
 __all__ = [
     "LoopConfig", "TrainState", "Hooks", "TokenizedRows", "InjectedFailure",
     "train", "train_epoch", "validate", "predict_logits", "score_texts", "make_loader",
-    "save_checkpoint", "load_checkpoint", "local_hooks", "latest_local_checkpoint", "set_seed", "set_output_bias", "unwrap",
+    "save_checkpoint", "load_checkpoint", "load_state", "Progress", "local_hooks", "latest_local_checkpoint", "set_seed", "set_output_bias", "unwrap",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,36 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: str
     return out.logits.reshape(-1).float()  # (batch,): one click logit per row
 
 
-def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: str = "cpu") -> dict[str, float]:
+class Progress:
+    """`[train] epoch 1/2 step 120/437 (27%) loss 0.1234 312 rows/s ETA 2m05s` every `every_s` seconds.
+
+    Rows/s count every worker (`world_size` × this worker's rows); the ETA covers all remaining epochs."""
+
+    def __init__(self, steps_per_epoch: int, epochs: int, world_size: int = 1, enabled: bool = True, every_s: float = 10.0):
+        self.steps_per_epoch, self.epochs, self.world_size = steps_per_epoch, epochs, world_size
+        self.enabled, self.every_s = enabled, every_s
+        self._last = self._t0 = time.perf_counter()
+        self._rows = 0
+        self._steps_done = 0  # in this process, for the rate
+
+    def update(self, epoch: int, step: int, loss: float, rows: int) -> None:
+        self._rows += rows
+        self._steps_done += 1
+        now = time.perf_counter()
+        if not self.enabled or now - self._last < self.every_s:
+            return
+        self._last = now
+        elapsed = now - self._t0
+        left = (self.epochs - epoch - 1) * self.steps_per_epoch + (self.steps_per_epoch - step - 1)
+        eta = left * elapsed / self._steps_done
+        total = self.steps_per_epoch
+        print(f"[train] epoch {epoch + 1}/{self.epochs} step {step + 1}/{total} ({100 * (step + 1) / max(total, 1):.0f}%) "
+              f"loss {loss:.4f} {self._rows * self.world_size / elapsed:.0f} rows/s ETA {int(eta) // 60}m{int(eta) % 60:02d}s",
+              flush=True)
+
+
+def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: str = "cpu",
+                progress: Progress | None = None, epoch: int = 0) -> dict[str, float]:
     """One pass over `loader`; returns `{"loss": mean train loss, "rows": n, "seconds": s}`."""
     model.train()
     total, rows, t0 = 0.0, 0, time.perf_counter()
@@ -184,6 +213,8 @@ def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: st
         n = len(logits)
         total += loss.item() * n
         rows += n
+        if progress is not None:
+            progress.update(epoch, step, total / rows, n)
     return {"loss": total / max(rows, 1), "rows": rows, "seconds": time.perf_counter() - t0}
 
 
@@ -259,10 +290,14 @@ def train(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks 
         scheduler.load_state_dict(state.scheduler)
     if state.rng is not None:
         torch.set_rng_state(state.rng)
+    progress = Progress(steps, cfg.epochs, hooks.world_size, enabled=hooks.world_rank == 0)
+    if hooks.world_rank == 0:
+        print(f"[train] {len(train_rows)} rows, {len(val_rows)} validation rows; {steps} steps/epoch × {cfg.epochs - state.epoch} "
+              f"epoch(s) of {cfg.batch_size} rows × {hooks.world_size} worker(s)", flush=True)
     for epoch in range(state.epoch, cfg.epochs):
         _maybe_fail(cfg, epoch, hooks)
         _start_epoch(train_loader, epoch, cfg.seed)
-        stats = train_epoch(model, train_loader, optimizer, scheduler, cfg, hooks.device)
+        stats = train_epoch(model, train_loader, optimizer, scheduler, cfg, hooks.device, progress, epoch)
         val = validate(raw, val_loader, val_rows, cfg, hooks.device) if len(val_rows) else {"val_loss": stats["loss"], "val_auc": float("nan")}
         metrics = {
             "epoch": epoch, "loss": stats["loss"], **val,
@@ -319,8 +354,25 @@ def save_checkpoint(path: str, model, tokenizer, state: TrainState) -> str:
     os.makedirs(path, exist_ok=True)
     unwrap(model).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    torch.save(state.__dict__, os.path.join(path, STATE_FILE))
+    # Plain tensors, numbers, lists and dicts only: the file loads with weights_only=True, so a checkpoint
+    # on shared storage cannot run code on the workers that resume from it.
+    torch.save(_plain(state.__dict__), os.path.join(path, STATE_FILE))
     return path
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """The `train_state.pt` of a checkpoint folder, loaded without unpickling code (weights_only)."""
+    return torch.load(os.path.join(path, STATE_FILE), weights_only=True)
 
 
 def load_checkpoint(path: str):
@@ -329,8 +381,7 @@ def load_checkpoint(path: str):
 
     model = AutoModelForSequenceClassification.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    raw = torch.load(os.path.join(path, STATE_FILE), weights_only=False)
-    return model, tokenizer, TrainState(**raw)
+    return model, tokenizer, TrainState(**load_state(path))
 
 
 def local_hooks(checkpoint_dir: str, keep: int = 2) -> Hooks:

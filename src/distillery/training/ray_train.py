@@ -97,6 +97,8 @@ def worker_loop(config: dict[str, Any]) -> None:
             print(f"[train] resuming after epoch {state.epoch - 1} from {checkpoint.path}", flush=True)
     else:
         model, tokenizer = build_model(spec.init)
+        if spec.init.trim_vocab_splits:
+            model, tokenizer = _trim(model, tokenizer, spec, ctx.get_world_rank() == 0)
         state = None
     hooks = Hooks(
         prepare_model=ray.train.torch.prepare_model,
@@ -108,6 +110,24 @@ def worker_loop(config: dict[str, Any]) -> None:
         failure_marker=spec.failure_marker,
     )
     train(spec.loop, table, model, tokenizer, hooks, state)
+
+
+def _trim(model, tokenizer, spec: TrainSpec, verbose: bool):
+    """Every worker trims to the same vocabulary: the same texts give the same sorted piece ids."""
+    from distillery.data.schema import TEXT_FIELDS
+    from distillery.data.text import to_texts
+    from distillery.training.data import read_split
+    from distillery.training.vocab import trim_vocabulary
+
+    texts: list[str] = []
+    for split in spec.init.trim_vocab_splits:
+        table = read_split(spec.run_dir, split)
+        texts.extend(to_texts({c: table[c].to_pylist() for c in TEXT_FIELDS if c in table.column_names}))
+    model, tokenizer, info = trim_vocabulary(model, tokenizer, texts)
+    if verbose:
+        print(f"[train] vocabulary trimmed to the pieces of {spec.init.trim_vocab_splits}: {info['before']} → "
+              f"{info['after']} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters left)", flush=True)
+    return model, tokenizer
 
 
 def fit(spec: TrainSpec, scaling: ScalingSection, checkpoint: CheckpointSection, failure: FailureSection,
