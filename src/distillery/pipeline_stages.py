@@ -19,7 +19,7 @@ from distillery.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_data", "run_teacher", "run_label", "run_student", "run_student_direct", "run_compress",
+__all__ = ["DESIGN_KEYS", "missing_design_keys", "run_data", "run_teacher", "run_label", "run_student", "run_student_direct", "run_compress",
            "run_evaluate", "run_serve", "run_report", "summary_table", "measure_latency"]
 
 
@@ -257,6 +257,38 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
     _fill_nulls(cfg.run_dir, report)
     path = write_report(cfg.run_dir)
     return {"html": path}
+
+
+# report.json keys that other tools read (DESIGN.md); `timings_s.<stage>` for every stage that ran.
+DESIGN_KEYS = (
+    *(f"quality.{m}.{k}" for m in ("teacher", "student", "student_direct", "student_int8") for k in ("auc", "logloss", "ece")),
+    "quality.oracle_auc", "quality.distillation_efficiency",
+    *(f"labeling.{k}" for k in ("rows_in", "rows_labeled", "rows_kept", "rows_per_s")),
+    *(f"latency_ms.{m}.{k}" for m in ("teacher", "student_fp32", "student_int8") for k in ("p50", "p99")),
+    *(f"size_mb.{m}" for m in ("teacher", "student_fp32", "student_int8")),
+    *(f"serve.{k}" for k in ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")),
+)
+
+
+def missing_design_keys(report: dict[str, Any], stages: tuple[str, ...] = (), allow_null: bool = False) -> list[str]:
+    """DESIGN.md keys absent from `report` (or null, unless `allow_null`), plus `timings_s.<stage>`
+    for each of `stages`. Empty when the report is complete."""
+    missing = []
+    for key in (*DESIGN_KEYS, *(f"timings_s.{s}" for s in stages)):
+        node: Any = report
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and not (allow_null and _has_path(report, key)):
+            missing.append(key)
+    return missing
+
+
+def _has_path(report: dict[str, Any], key: str) -> bool:
+    *parents, last = key.split(".")
+    node: Any = report
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, dict) and last in node
 
 
 _REQUIRED = {

@@ -35,6 +35,7 @@ class RaySection(Section):
 #   313 lines). Its job, removing a crashed controller's placement group, ends with the driver's
 #   embedded cluster anyway, and on a real cluster the dashboard answers and it stays silent.
 # - transformers' per-load progress bars in every training worker.
+# Ray Train's print patch is switched off in `ensure_ray` (it doubles every line a worker prints).
 _QUIET_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
 
 
@@ -62,7 +63,10 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
     if ray.is_initialized():
         return False
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                                "TOKENIZERS_PARALLELISM": "false"},
+                                "TOKENIZERS_PARALLELISM": "false",
+                                # Ray Train V2 sends each print to its logger *and*, where stdout is
+                                # redirected (always, in a Ray worker), to stdout: every line twice.
+                                "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
                    "worker_process_setup_hook": "distillery.ray_runtime.quiet_worker_logs"}
     _configure_data_progress(cfg)
     address = cfg.address or os.environ.get("RAY_ADDRESS")

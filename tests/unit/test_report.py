@@ -411,3 +411,22 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert figures["quality.student.auc"] == f"{report['quality']['student']['auc']:.4f}"
     assert figures["latency_ms.student_int8.p50"] == "1.87"
     assert parse(dom).tags.count("svg") == 7
+
+
+def test_missing_design_keys_names_absent_and_null_figures():
+    from distillery.pipeline_stages import DESIGN_KEYS, missing_design_keys
+
+    full: dict = {}
+    for key in DESIGN_KEYS:
+        node = full
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = 1.0
+    full["timings_s"] = {"data": 0.5}
+    assert missing_design_keys(full, ("data",)) == []
+    assert missing_design_keys(full, ("data", "serve")) == ["timings_s.serve"]
+    full["serve"]["rps"] = None
+    del full["quality"]["teacher"]["auc"]
+    assert missing_design_keys(full, ("data",)) == ["quality.teacher.auc", "serve.rps"]
+    assert missing_design_keys(full, ("data",), allow_null=True) == ["quality.teacher.auc"]

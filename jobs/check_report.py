@@ -1,0 +1,31 @@
+"""python -m jobs.check_report runs/demo/report.json [--allow-null]
+
+Exits non-zero, naming each key, when a finished run's report.json lacks a key of DESIGN.md's contract
+(or holds null for it: a figure some stage did not measure). CI runs it after `make demo`.
+"""
+
+import argparse
+import json
+import sys
+
+from distillery.pipeline import STAGES
+from distillery.pipeline_stages import missing_design_keys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="check report.json against DESIGN.md's keys")
+    parser.add_argument("report")
+    parser.add_argument("--allow-null", action="store_true", help="a null figure (with its reason) counts as present")
+    args = parser.parse_args()
+    with open(args.report, encoding="utf-8") as f:
+        report = json.load(f)
+    stages = tuple(s for s in STAGES if s != "report")
+    missing = missing_design_keys(report, stages, allow_null=args.allow_null)
+    for key in missing:
+        print(f"report.json: missing {key}", file=sys.stderr)
+    print(f"{args.report}: {'complete' if not missing else f'{len(missing)} key(s) missing'}")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
