@@ -193,3 +193,65 @@ def test_every_shared_sample_plans(shared_data):
                 assert bid["impid"] in imp_ids
                 assert not set(bid["cat"]) & set(req.get("bcat", []))
                 assert not set(bid["adomain"]) & set(req.get("badv", []))
+
+
+# -- issue 14: fields that used to raise (a 500 over HTTP) or bid on nonsense --------------------
+
+HUGE = 10 ** 400
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"imp": [{"id": "1", "video": {"w": 640, "h": 480, "format": 5}}]}, "imp[0].video.format"),
+    ({"imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "pmp": {"deals": 5}}]}, "imp[0].pmp.deals"),
+    ({"imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "pmp": {"deals": [5]}}]}, "imp[0].pmp.deals[0]"),
+    ({"imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "pmp": {"deals": [{"id": "d1", "bidfloor": HUGE}]}}]},
+     "imp[0].pmp.deals[0].bidfloor"),
+    ({"imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": HUGE}]}, "imp[0].bidfloor"),
+    ({"tmax": -5}, "tmax"), ({"tmax": HUGE}, "tmax"), ({"tmax": 0}, "tmax"),
+    ({"ts": HUGE}, "ts"), ({"ts": 1e20}, "ts"), ({"ts": -5}, "ts"), ({"ts": "0001-01-01T00:00:00"}, "ts"),
+    ({"ext": {"ts": 1e20}}, "ext.ts"),
+])
+def test_fields_that_used_to_raise_are_refused_naming_the_field(change, field):
+    with pytest.raises(BidRequestError) as err:
+        plan_bids(_request(**change), _catalog())
+    assert err.value.status == 400 and field in str(err.value), str(err.value)
+
+
+def test_deeply_nested_native_request_string_is_no_bid_not_a_crash():
+    request = _request(imp=[{"id": "1", "native": {"request": "[" * 100_000}},
+                            {"id": "2", "banner": {"w": 300, "h": 250}}])
+    plan = plan_bids(request, _catalog())
+    assert "native.request" in plan.no_bid["1"] and "2" not in plan.no_bid
+
+
+def test_deadline_budget_ignores_a_tmax_that_is_no_deadline():
+    assert deadline_budget_ms({"tmax": HUGE}, 100, 15) == 85
+    assert deadline_budget_ms({"tmax": -5}, 100, 15) == 85
+
+
+def test_too_many_impressions_is_413_before_any_planning(monkeypatch):
+    import distillery.serving.bidder as bidder
+
+    monkeypatch.setattr(bidder, "validate_bid_request", lambda r: pytest.fail("validated an over-limit request"))
+    imps = [{"id": str(i), "banner": {"w": 300, "h": 250}} for i in range(65)]
+    with pytest.raises(BidRequestError) as err:
+        plan_bids(_request(imp=imps), _catalog(), max_impressions=64)
+    assert err.value.status == 413 and "imp: 65 impressions exceed the limit of 64" in str(err.value)
+
+
+def test_planning_stops_at_the_candidate_cap(monkeypatch):
+    import distillery.serving.bidder as bidder
+
+    calls = []
+    real = bidder.impression_context
+    monkeypatch.setattr(bidder, "impression_context", lambda req, imp: calls.append(imp["id"]) or real(req, imp))
+    imps = [{"id": str(i), "banner": {"w": 300, "h": 250}} for i in range(5000)]
+    plan = plan_bids(_request(imp=imps), _catalog(), max_candidates=4, max_impressions=10_000)
+    assert len(plan.candidates) <= 4 and len(calls) <= 4  # the other impressions were never looked at
+    assert "candidate limit" in plan.no_bid["4999"]
+
+
+def test_non_string_imp_ids_do_not_break_the_plan():
+    request = _request(imp=[{"id": [1], "banner": {"w": 300, "h": 250}}, {"id": "2", "banner": {"w": 300, "h": 250}}])
+    plan = plan_bids(request, _catalog())
+    assert "imp[0].id" in plan.no_bid["1"] and plan.candidates

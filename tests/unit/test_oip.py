@@ -112,3 +112,78 @@ def test_predict_bodies():
                           ({"rows": [{"ad_title": "x" * 101}]}, "rows[0].ad_title"),
                           ({"texts": ["a"], "rows": []}, "exactly one")]:
         assert message in _status(predict_texts, body, LIMITS)[1]
+
+
+# -- issue 14: inputs that made the parsers (or their error messages) raise -----------------------
+
+
+def test_a_shape_too_large_to_print_is_413_naming_the_field():
+    body = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [' + b"9" * 4000 + b", " + b"9" * 4000 \
+        + b'], "data": ["a"]}]}'
+    status, message = _status(parse_infer, body, {}, LimitsSection(max_body_bytes=20_000))
+    assert status == 413 and "inputs[0].shape" in message and "digits" in message
+
+
+def test_binary_tensor_tail_counts_against_the_body_limit():
+    header = _infer({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                 "parameters": {"binary_data_size": 10_004}}]})
+    body = header + _bytes_tensor(["x" * 10_000])
+    status, message = _status(parse_infer, body, {"inference-header-content-length": str(len(header))}, LIMITS)
+    assert status == 413 and "limit of 10000 bytes" in message
+
+
+def test_integers_past_the_decimal_limit_are_a_400():
+    status, message = _status(parse_json_body, b'{"tmax": ' + b"1" * 5000 + b"}", LIMITS)
+    assert status == 400 and "malformed JSON" in message
+
+
+@pytest.mark.parametrize("fn, body, where", [
+    (predict_texts, {"texts": ["ok", "bad \ud800 text"]}, "texts[1]"),
+    (predict_texts, {"rows": [{"query": "q \udfff", "ad_title": "t"}]}, "rows[0].query"),
+])
+def test_lone_surrogates_are_refused_per_request(fn, body, where):
+    status, message = _status(fn, body, LIMITS)
+    assert status == 400 and where in message and "surrogate" in message
+
+
+def test_lone_surrogate_in_an_infer_tensor_is_refused():
+    body = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a \\ud800"]}]}'
+    status, message = _status(parse_infer, body, {}, LIMITS)
+    assert status == 400 and "inputs[0].data[0]" in message and "surrogate" in message
+
+
+def test_bearer_token_is_compared_without_surrounding_whitespace(monkeypatch):
+    from distillery.serving.limits import load_token
+
+    monkeypatch.setenv("T_ENV", "s3cret\n")  # a secret file mounted as an env var
+    token = load_token("T_ENV")
+    assert token == "s3cret"
+    check_bearer({"authorization": "Bearer s3cret"}, token)
+    check_bearer({"authorization": "Bearer s3cret\t"}, "s3cret\n")
+    with pytest.raises(BadRequest):
+        check_bearer({"authorization": "Bearer s3cre"}, token)
+    monkeypatch.setenv("T_ENV", "  \n")
+    assert load_token("T_ENV") is None and load_token(None) is None
+
+
+def test_body_stream_is_refused_as_soon_as_it_passes_the_limit():
+    import asyncio
+
+    from distillery.serving.limits import read_body
+
+    pulled = []
+
+    async def chunks():
+        for i in range(100):  # 100 x 1 KB, chunked: no declared length
+            pulled.append(i)
+            yield b"x" * 1024
+
+    with pytest.raises(BadRequest) as err:
+        asyncio.run(read_body(chunks(), 10_000))
+    assert err.value.status == 413 and len(pulled) == 10  # stopped at the limit, not read whole
+
+    async def small():
+        yield b"ab"
+        yield b"c"
+
+    assert asyncio.run(read_body(small(), 10_000)) == b"abc"

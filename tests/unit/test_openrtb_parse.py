@@ -175,3 +175,31 @@ def test_lone_surrogates_become_replacement_characters():
     (row,) = request_to_rows(request)
     assert row["query"] == "we\ufffdather"
     json.dumps(row).encode("utf-8")  # serializable: the bidder can log and score it
+
+
+# -- issue 14: a bad logged `ts` is one rejected request, not a failed read ----------------------
+
+BAD_TS = [10 ** 400, -5, 1e20, -1e20, "0001-01-01T00:00:00", "9999-12-31T23:59:59-14:00", "yesterday",
+          float("inf")]
+
+
+@pytest.mark.parametrize("ts", BAD_TS)
+def test_bad_request_time_never_raises_and_is_reported(ts):
+    request = {"id": "r", "ts": ts, "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}
+    assert request_time(request) is None
+    assert request_to_rows(request)[0]["hour"] is None  # no row builder raises either
+    problems = validate_bid_request(request)
+    assert any(p.startswith("request: ts:") for p in problems), problems
+
+
+def test_read_logs_rejects_only_the_request_with_a_bad_ts(tmp_path):
+    from distillery.data.readers import read_logs
+
+    good = {"id": "good", "ts": 1_413_856_800, "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}
+    lines = [dict(good, id=f"bad{i}", ts=ts) for i, ts in enumerate(BAD_TS) if ts != float("inf")] + [good]
+    path = tmp_path / "logs.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = read_logs(str(path), fmt="openrtb")
+    assert result.table["id"].to_pylist() == ["good:1"]
+    reasons = result.rejects["reason"].to_pylist()
+    assert len(reasons) == len(lines) - 1 and all("ts:" in r for r in reasons), reasons

@@ -17,7 +17,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-__all__ = ["DEVICE_TYPES", "IMP_TYPES", "impression_context", "request_time", "request_to_rows", "validate_bid_request"]
+__all__ = ["DEVICE_TYPES", "IMP_TYPES", "MAX_TMAX_MS", "impression_context", "request_time", "request_to_rows", "validate_bid_request"]
 
 # OpenRTB 2.5 list 5.21 / AdCOM 1.0 "Device Type" (2.6), as the short words our rows use.
 DEVICE_TYPES = {
@@ -31,6 +31,7 @@ DEVICE_TYPES = {
     8: "ooh",  # out-of-home screen (2.6)
 }
 IMP_TYPES = ("banner", "video", "audio", "native")
+MAX_TMAX_MS = 60_000  # a bid deadline longer than a minute is a mistake, not a deadline
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _OBJECTS = ("site", "app", "device", "user", "regs", "source", "ext")
 
@@ -82,25 +83,67 @@ def _size(w: Any, h: Any) -> str | None:
     return f"{w}x{h}" if w and h and w > 0 and h > 0 else None
 
 
+# Request times a log row may carry: Unix seconds from 1970 to the end of 9999 (what `datetime` holds).
+_MAX_TS = 253_402_300_799
+_TIME_KEYS = ("ts", "timestamp")
+
+
+def _as_unix_seconds(value: Any) -> int | None:
+    """Unix seconds (UTC) of a `ts` value, or None when it is no usable time: numbers above 1e11 are
+    milliseconds, strings ISO-8601 (naive times are UTC). Never raises (huge, negative, year 0001)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):  # exact: a 400-digit integer has no float
+        seconds = value // 1000 if value > 100_000_000_000 else value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        seconds = int(value / 1000) if value > 1e11 else int(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = int(when.timestamp())
+        except (ValueError, OverflowError, OSError):
+            return None
+    else:
+        return None
+    return seconds if 0 <= seconds <= _MAX_TS else None
+
+
+def _time_problems(request: Mapping[str, Any]) -> list[str]:
+    """`request: <field>: ...` for each request-time field present that is no usable time (the
+    `request:` prefix makes a log reader reject the whole request: every row would carry it)."""
+    problems = []
+    for where, holder in (("", request), ("ext.", _obj(request.get("ext")))):
+        for key in _TIME_KEYS:
+            value = holder.get(key)
+            if value is not None and _as_unix_seconds(value) is None:
+                problems.append(f"request: {where}{key}: {_show(value)} is not a time between 1970 and 9999 "
+                                "(Unix seconds or milliseconds, or ISO-8601)")
+    return problems
+
+
+def _show(value: Any) -> str:
+    """A short repr for messages (a huge integer gets its size, not its digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def request_time(request: Mapping[str, Any]) -> int | None:
     """Unix seconds (UTC) at which the request was made, if it says; OpenRTB has no standard field.
 
     Looks at `ts` / `timestamp` at the top level, then in `ext`; numbers above 1e11 are taken as
-    milliseconds, strings as ISO-8601 (naive times are UTC).
+    milliseconds, strings as ISO-8601 (naive times are UTC). A value that is no time between 1970
+    and 9999 counts as absent (`validate_bid_request` reports it); never raises.
     """
     for holder in (request, _obj(request.get("ext"))):
-        for key in ("ts", "timestamp"):
-            value = holder.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                return int(value / 1000) if value > 1e11 else int(value)
-            if isinstance(value, str) and value.strip():
-                try:
-                    when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-                except ValueError:
-                    continue
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=timezone.utc)
-                return int(when.timestamp())
+        for key in _TIME_KEYS:
+            if (seconds := _as_unix_seconds(holder.get(key))) is not None:
+                return seconds
     return None
 
 
@@ -151,7 +194,7 @@ def _native_request(native: Mapping[str, Any]) -> dict:
     elif isinstance(raw, str):
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # 100k "[" overflows the parser's stack
             return {}
     else:
         return {}
@@ -253,12 +296,46 @@ def _check_type(problems: list[str], holder: Mapping[str, Any], key: str, kind: 
             problems.append(f"{where}{key}: expected {what}, got {type(value).__name__}")
 
 
+def _check_price(problems: list[str], holder: Mapping[str, Any], where: str) -> None:
+    """`bidfloor`: a finite, non-negative CPM (a 400-digit integer has no float: refused here)."""
+    value = holder.get("bidfloor")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.append(f"{where}bidfloor: expected a number, got {type(value).__name__}")
+    elif not (isinstance(value, float) or abs(value) <= 2**63) or not math.isfinite(float(value)):
+        problems.append(f"{where}bidfloor: {_show(value)} is not a finite price")
+    elif value < 0:
+        problems.append(f"{where}bidfloor: negative")
+
+
+def _check_pmp(problems: list[str], imp: Mapping[str, Any], where: str) -> None:
+    """`pmp` (object), `pmp.deals` (array of objects with a string id and a valid floor)."""
+    _check_type(problems, imp, "pmp", dict, where, "an object")
+    pmp = imp.get("pmp")
+    if not isinstance(pmp, dict):
+        return
+    _check_type(problems, pmp, "private_auction", int, f"{where}pmp.", "an integer")
+    _check_type(problems, pmp, "deals", list, f"{where}pmp.", "an array")
+    deals = pmp.get("deals")
+    for d, deal in enumerate(deals if isinstance(deals, list) else []):
+        at = f"{where}pmp.deals[{d}]."
+        if not isinstance(deal, dict):
+            problems.append(f"{at[:-1]}: expected an object, got {type(deal).__name__}")
+            continue
+        if not isinstance(deal.get("id"), str) or not deal["id"].strip():
+            problems.append(f"{at}id: expected a non-empty string")
+        _check_price(problems, deal, at)
+        _check_type(problems, deal, "bidfloorcur", str, at, "a string")
+        _check_type(problems, deal, "wseat", list, at, "an array")
+
+
 def validate_bid_request(request: Any) -> list[str]:
     """Why `request` is not a usable OpenRTB 2.5/2.6 bid request: one message per problem, each
     naming the field (`imp[1].id: missing`); an empty list when it is usable."""
     if not isinstance(request, dict):
         return [f"request: expected a JSON object, got {type(request).__name__}"]
-    problems: list[str] = []
+    problems: list[str] = _time_problems(request)
     rid = request.get("id")
     if rid is None:
         problems.append("id: missing")
@@ -270,6 +347,9 @@ def validate_bid_request(request: Any) -> list[str]:
         _check_type(problems, request, key, int, "", "an integer")
     for key in ("cur", "bcat", "badv", "wseat", "bseat"):
         _check_type(problems, request, key, list, "", "an array")
+    tmax = request.get("tmax")
+    if isinstance(tmax, int) and not isinstance(tmax, bool) and not 0 < tmax <= MAX_TMAX_MS:
+        problems.append(f"tmax: {_show(tmax)} ms is not a deadline (expected 1 to {MAX_TMAX_MS})")
     if isinstance(request.get("site"), dict) and isinstance(request.get("app"), dict):
         problems.append("site, app: a request must not carry both")
     device = request.get("device")
@@ -300,10 +380,9 @@ def validate_bid_request(request: Any) -> list[str]:
             problems.append(f"{where}id: duplicate {imp_id!r}")
         else:
             seen.add(imp_id)
-        _check_type(problems, imp, "bidfloor", (int, float), where, "a number")
+        _check_price(problems, imp, where)
+        _check_type(problems, imp, "bidfloorcur", str, where, "a string")
         _check_type(problems, imp, "instl", int, where, "an integer")
-        if isinstance(imp.get("bidfloor"), (int, float)) and not isinstance(imp["bidfloor"], bool) and imp["bidfloor"] < 0:
-            problems.append(f"{where}bidfloor: negative")
         for kind in IMP_TYPES:
             _check_type(problems, imp, kind, dict, where, "an object")
         if not any(isinstance(imp.get(kind), dict) for kind in IMP_TYPES):
@@ -313,8 +392,9 @@ def validate_bid_request(request: Any) -> list[str]:
             if isinstance(media, dict):
                 for key in ("w", "h", "pos"):
                     _check_type(problems, media, key, int, f"{where}{kind}.", "an integer")
-                if kind == "banner":
-                    _check_type(problems, media, "format", list, f"{where}banner.", "an array")
+                for key in ("format", "mimes", "battr"):
+                    _check_type(problems, media, key, list, f"{where}{kind}.", "an array")
+        _check_pmp(problems, imp, where)
         native = imp.get("native")
         if isinstance(native, dict):
             # the spec says a JSON string; some exchanges send the object itself; both are read

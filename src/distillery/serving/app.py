@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ray.serve import Application
 
 __all__ = ["AppArgs", "ModelSection", "BatchSection", "BidderSection", "build_app", "bind_app", "cli_main",
-           "resolve_model_dir", "DEPLOYMENT_NAME", "deployment_options"]
+           "resolve_model_dir", "DEPLOYMENT_NAME", "deployment_options", "auth_required", "check_model_folder"]
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "CTRServer"
@@ -53,7 +53,10 @@ class BidderSection(Section):
     catalog: str | None = Field(None, description="catalog YAML (distillery.serving.catalog schema); None: the demo catalog")
     network_margin_ms: float = Field(15.0, ge=0, description="part of tmax kept for the network and the exchange, ms")
     default_tmax_ms: float = Field(100.0, gt=0, description="deadline when a request has no tmax, ms")
-    max_candidates: int = Field(512, ge=1, description="most (impression, creative) rows scored for one request")
+    max_candidates: int = Field(512, ge=1, le=100_000, description="most (impression, creative) rows scored for one "
+                                "request; planning stops there and later impressions get no bid")
+    max_impressions: int = Field(64, ge=1, le=10_000, description="most impressions in one bid request (413 above), "
+                                 "checked before any planning")
 
 
 class AppArgs(Section):
@@ -67,7 +70,11 @@ class AppArgs(Section):
     limits: LimitsSection = Field(default_factory=LimitsSection, description="request size and shape limits")
     bidder: BidderSection = Field(default_factory=BidderSection, description="OpenRTB bidder settings")
     auth_token_env: str | None = Field("DISTILLERY_SERVE_TOKEN",
-                                       description="env var holding the bearer token; unset or empty disables auth")
+                                       description="env var holding the bearer token (surrounding whitespace ignored)")
+    auth: Literal["auto", "required", "disabled"] = Field(
+        "auto", description="auto: a token is required unless the Serve proxy listens on loopback only "
+        "(127.0.0.1, ::1, localhost); required: always; disabled: serve without a token even when exposed. "
+        "A replica that needs a token and has none refuses to start")
 
     @model_validator(mode="after")
     def _root_absolute(self) -> "AppArgs":
@@ -78,6 +85,23 @@ class AppArgs(Section):
 
     def variant(self, model: ModelSection) -> str:
         return model.variant or ("fp16" if self.provider == "cuda" else "int8")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def auth_required(policy: str, proxy_host: str | None) -> bool:
+    """Whether a bearer token must be configured: `policy` is AppArgs.auth, `proxy_host` the address
+    Serve's HTTP proxy binds (None: unknown, which counts as exposed). Fails closed."""
+    if policy == "disabled":
+        return False
+    return policy == "required" or proxy_host not in LOOPBACK
+
+
+def missing_token_message(env: str | None, proxy_host: str | None) -> str:
+    where = f"the Serve proxy listens on {proxy_host}" if proxy_host else "the Serve proxy address is unknown"
+    return (f"auth_token_env: {env or '(none)'} is unset or empty and {where}: set the bearer token in that env "
+            "var, or set `auth: disabled` in the app args to serve without one on purpose")
 
 
 def resolve_model_dir(model_root: str, model_dir: str) -> str:
@@ -126,11 +150,31 @@ def _load_serve_yaml(path: str) -> dict[str, Any]:
     return data
 
 
+def check_model_folder(model_dir: str, variant: str) -> None:
+    """Refuse, before Ray starts, a folder that is not an export or lacks `variant` (ConfigError)."""
+    import json
+
+    card = Path(model_dir) / "model_card.json"
+    make = ("make it with `distillery compress --config jobs/configs/compress.yaml run_dir=<run>` "
+            "(or `distillery pipeline --config jobs/configs/demo.yaml`)")
+    try:
+        variants = json.loads(card.read_text()).get("variants") or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--model-dir {model_dir}: no model_card.json, not an exported ONNX folder; {make}") from None
+    except (OSError, ValueError, AttributeError) as err:
+        raise ConfigError(f"--model-dir {model_dir}: model_card.json unreadable ({err})") from None
+    if variant not in variants:
+        raise ConfigError(f"model.variant: {variant!r} is not in {card} (it has {sorted(variants) or 'none'}); "
+                          f"{make}, or pick one it has with `--config` and model.variant")
+
+
 def cli_main(args) -> int:
     """`distillery serve`: start an embedded Ray + Serve, print the URL, serve until interrupted."""
     from ray import serve
 
     from distillery.ray_runtime import RaySection, ensure_ray
+    from distillery.serving.arrival import CALLBACK, CALLBACK_ENV
+    from distillery.serving.limits import load_token
 
     path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     config = _load_serve_yaml(path) if path else {}
@@ -140,9 +184,13 @@ def cli_main(args) -> int:
         app_args["model_root"] = str(Path(model_dir).parent)
     app_args["model"] = {**(app_args.get("model") or {}), "model_dir": model_dir}
     app_args = validate_config(AppArgs, app_args, path or "serve args")
+    check_model_folder(model_dir, app_args.variant(app_args.model))
+    if auth_required(app_args.auth, args.host) and load_token(app_args.auth_token_env) is None:
+        raise ConfigError(missing_token_message(app_args.auth_token_env, args.host))
     options = deployment_options(config)
     options.pop("user_config", None)  # --model-dir decides what is served
 
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # the proxy stamps arrival times (serving.arrival)
     ensure_ray(RaySection(num_cpus=max(4, os.cpu_count() or 1)))
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(bind_app(app_args, options), name="distillery", route_prefix="/")

@@ -15,13 +15,14 @@ bid and a reason in the response's `ext.no_bid`; the other impressions are still
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from distillery.data.openrtb import IMP_TYPES, impression_context, validate_bid_request
+from distillery.data.openrtb import IMP_TYPES, MAX_TMAX_MS, impression_context, validate_bid_request
 from distillery.data.text import to_text
 from distillery.serving.catalog import CandidateAd, Catalog
 
@@ -32,10 +33,12 @@ DEFAULT_CURRENCY = "USD"  # OpenRTB: cur and bidfloorcur default to USD
 
 
 class BidRequestError(ValueError):
-    """A bid request the bidder cannot use at all; `problems` name the fields."""
+    """A bid request the bidder cannot use at all; `problems` name the fields; `status` is the HTTP
+    answer (400, or 413 for a request over a size limit)."""
 
-    def __init__(self, problems: Sequence[str]):
+    def __init__(self, problems: Sequence[str], status: int = 400):
         self.problems = list(problems)
+        self.status = status
         super().__init__("; ".join(self.problems))
 
 
@@ -71,8 +74,8 @@ class BidPlan:
 def deadline_budget_ms(request: Mapping[str, Any], default_tmax_ms: float, network_margin_ms: float) -> float:
     """Time the bidder may spend, ms: the request's `tmax` (else the default) minus the network margin."""
     tmax = request.get("tmax")
-    if not isinstance(tmax, (int, float)) or isinstance(tmax, bool) or tmax <= 0:
-        tmax = default_tmax_ms
+    if not isinstance(tmax, (int, float)) or isinstance(tmax, bool) or not 0 < tmax <= MAX_TMAX_MS:
+        tmax = default_tmax_ms  # `validate_bid_request` refuses these; never trust them here
     return float(tmax) - network_margin_ms
 
 
@@ -97,7 +100,8 @@ def _blocked_domain(domain: str, badv: Sequence[str]) -> bool:
 def _imp_sizes(media: Mapping[str, Any]) -> list[tuple[int, int]]:
     """Sizes an impression accepts; [] means any (no size given, or 0x0 as interstitials send)."""
     sizes = []
-    for spec in ([media] + [f for f in media.get("format") or [] if isinstance(f, dict)]):
+    formats = media.get("format") if isinstance(media.get("format"), list) else []
+    for spec in [media] + [f for f in formats if isinstance(f, dict)]:
         w, h = spec.get("w"), spec.get("h")
         if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
             sizes.append((w, h))
@@ -128,8 +132,10 @@ def _native_problem(native: Mapping[str, Any]) -> str | None:
         return "native.request: missing"
     try:
         parsed = json.loads(raw)
-    except ValueError as err:
+    except json.JSONDecodeError as err:
         return f"native.request: not valid JSON ({err.msg} at char {err.pos})"
+    except (ValueError, RecursionError) as err:  # a 5,000-digit number; 100k "[" overflow the parser
+        return f"native.request: not usable JSON ({type(err).__name__})"
     return None if isinstance(parsed, dict) else "native.request: not a JSON object"
 
 
@@ -154,12 +160,23 @@ def _fit(ad: CandidateAd, imp: Mapping[str, Any], kinds: list[str]) -> tuple[str
     return None
 
 
+def _price(value: Any) -> float:
+    """A floor CPM as a float; 0 for anything `validate_bid_request` would refuse."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        value = float(value)
+    except OverflowError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
+
+
 def _deal_terms(ad: CandidateAd, imp: Mapping[str, Any], currency: str) -> tuple[bool, list[tuple[str | None, float]]]:
     """(private auction?, [(deal id or None for the open auction, floor CPM)]) open to this ad."""
     pmp = imp.get("pmp") if isinstance(imp.get("pmp"), dict) else {}
     private = pmp.get("private_auction") == 1
     terms: list[tuple[str | None, float]] = []
-    for deal in pmp.get("deals") or []:
+    for deal in pmp.get("deals") if isinstance(pmp.get("deals"), list) else []:
         if not isinstance(deal, dict) or deal.get("id") not in ad.campaign.deal_ids:
             continue
         wseat = _strings(deal.get("wseat"))
@@ -167,22 +184,26 @@ def _deal_terms(ad: CandidateAd, imp: Mapping[str, Any], currency: str) -> tuple
             continue
         if deal.get("bidfloorcur", DEFAULT_CURRENCY) != currency:
             continue
-        floor = deal.get("bidfloor", imp.get("bidfloor", 0.0))
-        terms.append((deal["id"], float(floor) if isinstance(floor, (int, float)) else 0.0))
+        terms.append((deal["id"], _price(deal.get("bidfloor", imp.get("bidfloor")))))
     if not private:
-        floor = imp.get("bidfloor", 0.0)
-        floor = float(floor) if isinstance(floor, (int, float)) and not isinstance(floor, bool) else 0.0
+        floor = _price(imp.get("bidfloor"))
         if floor <= 0 or imp.get("bidfloorcur", DEFAULT_CURRENCY) == currency:
             terms.append((None, floor))
     return private, terms
 
 
-def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512) -> BidPlan:
+def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512, max_impressions: int = 64) -> BidPlan:
     """Eligible candidates of every impression of `request`, ready to score in one batch.
 
     Raises `BidRequestError` when the request itself is unusable (no `imp`, no `id`, wrong types,
-    or every impression malformed). Impressions beyond `max_candidates` candidate rows get no bid.
+    or every impression malformed), and with status 413 when it has more than `max_impressions`
+    impressions (checked before any other work). Once `max_candidates` candidate rows are planned,
+    planning stops: the remaining impressions get no bid without being looked at.
     """
+    imps = request.get("imp") if isinstance(request, dict) else None
+    if isinstance(imps, list) and len(imps) > max_impressions:
+        raise BidRequestError([f"imp: {len(imps)} impressions exceed the limit of {max_impressions} per request"],
+                              status=413)
     problems = validate_bid_request(request)
     if any(not p.startswith("imp[") for p in problems):
         raise BidRequestError([p for p in problems if not p.startswith("imp[")])
@@ -200,11 +221,14 @@ def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512) -> BidP
     bcat, badv = _strings(request.get("bcat")), _strings(request.get("badv"))
     wseat, bseat = _strings(request.get("wseat")), _strings(request.get("bseat"))
     plan = BidPlan(request_id=request["id"], currency=currency,
-                   imp_ids=[imp.get("id", str(i + 1)) if isinstance(imp, dict) else str(i + 1)
+                   imp_ids=[imp["id"] if isinstance(imp, dict) and isinstance(imp.get("id"), str) else str(i + 1)
                             for i, imp in enumerate(imps)])
     ads = catalog.candidates()
     for i, imp in enumerate(imps):
         imp_id = plan.imp_ids[i]
+        if len(plan.candidates) >= max_candidates:
+            plan.no_bid[imp_id] = f"over the {max_candidates}-candidate limit of one request"
+            continue
         if i in bad:
             plan.no_bid[imp_id] = bad[i]
             continue

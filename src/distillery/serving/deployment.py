@@ -2,21 +2,24 @@
 
 Routes (all JSON; errors are `{"error": "..."}` with a 4xx status naming the problem):
 
-    GET  /healthz, /v2/health/live, /v2/health/ready         no auth
+    GET  /healthz, /v2/health/live, /v2/health/ready         no auth (model details only with the token)
     POST /predict                                              rows or texts -> probabilities
     GET  /v2 | /v2/models/{m}[/versions/{v}][/ready]           OIP metadata and readiness
     POST /v2/models/{m}[/versions/{v}]/infer                   OIP infer (JSON or binary tensors)
     POST /openrtb/2.5/bid, /openrtb/2.6/bid                    bid response, or 204 no-bid in tmax
 
 Every scored row goes through `_score` (`@serve.batch`, sized in rows), so the candidates of one
-bid request and rows of concurrent requests share ONNX Runtime calls. Every response carries the
-model version that scored it (`x-model-version` header, and in the JSON body).
+bid request and rows of concurrent requests share ONNX Runtime calls; an input the model cannot
+take fails only its own request. Bodies are read as streams and refused past the size limit;
+large ones are parsed, and bid requests planned, on worker threads, off the event loop. Every
+scored response carries the model version that scored it (`x-model-version`, and in the body).
 """
 
 
 import asyncio
+import hashlib
+import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,12 +32,16 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distillery.serving import oip
-from distillery.serving.app import DEPLOYMENT_NAME, AppArgs, ModelSection, resolve_model_dir
-from distillery.serving.bidder import BidRequestError, decide_bids, deadline_budget_ms, plan_bids
+from distillery.serving.app import (DEPLOYMENT_NAME, AppArgs, ModelSection, auth_required, missing_token_message,
+                                    resolve_model_dir)
+from distillery.serving.arrival import arrival_time
+from distillery.serving.bidder import BidPlan, BidRequestError, decide_bids, deadline_budget_ms, plan_bids
 from distillery.serving.catalog import load_catalog
-from distillery.serving.limits import BadRequest, check_bearer, check_content_length, parse_json_body
+from distillery.serving.limits import (BadRequest, check_bearer, check_content_length, is_authorized, load_token,
+                                       parse_json_body, read_body)
 from distillery.serving.metrics import ServingMetrics
 from distillery.serving.predict import predict_texts
+from distillery.serving.scorer import score_batch
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="distillery", docs_url=None, redoc_url=None, openapi_url=None)
@@ -80,6 +87,49 @@ def _rows(items: list[list[str]]) -> int:
     return sum(len(texts) for texts in items)
 
 
+_OFFLOAD_BYTES = 64_000  # bodies above this are parsed on a worker thread, not the event loop
+
+
+def _proxy_host() -> str | None:
+    """The address Serve's HTTP proxy binds (the controller's http_options), None if unknown."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:  # noqa: BLE001 - unknown counts as exposed (auth fails closed)
+        return None
+
+
+class _LastGood:
+    """The last model that loaded on any replica of this app, kept in Ray's GCS key-value store so a
+    replica that starts after a failed swap serves it too (not the model the app booted with)."""
+
+    def __init__(self, args: AppArgs):
+        from ray import serve
+
+        scope = json.dumps({"root": args.model_root, "model": args.model.model_dump()}, sort_keys=True)
+        app = serve.get_replica_context().app_name
+        self.key = f"distillery/{app}/{DEPLOYMENT_NAME}/{hashlib.sha1(scope.encode()).hexdigest()[:12]}".encode()
+
+    def get(self) -> ModelSection | None:
+        from ray.experimental import internal_kv
+
+        try:
+            raw = internal_kv._internal_kv_get(self.key, namespace="distillery")
+            return ModelSection.model_validate_json(raw) if raw else None
+        except Exception as err:  # noqa: BLE001 - no record: the replica keeps the model it has
+            log.warning("last good model unreadable (%s): keeping the model loaded at start", err)
+            return None
+
+    def put(self, model: ModelSection) -> None:
+        from ray.experimental import internal_kv
+
+        try:
+            internal_kv._internal_kv_put(self.key, model.model_dump_json(), overwrite=True, namespace="distillery")
+        except Exception as err:  # noqa: BLE001 - a later replica falls back to the start model
+            log.warning("could not record the last good model: %s", err)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=64, max_queued_requests=256,
                   ray_actor_options={"num_cpus": 0.5}, graceful_shutdown_wait_loop_s=1.0,
                   graceful_shutdown_timeout_s=10.0, health_check_period_s=5.0)
@@ -89,18 +139,23 @@ class CTRServer:
 
     def __init__(self, args: dict[str, Any]):
         self.args = AppArgs.model_validate(args)
+        self._token = load_token(self.args.auth_token_env)
+        if self._token is None and auth_required(self.args.auth, host := _proxy_host()):
+            raise RuntimeError(missing_token_message(self.args.auth_token_env, host))  # fail closed
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")  # one ORT call at a time
         self._catalog = load_catalog(self.args.bidder.catalog)
-        env = self.args.auth_token_env
-        self._token = os.environ.get(env) or None if env else None
         self._metrics = ServingMetrics()
         api.state.metrics = self._metrics  # one replica per process: the error handlers count here
         self._scorer = self._load(self.args.model)
         self._model = self.args.model
+        self._last_good = _LastGood(self.args)
+        self._configured: dict[str, Any] | None = None  # the user_config Serve last handed us
+        self._swap_error: str | None = None  # why the configured model is not the one served
         self._score.set_max_batch_size(self.args.batch.max_batch_rows)
         self._score.set_batch_wait_timeout_s(self.args.batch.batch_wait_timeout_ms / 1000.0)
         self._reconfigured = False
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
+        self._metrics.swap_failed.set(0)
         log.info("serving %r version %s (%s) on %s, auth %s", self._scorer.name, self._scorer.version,
                  self._scorer.variant, self._scorer.providers, "on" if self._token else "off")
 
@@ -115,22 +170,36 @@ class CTRServer:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Hot swap: load the folder named in `user_config` beside the serving one, then switch.
 
-        In-flight batches finish on the model they started with. A bad folder at start fails the
-        replica; a bad folder later is logged and counted, and the old model keeps serving.
+        Never raises, so every replica behaves the same: in-flight batches finish on the model they
+        started with; a model that fails to load is counted (`distillery_model_swaps{outcome=failed}`,
+        `distillery_swap_failed` = 1), reported by the authenticated /healthz, and the last good
+        model keeps serving. A replica started after the failure loads that last good model too.
         """
         first, self._reconfigured = not self._reconfigured, True
+        self._configured = user_config
+        loop = asyncio.get_running_loop()
         try:
             model = ModelSection.model_validate(user_config or {})
-            if model == self._model:
-                return
-            loop = asyncio.get_running_loop()
-            scorer = await loop.run_in_executor(None, self._load, model)  # not the scoring thread
-        except Exception as err:
+            if model != self._model:
+                scorer = await loop.run_in_executor(None, self._load, model)  # not the scoring thread
+                self._switch(scorer, model)
+        except Exception as err:  # noqa: BLE001 - refused, reported, last good model kept
+            self._swap_error = f"{type(err).__name__}: {err}"[:500]
             self._metrics.swap(ok=False)
-            if first:
-                raise
+            self._metrics.swap_failed.set(1)
             log.error("model swap to %r failed, still serving version %s: %s", user_config, self._scorer.version, err)
+            good = await loop.run_in_executor(None, self._last_good.get) if first else None
+            if good is not None and good != self._model:
+                try:
+                    self._switch(await loop.run_in_executor(None, self._load, good), good)
+                except Exception as again:  # noqa: BLE001 - keep the start model
+                    log.error("last good model %r failed to load too: %s", good.model_dir, again)
             return
+        self._swap_error = None
+        self._metrics.swap_failed.set(0)
+        await loop.run_in_executor(None, self._last_good.put, self._model)
+
+    def _switch(self, scorer, model: ModelSection) -> None:
         old = self._scorer
         self._scorer, self._model = scorer, model
         self._metrics.swap(ok=True)
@@ -142,6 +211,7 @@ class CTRServer:
             raise RuntimeError("no model loaded or scoring pool stopped")
         # Ray exports a gauge's value once after each set: re-set it so the served version stays visible.
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
+        self._metrics.swap_failed.set(1 if self._swap_error else 0)
 
     def __del__(self) -> None:
         pool = getattr(self, "_pool", None)
@@ -151,35 +221,45 @@ class CTRServer:
     # -- scoring ----------------------------------------------------------------------------
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0005, batch_size_fn=_rows)  # reset from config in __init__
-    async def _score(self, items: list[list[str]]) -> list[tuple[np.ndarray, str]]:
-        """One ORT call for every text of the queued requests; sizes are in rows (`_rows`)."""
+    async def _score(self, items: list[list[str]]) -> list[tuple[np.ndarray | Exception, str]]:
+        """One ORT call for every text of the queued requests; sizes are in rows (`_rows`). An input
+        the model cannot take fails only its own request (`score_batch`), never the batch."""
         scorer = self._scorer  # a swap mid-batch does not split the batch across models
-        texts = [t for texts in items for t in texts]
         if self.args.batch.score_in_thread:
-            probs = await asyncio.get_running_loop().run_in_executor(self._pool, scorer.predict_proba, texts)
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._pool, score_batch, scorer.predict_proba, items)
         else:
-            probs = scorer.predict_proba(texts)
-        self._metrics.predictions.inc(len(texts))
-        out, start = [], 0
-        for chunk in items:
-            out.append((probs[start:start + len(chunk)], scorer.version))
-            start += len(chunk)
-        return out
+            results = score_batch(scorer.predict_proba, items)
+        self._metrics.predictions.inc(sum(len(r) for r in results if not isinstance(r, Exception)))
+        return [(r, scorer.version) for r in results]
 
     async def _score_texts(self, texts: list[str]) -> tuple[np.ndarray, str]:
         """Probabilities (n,) float64 and the model version; large requests are cut to batch size."""
         size = self.args.batch.max_batch_rows
         parts = await asyncio.gather(*(self._score(texts[i:i + size]) for i in range(0, len(texts), size)))
+        if failed := next((p for p, _ in parts if isinstance(p, Exception)), None):
+            self._metrics.unscorable.inc()
+            log.warning("input the model could not score: %s: %s", type(failed).__name__, failed)
+            raise BadRequest(422, f"texts: the model could not score this input ({type(failed).__name__}); "
+                                  "other requests were not affected")
         versions = sorted({v for _, v in parts})
         return np.concatenate([p for p, _ in parts]), "+".join(versions)
 
     # -- request edge -----------------------------------------------------------------------
 
     async def _body(self, request: Request) -> bytes:
-        """The raw body, after the bearer token and the declared size are checked."""
+        """The raw body, after the bearer token is checked, read as a stream and refused (413) as soon
+        as it passes `limits.max_body_bytes`, declared or not (chunked, binary tensors included)."""
         check_bearer(request.headers, self._token)
         check_content_length(request.headers, self.args.limits.max_body_bytes)
-        return await request.body()
+        return await read_body(request.stream(), self.args.limits.max_body_bytes)
+
+    async def _off_loop(self, body: bytes, fn, *args):
+        """`fn(*args)` on a worker thread when the body is large: parsing 1 MB must not stall the
+        replica's event loop (and every other request's deadline)."""
+        if len(body) > _OFFLOAD_BYTES:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
 
     def _json(self, payload: Any, status: int = 200, version: str | None = None) -> JSONResponse:
         return JSONResponse(payload, status_code=status,
@@ -188,26 +268,39 @@ class CTRServer:
     # -- health -----------------------------------------------------------------------------
 
     @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
-        return self._json({"status": "ok", "model": self._scorer.name, "model_version": self._scorer.version})
+    async def healthz(self, request: Request) -> JSONResponse:
+        """Anonymous callers learn only whether the replica serves (`ok`, or `degraded` after a failed
+        swap); with the token: the model, its version, the replica, and why a swap failed."""
+        status = "degraded" if self._swap_error else "ok"
+        if not is_authorized(request.headers, self._token):
+            return JSONResponse({"status": status})
+        from ray import serve
+
+        return self._json({"status": status, "model": self._scorer.name, "model_version": self._scorer.version,
+                           "model_dir": self._model.model_dir, "configured": self._configured,
+                           "swap_error": self._swap_error,
+                           "replica": serve.get_replica_context().replica_id.unique_id})
 
     @api.get("/v2/health/live")
     async def live(self) -> JSONResponse:
-        return self._json({"live": True})
+        return JSONResponse({"live": True})
 
     @api.get("/v2/health/ready")
     async def ready(self) -> JSONResponse:
-        return self._json({"ready": self._scorer is not None})
+        return JSONResponse({"ready": self._scorer is not None})
 
     # -- /predict ---------------------------------------------------------------------------
 
     @api.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         body = await self._body(request)
-        texts = predict_texts(parse_json_body(body, self.args.limits), self.args.limits)
+        texts = await self._off_loop(body, self._predict_texts, body)
         probs, version = await self._score_texts(texts)
         return self._json({"model": self._scorer.name, "model_version": version,
                            "probabilities": probs.tolist()}, version=version)
+
+    def _predict_texts(self, body: bytes) -> list[str]:
+        return predict_texts(parse_json_body(body, self.args.limits), self.args.limits)
 
     # -- Open Inference Protocol ------------------------------------------------------------
 
@@ -238,7 +331,7 @@ class CTRServer:
     async def infer(self, request: Request, name: str, version: str | None = None) -> Response:
         body = await self._body(request)
         oip.check_model(name, version, self._scorer.name, self._scorer.version)
-        call = oip.parse_infer(body, request.headers, self.args.limits)
+        call = await self._off_loop(body, oip.parse_infer, body, dict(request.headers), self.args.limits)
         probs, used = await self._score_texts(call.texts)
         payload, headers = oip.infer_response(call, probs, self._scorer.name, used)
         return Response(payload, headers={**headers, "x-model-version": used})
@@ -260,22 +353,31 @@ class CTRServer:
         return Response(status_code=204, headers={"x-model-version": version or self._scorer.version,
                                                   "x-no-bid-reason": safe})
 
-    async def _bid(self, request: Request, openrtb: str) -> Response:
-        t0 = time.perf_counter()
+    def _plan(self, body: bytes) -> tuple[Any, BidPlan, list[str]]:
+        """Parse and plan a bid request, and render its model texts (CPU work: a worker thread runs it)."""
         cfg = self.args.bidder
-        bid_request = parse_json_body(await self._body(request), self.args.limits)
+        bid_request = parse_json_body(body, self.args.limits)
         try:
-            plan = plan_bids(bid_request, self._catalog, cfg.max_candidates)
+            plan = plan_bids(bid_request, self._catalog, cfg.max_candidates, cfg.max_impressions)
         except BidRequestError as err:
-            raise BadRequest(400, f"bid request unusable: {err}") from None
+            raise BadRequest(err.status, f"bid request unusable: {err}") from None
+        return bid_request, plan, plan.texts()
+
+    async def _bid(self, request: Request, openrtb: str) -> Response:
+        # tmax counts from arrival: the proxy's stamp (serving.arrival) when present, so time queued
+        # before this handler ran is spent budget; else from now.
+        start = arrival_time(request.headers) or time.time()
+        cfg = self.args.bidder
+        body = await self._body(request)
+        bid_request, plan, texts = await asyncio.to_thread(self._plan, body)
         if not plan.candidates:
             return self._no_bid("no_candidates", "; ".join(f"{k}: {v}" for k, v in plan.no_bid.items()))
         budget_s = deadline_budget_ms(bid_request, cfg.default_tmax_ms, cfg.network_margin_ms) / 1000.0
-        remaining = budget_s - (time.perf_counter() - t0)
+        remaining = budget_s - (time.time() - start)
         if remaining <= 0:
             self._metrics.deadline_misses.inc()
             return self._no_bid("deadline", f"tmax budget {budget_s * 1000:.1f} ms spent before scoring")
-        task = asyncio.ensure_future(self._score_texts(plan.texts()))
+        task = asyncio.ensure_future(self._score_texts(texts))
         done, _ = await asyncio.wait({task}, timeout=remaining)
         if not done:
             task.cancel()  # queued rows of a cancelled request are dropped from their batch

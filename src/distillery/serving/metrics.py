@@ -6,6 +6,8 @@
     distillery_rejected{route,status} requests refused with a 4xx
     distillery_model_swaps{outcome}   hot swaps: ok | failed
     distillery_model_info{model,version}  1 for the version served now, 0 for the one it replaced
+    distillery_swap_failed            1 while the configured model (user_config) is not the one served
+    distillery_unscorable{route}      requests the model could not score (answered 422 alone, not the batch)
 
 Serve adds the deployment, replica and application tags itself.
 """
@@ -29,6 +31,9 @@ class ServingMetrics:
         self.rejected_requests = Counter("distillery_rejected", description="requests refused with a 4xx",
                                          tag_keys=("route", "status"))
         self.swaps = Counter("distillery_model_swaps", description="hot model swaps", tag_keys=("outcome",))
+        self.swap_failed = Gauge("distillery_swap_failed",
+                                 description="1 while the configured model failed to load and the last good one serves")
+        self.unscorable = Counter("distillery_unscorable", description="requests the model could not score (422)")
         self.model_info = Gauge("distillery_model_info", description="1 for the model version being served",
                                 tag_keys=("model", "version"))
 

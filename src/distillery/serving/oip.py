@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from distillery import __version__
-from distillery.serving.limits import BadRequest, LimitsSection, parse_json_body
+from distillery.serving.limits import BadRequest, LimitsSection, check_text, parse_json_body, show
 
 __all__ = ["INPUT", "OUTPUT", "InferCall", "server_metadata", "model_metadata", "check_model", "parse_infer", "infer_response"]
 
@@ -61,14 +61,18 @@ def check_model(name: str, version: str | None, served_name: str, served_version
 def _shape(value: Any, limits: LimitsSection) -> list[int]:
     if not isinstance(value, list) or not value:
         raise BadRequest(400, "inputs[0].shape: expected a non-empty list of integers")
+    if len(value) > 8:
+        raise BadRequest(400, f"inputs[0].shape: {len(value)} dimensions; at most 8 are accepted")
     for i, dim in enumerate(value):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise BadRequest(400, f"inputs[0].shape[{i}]: expected a non-negative integer, got {dim!r}")
-    count = math.prod(value)
-    if count == 0:
+            raise BadRequest(400, f"inputs[0].shape[{i}]: expected a non-negative integer, got {show(dim)}")
+    if 0 in value:
         raise BadRequest(400, f"inputs[0].shape {value}: empty tensor; send at least one text")
-    if count > limits.max_rows:
-        raise BadRequest(413, f"inputs[0].shape {value}: {count} texts exceed the limit of {limits.max_rows} per request")
+    # every dimension is >= 1 here, so one dimension past the limit is enough to refuse; checking
+    # dimensions first keeps the product (and its decimal text) small
+    if any(dim > limits.max_rows for dim in value) or math.prod(value) > limits.max_rows:
+        dims = "[" + ", ".join(show(d, 12) for d in value) + "]"
+        raise BadRequest(413, f"inputs[0].shape {dims}: the texts exceed the limit of {limits.max_rows} per request")
     return value
 
 
@@ -103,6 +107,8 @@ def _decode_bytes_tensor(raw: bytes) -> list[str]:
 
 def parse_infer(body: bytes, headers: Mapping[str, str], limits: LimitsSection) -> InferCall:
     """Parse an infer request body (JSON, or JSON header + binary tensors); raises `BadRequest`."""
+    if len(body) > limits.max_body_bytes:  # JSON header and binary tensors together
+        raise BadRequest(413, f"request body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes} bytes")
     binary = b""
     if (declared := headers.get(HEADER_LENGTH)) is not None:
         try:
@@ -110,7 +116,7 @@ def parse_infer(body: bytes, headers: Mapping[str, str], limits: LimitsSection) 
         except ValueError:
             raise BadRequest(400, f"{HEADER_LENGTH}: {declared!r} is not an integer") from None
         if not 0 < n <= len(body):
-            raise BadRequest(400, f"{HEADER_LENGTH}: {n} is outside the body of {len(body)} bytes")
+            raise BadRequest(400, f"{HEADER_LENGTH}: {show(n)} is outside the body of {len(body)} bytes")
         body, binary = body[:n], body[n:]
     req = parse_json_body(body, limits)
     if not isinstance(req, dict):
@@ -132,9 +138,9 @@ def parse_infer(body: bytes, headers: Mapping[str, str], limits: LimitsSection) 
     if not isinstance(tensor, dict):
         raise BadRequest(400, "inputs[0]: expected an object")
     if tensor.get("name") != INPUT:
-        raise BadRequest(400, f"inputs[0].name: {tensor.get('name')!r} is not an input of this model (expected {INPUT!r})")
+        raise BadRequest(400, f"inputs[0].name: {show(tensor.get('name'))} is not an input of this model (expected {INPUT!r})")
     if tensor.get("datatype") != "BYTES":
-        raise BadRequest(400, f"inputs[0].datatype: {tensor.get('datatype')!r}; input {INPUT!r} is BYTES")
+        raise BadRequest(400, f"inputs[0].datatype: {show(tensor.get('datatype'))}; input {INPUT!r} is BYTES")
     shape = _shape(tensor.get("shape"), limits)
     tparams = tensor.get("parameters") or {}
     if not isinstance(tparams, dict):
@@ -142,7 +148,7 @@ def parse_infer(body: bytes, headers: Mapping[str, str], limits: LimitsSection) 
     if "binary_data_size" in tparams:
         size = tparams["binary_data_size"]
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary):
-            raise BadRequest(400, f"inputs[0].parameters.binary_data_size: {size!r} does not fit the {len(binary)} binary bytes")
+            raise BadRequest(400, f"inputs[0].parameters.binary_data_size: {show(size)} does not fit the {len(binary)} binary bytes")
         texts: list[Any] = _decode_bytes_tensor(binary[:size])
     elif "data" in tensor:
         texts = _flatten(tensor["data"])
@@ -155,6 +161,8 @@ def parse_infer(body: bytes, headers: Mapping[str, str], limits: LimitsSection) 
             raise BadRequest(400, f"inputs[0].data[{i}]: expected a string, got {type(text).__name__}")
         if len(text) > limits.max_text_chars:
             raise BadRequest(413, f"inputs[0].data[{i}]: {len(text)} characters exceed the limit of {limits.max_text_chars}")
+        if text.strip():  # an empty BYTES element is scored as it is, as before
+            check_text(f"inputs[0].data[{i}]", text, limits)
     binary_output = bool(params.get("binary_data_output", False))
     outputs = req.get("outputs")
     if outputs is not None:
@@ -163,7 +171,7 @@ def parse_infer(body: bytes, headers: Mapping[str, str], limits: LimitsSection) 
         for i, out in enumerate(outputs):
             if not isinstance(out, dict) or out.get("name") != OUTPUT:
                 name = out.get("name") if isinstance(out, dict) else out
-                raise BadRequest(400, f"outputs[{i}].name: {name!r} is not an output of this model (expected {OUTPUT!r})")
+                raise BadRequest(400, f"outputs[{i}].name: {show(name)} is not an output of this model (expected {OUTPUT!r})")
             oparams = out.get("parameters") or {}
             binary_output = bool(oparams.get("binary_data", False)) if isinstance(oparams, dict) else False
     return InferCall(texts=texts, shape=shape, request_id=request_id, binary_output=binary_output)

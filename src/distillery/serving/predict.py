@@ -12,7 +12,7 @@ from typing import Any
 
 from distillery.data.schema import ID, row_problem
 from distillery.data.text import to_text
-from distillery.serving.limits import BadRequest, LimitsSection
+from distillery.serving.limits import BadRequest, LimitsSection, check_text
 
 __all__ = ["predict_texts"]
 
@@ -36,6 +36,10 @@ def _row_text(i: int, row: Any, limits: LimitsSection) -> str:
     for name, value in row.items():
         if value is not None and not isinstance(value, (str, int, float)):
             raise BadRequest(400, f"rows[{i}].{name}: expected a string or number, got {type(value).__name__}")
+        if isinstance(value, str) and value.strip():  # unknown fields reach the model text too
+            check_text(f"rows[{i}].{name}", value, limits)
+        if name.strip():
+            check_text(f"rows[{i}] field name {name[:40]!r}", name, limits)
     checked = row if ID in row else {**row, ID: f"row-{i}"}
     problem = row_problem(checked, max_field_chars=limits.max_text_chars)
     if problem is not None:
@@ -57,10 +61,7 @@ def predict_texts(body: Any, limits: LimitsSection) -> list[str]:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise BadRequest(400, f"texts[{i}]: expected a string, got {type(text).__name__}")
-            if not text.strip():
-                raise BadRequest(400, f"texts[{i}]: empty string")
-            if len(text) > limits.max_text_chars:
-                raise BadRequest(413, f"texts[{i}]: {len(text)} characters exceed the limit of {limits.max_text_chars}")
+            check_text(f"texts[{i}]", text, limits)
         return texts
     rows = _check_list(body, "rows", limits)
     return [_row_text(i, row, limits) for i, row in enumerate(rows)]

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["OnnxScorer", "sigmoid", "PROVIDERS"]
+__all__ = ["OnnxScorer", "sigmoid", "variant_path", "score_batch", "PROVIDERS"]
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -63,6 +63,49 @@ def provider_options(provider: str, device_id: int, model_dir: str, variant: str
         }
         return [trt, cuda, {}]
     return [{}]
+
+
+def variant_path(model_dir: str, variant: str, file: Any) -> str:
+    """`model_dir/file` for a card's `variants[variant]`, refusing a path that leaves the folder
+    (absolute, `../`, or a symlink out): a tampered card must not load a file elsewhere."""
+    where = f"{model_dir}/model_card.json: variants.{variant}"
+    if not isinstance(file, str) or not file.strip():
+        raise ValueError(f"{where}: expected a file name inside the model folder, got {file!r}")
+    if os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
+        raise ValueError(f"{where}: {file!r} points outside the model folder; expected a file name inside it")
+    root = os.path.realpath(model_dir)
+    path = os.path.realpath(os.path.join(root, file))
+    if os.path.commonpath([root, path]) != root:
+        raise ValueError(f"{where}: {file!r} resolves to {path}, outside the model folder {root}")
+    return path
+
+
+def score_batch(predict_proba: Callable[[list[str]], np.ndarray],
+                items: list[list[str]]) -> list[np.ndarray | Exception]:
+    """Probabilities for each item (a request's texts) of a batch, in one `predict_proba` call.
+
+    If that call raises, every item is scored alone, so one input the model or tokenizer cannot
+    take fails only its own request: its slot holds the exception, the others their (n,) arrays.
+    Never raises.
+    """
+    texts = [t for texts in items for t in texts]
+    try:
+        probs = np.asarray(predict_proba(texts))
+    except Exception as err:  # noqa: BLE001 - isolated below, per item
+        if len(items) == 1:
+            return [err]
+        out: list[np.ndarray | Exception] = []
+        for item in items:
+            try:
+                out.append(np.asarray(predict_proba(item)))
+            except Exception as err:  # noqa: BLE001 - this item's own answer
+                out.append(err)
+        return out
+    out, start = [], 0
+    for item in items:
+        out.append(probs[start:start + len(item)])
+        start += len(item)
+    return out
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -118,7 +161,7 @@ class OnnxScorer:
             opts.intra_op_num_threads = intra_op_threads
         # One request at a time per session: extra inter-op threads only contend for the cores.
         opts.inter_op_num_threads = 1
-        self.model_path = os.path.join(model_dir, variants[variant])
+        self.model_path = variant_path(model_dir, variant, variants[variant])
         if device_id < 0:
             raise ValueError(f"device_id={device_id}: must be >= 0")
         self.session = ort.InferenceSession(
