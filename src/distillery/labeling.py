@@ -8,18 +8,31 @@ Pipeline per round of input files:
                ─► teacher actors (ActorPoolStrategy; CPUs/GPUs from YAML): predict, confidence, filters
                ─► write_parquet to labels/_staging/<round>
     driver commit: split by input file → labels/<key>.parquet (+ labels/_rejects/<key>.parquet),
-                   check exactly-once per file, write labels/_done/<key>.json
+                   check every input row came back once, reject ids already taken, write
+                   labels/_done/<key>.json
+
+Guarantees (the folder layout is in `distillery.label_store`):
+- every input row ends up exactly once in labels or rejects: per file `rows_in == rows_labeled +
+  rows_rejected`, and the multiset of label and reject ids equals the input rows' ids;
+- an id is labelled at most once per output: the first row carrying it, in input order (the
+  `inputs` in config order, files sorted, rows in file order; files committed by an earlier run come
+  first), owns it whatever its fate; every later row with that id, in the same file or another, is
+  a reject naming where the id was first seen;
+- a file's outputs appear whole (temp + rename) before its marker; the manifest is written last
+  and readers use only the files it lists;
+- one run at a time writes an output (`_LOCK.json`); a run clears staging left by a killed one.
 
 A re-run skips input files whose `_done` marker exists (unless `force`), so a job killed mid-run
-relabels only the round that was in flight. `_MANIFEST.json` is rebuilt from the markers at the end.
+relabels only the round that was in flight. Output names and default row ids come from each input's
+path relative to `run_dir` (`label_store.input_name`), so `runs/demo` and `/abs/runs/demo` are one run.
+`_MANIFEST.json` is rebuilt from the markers at the end.
 """
 
 from __future__ import annotations
 
-import hashlib
+import bisect
 import json
 import logging
-import re
 import time
 import uuid
 from typing import Any
@@ -35,6 +48,15 @@ from distillery.config import Section, config_hash
 from distillery.data.schema import ID, row_problem
 from distillery.data.text import to_text
 from distillery.filters import FilterConfig, apply_filters, clip_probs
+from distillery.label_store import (
+    LABEL_SCHEMA,
+    MANIFEST,
+    REJECT_SCHEMA,
+    OutputLock,
+    done_marker,
+    input_name,
+    label_file_key,
+)
 from distillery.ray_runtime import RaySection, ensure_ray
 from distillery.teachers.base import TeacherConfig, check_teacher_sources, parse_teacher_config
 
@@ -42,13 +64,11 @@ __all__ = ["ActorConfig", "LabelConfig", "run", "label_file_key", "LABEL_SCHEMA"
 
 log = logging.getLogger(__name__)
 
-LABEL_SCHEMA = pa.schema([
-    pa.field(ID, pa.string()), pa.field("teacher_prob", pa.float64()), pa.field("confidence", pa.float64()),
-    pa.field("kept", pa.bool_()), pa.field("reason", pa.string()), pa.field("teacher_id", pa.string()),
-    pa.field("labeled_on", pa.string()),
+# `_row`: the row's position among its file's rows (reader rejects last); `_of`: that file's row count.
+_STAGED_SCHEMA = pa.schema(list(LABEL_SCHEMA) + [
+    pa.field("rejected", pa.bool_()), pa.field("_source", pa.string()),
+    pa.field("_row", pa.int64()), pa.field("_of", pa.int64()),
 ])
-REJECT_SCHEMA = pa.schema([pa.field(ID, pa.string()), pa.field("source", pa.string()), pa.field("reason", pa.string())])
-_STAGED_SCHEMA = pa.schema(list(LABEL_SCHEMA) + [pa.field("rejected", pa.bool_()), pa.field("_source", pa.string())])
 
 
 class ActorConfig(Section):
@@ -90,41 +110,45 @@ class LabelConfig(Section):
         return template.replace("{run_dir}", self.run_dir.rstrip("/"))
 
 
-def label_file_key(path: str) -> str:
-    """A stable, filesystem-safe name for one input file's outputs."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(str(path).rstrip("/").split("/")[-2:]))[-80:]
-    return f"{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
-
-
 # ---------------------------------------------------------------- read stage (Ray tasks)
 
 def _read_and_prepare(batch: dict[str, np.ndarray], fmt: str, label_column: str | None,
-                      required: tuple[str, ...], max_chars: int) -> pa.Table:
-    """One input file → (id, _source, _text, _problem) rows; unreadable rows carry their reason."""
+                      required: tuple[str, ...], max_chars: int, run_dir: str) -> pa.Table:
+    """Input files → (id, _source, _row, _of, _text, _problem) rows; unreadable rows carry their reason.
+
+    Within a file the first row carrying an id owns it; later rows with that id get a problem.
+    """
     from distillery.data.readers import read_logs
 
-    ids, sources, texts, problems = [], [], [], []
+    columns: dict[str, list] = {ID: [], "_source": [], "_row": [], "_of": [], "_text": [], "_problem": []}
     for path in batch["path"]:
         path = str(path)
-        result = read_logs(path, fmt=fmt, label_column=label_column)
+        result = read_logs(path, fmt=fmt, label_column=label_column, id_root=run_dir)
+        ids, texts, problems = [], [], []
         seen: set[str] = set()
         for row in result.table.to_pylist():
             problem = row_problem(row, required=required, max_field_chars=max_chars)
             rid = row.get(ID)
-            rid = rid if isinstance(rid, str) and rid else f"{path}:{len(ids)}"
+            rid = rid if isinstance(rid, str) and rid else f"{path}:{len(ids) + 1}"
             if problem is None and rid in seen:
                 problem = f"{ID}: duplicate id within the file"
             seen.add(rid)
             ids.append(rid)
-            sources.append(path)
             texts.append("" if problem else to_text(row))
             problems.append(problem or "")
         for rej in result.rejects.to_pylist():
             ids.append(rej.get(ID) or f"{rej.get('source') or path}")
-            sources.append(path)
             texts.append("")
             problems.append(rej.get("reason") or "unreadable row")
-    return pa.table({ID: ids, "_source": sources, "_text": texts, "_problem": problems})
+        n = len(ids)
+        columns[ID] += ids
+        columns["_text"] += texts
+        columns["_problem"] += problems
+        columns["_source"] += [path] * n
+        columns["_row"] += list(range(n))
+        columns["_of"] += [n] * n
+    return pa.table({**columns, "_row": pa.array(columns["_row"], pa.int64()),
+                     "_of": pa.array(columns["_of"], pa.int64())})
 
 
 # ---------------------------------------------------------------- teacher actor
@@ -175,57 +199,122 @@ class TeacherActor:
             "kept": pa.array(kept), "reason": pa.array(reason.astype(str)),
             "teacher_id": pa.array([self.teacher.teacher_id] * n, pa.string()),
             "labeled_on": pa.array([self.node_id] * n, pa.string()),
-            "rejected": pa.array(~ok), "_source": batch["_source"],
+            "rejected": pa.array(~ok), "_source": batch["_source"], "_row": batch["_row"], "_of": batch["_of"],
         }, schema=_STAGED_SCHEMA)
 
 
 # ---------------------------------------------------------------- driver: plan, run rounds, commit
 
 def _input_files(cfg: LabelConfig) -> list[str]:
+    """Absolute paths (or URIs) of the files to label, in input order: `inputs` as configured, each sorted."""
     files: list[str] = []
     for spec in cfg.inputs:
-        path = cfg.resolve(spec)
+        path = io.absolute(cfg.resolve(spec))
         found = io.list_files(path)
         if not found:
             raise FileNotFoundError(f"inputs: {path} holds no files")
         files.extend(found)
-    if len(set(files)) != len(files):
-        raise ValueError("inputs: the same file is listed twice")
+    names = [input_name(f, cfg.run_dir) for f in files]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"inputs: the same file is listed twice: {twice[:3]}")
     return files
 
 
-def _done_marker(out: str, key: str) -> str:
-    return io.join(out, "_done", f"{key}.json")
+class _ClaimedIds:
+    """Ids owned by input files already committed to this output (label and reject rows alike)."""
+
+    def __init__(self) -> None:
+        self._arrays: list[pa.Array] = []
+        self._owners: list[str] = []
+        self._ends: list[int] = []
+        self._all: pa.Array | None = None
+
+    def add(self, ids: pa.ChunkedArray | pa.Array, owner: str) -> None:
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        self._arrays.append(ids.cast(pa.string()))
+        self._owners.append(owner)
+        self._ends.append((self._ends[-1] if self._ends else 0) + len(ids))
+        self._all = None
+
+    def owners(self, ids: pa.ChunkedArray) -> list[str | None]:
+        """For each id: the input that owns it, or None."""
+        if not self._arrays:
+            return [None] * len(ids)
+        if self._all is None:
+            self._all = pa.concat_arrays(self._arrays)
+        at = pc.index_in(ids, value_set=self._all).to_pylist()
+        return [None if i is None else self._owners[bisect.bisect_right(self._ends, i)] for i in at]
+
+    @classmethod
+    def of_committed(cls, out: str, files: list[str], run_dir: str) -> "_ClaimedIds":
+        claimed = cls()
+        for path in files:
+            key = label_file_key(path, run_dir)
+            for part in (f"{key}.parquet", f"_rejects/{key}.parquet"):
+                fs, p = io.filesystem(io.join(out, part))
+                claimed.add(pq.read_table(p, filesystem=fs, columns=[ID])[ID], input_name(path, run_dir))
+        return claimed
 
 
-def _commit(staging: str, out: str, files: list[str]) -> list[dict]:
-    """Split a staged round by input file into final outputs; check each file's ids are unique."""
+def _one_per_input_row(part: pa.Table, path: str) -> pa.Table:
+    """The staged rows of one file, one per input row (a re-executed block stages rows twice), in
+    file order; raises when a row is missing, so a file is never committed short."""
+    if part.num_rows == 0:
+        return part
+    rows = part["_row"].to_numpy()
+    order = np.argsort(rows, kind="stable")
+    _, first = np.unique(rows[order], return_index=True)
+    part = part.take(pa.array(order[first]))
+    expected = int(part["_of"][0].as_py())
+    if part.num_rows != expected:
+        raise RuntimeError(f"{path}: {part.num_rows} of its {expected} rows came back from labeling; "
+                           "not committed (a re-run labels it again)")
+    return part
+
+
+def _reject_taken_ids(part: pa.Table, claimed: _ClaimedIds) -> pa.Table:
+    """Turn labelled rows whose id an earlier row owns (this file or a committed one) into rejects."""
+    owners = claimed.owners(part[ID])
+    rejected = part["rejected"].to_pylist()
+    reasons = part["reason"].to_pylist()
+    seen: set[str] = set()
+    for i, rid in enumerate(part[ID].to_pylist()):
+        if not rejected[i]:
+            if owners[i] is not None:
+                rejected[i], reasons[i] = True, f"{ID}: duplicate of a row in {owners[i]} (the first row with an id owns it)"
+            elif rid in seen:
+                rejected[i], reasons[i] = True, f"{ID}: duplicate id within the file"
+        seen.add(rid)
+    part = part.set_column(part.schema.get_field_index("rejected"), "rejected", pa.array(rejected, pa.bool_()))
+    return part.set_column(part.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+
+
+def _commit(staging: str, out: str, files: list[str], run_dir: str, claimed: _ClaimedIds) -> list[dict]:
+    """Split a staged round by input file into final outputs, each input row exactly once, each id
+    labelled at most once across the output; a file's marker is written after its two parquet files."""
     fs, base = io.filesystem(staging)
     staged = pq.read_table(base, filesystem=fs, schema=_STAGED_SCHEMA) if io.exists(staging) else _STAGED_SCHEMA.empty_table()
     markers = []
     for path in files:
-        key = label_file_key(path)
-        part = staged.filter(pc.equal(staged["_source"], path))
-        if pc.count_distinct(part[ID]).as_py() != part.num_rows:
-            # A retried task can stage a block twice: drop exact repeats of (id, outcome), but keep a
-            # rejected duplicate-id row beside the labelled one it duplicated.
-            unique = {(r[ID], r["rejected"], r["reason"]): r for r in part.to_pylist()}
-            part = pa.Table.from_pylist(list(unique.values()), schema=_STAGED_SCHEMA)
+        key, name = label_file_key(path, run_dir), input_name(path, run_dir)
+        part = _one_per_input_row(staged.filter(pc.equal(staged["_source"], path)), path)
+        part = _reject_taken_ids(part, claimed)
         rejected = part["rejected"].to_numpy(zero_copy_only=False)
         labels = part.filter(pa.array(~rejected)).select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
         rejects = part.filter(pa.array(rejected))
         rejects = pa.table({ID: rejects[ID], "source": rejects["_source"], "reason": rejects["reason"]}, schema=REJECT_SCHEMA)
-        ofs, obase = io.filesystem(out)
-        pq.write_table(labels, f"{obase}/{key}.parquet", filesystem=ofs)
-        io.makedirs(io.join(out, "_rejects"))
-        pq.write_table(rejects, f"{obase}/_rejects/{key}.parquet", filesystem=ofs)
+        assert labels.num_rows + rejects.num_rows == part.num_rows
+        io.write_parquet(labels, io.join(out, f"{key}.parquet"))
+        io.write_parquet(rejects, io.join(out, "_rejects", f"{key}.parquet"))
         marker = {
-            "path": path, "key": key, "rows_in": part.num_rows, "rows_labeled": labels.num_rows,
+            "path": path, "name": name, "key": key, "rows_in": part.num_rows, "rows_labeled": labels.num_rows,
             "rows_kept": int(pc.sum(labels["kept"]).as_py() or 0), "rows_rejected": rejects.num_rows,
             "output": f"{key}.parquet", "committed_at": time.time(),
             "teacher_ids": sorted(x for x in pc.unique(labels["teacher_id"]).to_pylist() if x),
         }
-        io.write_json(_done_marker(out, key), marker)
+        io.write_json(done_marker(out, key), marker)
+        claimed.add(part[ID], name)
         markers.append(marker)
     return markers
 
@@ -236,7 +325,7 @@ def _label_round(cfg: LabelConfig, teacher_cfg: TeacherConfig, files: list[str],
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
     ds = ds.map_batches(
         _read_and_prepare, batch_size=1, batch_format="numpy", num_cpus=cfg.read_num_cpus,
-        fn_kwargs={"fmt": cfg.format, "label_column": cfg.label_column,
+        fn_kwargs={"fmt": cfg.format, "label_column": cfg.label_column, "run_dir": io.absolute(cfg.run_dir),
                    "required": tuple(cfg.filters.required_fields), "max_chars": cfg.max_field_chars},
     )
     a = cfg.actors
@@ -257,44 +346,61 @@ def _remove(path: str) -> None:
         fs.delete_dir(p)
 
 
+def _warn_orphans(out: str, keys: set[str]) -> None:
+    """Label files of inputs this run does not cover stay on disk but out of the manifest (never read)."""
+    orphans = [f for f in io.list_files(out, (".parquet",)) if f.rsplit("/", 1)[-1].removesuffix(".parquet") not in keys]
+    if orphans:
+        log.warning("labeling: %d label file(s) in %s belong to no current input and are not in the manifest "
+                    "(readers ignore them): %s", len(orphans), out, orphans[:3])
+
+
 def run(cfg: LabelConfig) -> dict[str, Any]:
     """Label every input file not yet done; returns the manifest (also in `<output>/_MANIFEST.json`)."""
-    out = cfg.resolve(cfg.output)
+    out = io.absolute(cfg.resolve(cfg.output))
     # Fail before any work: a missing input, model folder or index names its field.
     files = _input_files(cfg)
     teacher_cfg = parse_teacher_config(json.loads(cfg.resolve(json.dumps(cfg.teacher.model_dump(mode="json")))))
     check_teacher_sources(teacher_cfg)
     started = time.perf_counter()
     io.makedirs(out)
-    if cfg.force:
-        _remove(io.join(out, "_done"))
-    pending = [f for f in files if not io.exists(_done_marker(out, label_file_key(f)))]
-    log.info("labeling: %d input files, %d already done, %d to label", len(files), len(files) - len(pending), len(pending))
-    rows_this_run = 0
-    if pending:
-        ensure_ray(cfg.ray)
-    for start in range(0, len(pending), cfg.files_per_round):
-        round_files = pending[start:start + cfg.files_per_round]
-        staging = io.join(out, "_staging", uuid.uuid4().hex[:12])
-        _label_round(cfg, teacher_cfg, round_files, staging)
-        rows_this_run += sum(m["rows_in"] for m in _commit(staging, out, round_files))
-        _remove(staging)
-        log.info("labeling: committed %d/%d pending files", min(start + cfg.files_per_round, len(pending)), len(pending))
-    elapsed = time.perf_counter() - started
-    markers = [io.read_json(_done_marker(out, label_file_key(f))) for f in files]
-    teacher_ids = {t for m in markers for t in m.get("teacher_ids", [])}
-    total = {k: sum(m[k] for m in markers) for k in ("rows_in", "rows_labeled", "rows_kept", "rows_rejected")}
-    manifest = {
-        **total,
-        "complete": True,
-        "inputs": markers,
-        "teacher_ids": sorted(teacher_ids),
-        "config_hash": config_hash(cfg),
-        "format": cfg.format,
-        "timings": {"total_s": round(elapsed, 3), "rows_this_run": rows_this_run,
-                    "rows_per_s": round(rows_this_run / elapsed, 2) if rows_this_run and elapsed > 0 else None},
-    }
-    io.write_json(io.join(out, "_MANIFEST.json"), manifest)
+    with OutputLock(out):
+        # Holding the lock, no other run writes here: any staging is a killed run's leftover.
+        _remove(io.join(out, "_staging"))
+        if cfg.force:  # the old manifest no longer describes what is on disk
+            io.remove_file(io.join(out, MANIFEST))
+            _remove(io.join(out, "_done"))
+        keys = {f: label_file_key(f, cfg.run_dir) for f in files}
+        pending = [f for f in files if not io.exists(done_marker(out, keys[f]))]
+        log.info("labeling: %d input files, %d already done, %d to label", len(files), len(files) - len(pending), len(pending))
+        rows_this_run = 0
+        if pending:
+            ensure_ray(cfg.ray)
+            claimed = _ClaimedIds.of_committed(out, [f for f in files if f not in pending], cfg.run_dir)
+        for start in range(0, len(pending), cfg.files_per_round):
+            round_files = pending[start:start + cfg.files_per_round]
+            staging = io.join(out, "_staging", uuid.uuid4().hex[:12])
+            try:
+                _label_round(cfg, teacher_cfg, round_files, staging)
+                rows_this_run += sum(m["rows_in"] for m in _commit(staging, out, round_files, cfg.run_dir, claimed))
+            finally:  # the lock makes this round the only thing under _staging/
+                _remove(io.join(out, "_staging"))
+            log.info("labeling: committed %d/%d pending files", min(start + cfg.files_per_round, len(pending)), len(pending))
+        elapsed = time.perf_counter() - started
+        markers = [io.read_json(done_marker(out, keys[f])) for f in files]
+        _warn_orphans(out, set(keys.values()))
+        teacher_ids = {t for m in markers for t in m.get("teacher_ids", [])}
+        total = {k: sum(m[k] for m in markers) for k in ("rows_in", "rows_labeled", "rows_kept", "rows_rejected")}
+        manifest = {
+            **total,
+            "complete": True,
+            "inputs": markers,
+            "teacher_ids": sorted(teacher_ids),
+            "config_hash": config_hash(cfg),
+            "format": cfg.format,
+            "timings": {"total_s": round(elapsed, 3), "rows_this_run": rows_this_run,
+                        "rows_per_s": round(rows_this_run / elapsed, 2) if rows_this_run and elapsed > 0 else None},
+        }
+        io.write_json(io.join(out, MANIFEST), manifest)
     print(f"labeling: {total['rows_in']} rows in {len(files)} files ({rows_this_run} this run) in {elapsed:.1f}s"
           + (f" = {rows_this_run / elapsed:.1f} rows/s" if rows_this_run else "")
           + f"; kept {total['rows_kept']}, filtered {total['rows_labeled'] - total['rows_kept']}, rejected {total['rows_rejected']}",

@@ -368,6 +368,7 @@ def test_driver_killed_mid_run_resumes_without_relabelling_finished_files(cluste
     rows_done_before = sum(m["rows_in"] for m in before.values())
     assert manifest["timings"]["rows_this_run"] == 480 - rows_done_before
     files = sorted(str(p) for split in ("train", "unlabeled") for p in (tmp_path / "data" / split).glob("*.parquet"))
-    assert {f"{label_file_key(f)}.json" for f in files} == set(after)
+    assert {f"{label_file_key(f, str(tmp_path))}.json" for f in files} == set(after)
+    assert not (tmp_path / "labels" / "_staging").exists()  # the killed round's staging was cleared
     print(f"killed after {len(before)}/8 files committed ({calls_before} teacher calls); "
           f"re-run labelled {manifest['timings']['rows_this_run']} rows")
