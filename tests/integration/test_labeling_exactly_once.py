@@ -212,3 +212,32 @@ def test_a_second_run_on_the_same_output_is_refused(local_ray, on_path, tmp_path
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_real_avazu_log_with_duplicated_ids_trains_on_the_committed_labels(local_ray, on_path, tmp_path, shared_data):
+    """The reported case on a real click log (the shared Avazu sample, real 64-bit ids): two ids
+    duplicated, one within a file and one across files. Old code: the rejected duplicates went to
+    `_rejects/` and training read them as labels, `2 duplicate id(s) in labels (exactly-once broken)`."""
+    from distillery.data.readers import read_logs
+    from distillery.labeling import run
+
+    rows = read_logs(str(shared_data / "avazu-deepctr" / "avazu_sample.txt")).table.to_pylist()
+    assert len(rows) == 100
+    first, second = rows[:60], rows[60:]
+    first.append({**rows[10], "device": "dup-within"})     # same id again, later in the same file
+    second.insert(5, {**rows[20], "device": "dup-across"})  # an id of the first file in the second
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    for name, part in (("part-00000", first), ("part-00001", second)):
+        pq.write_table(pa.Table.from_pylist(part), tmp_path / "data" / "train" / f"{name}.parquet")
+
+    manifest = run(label_config(tmp_path, tmp_path / "calls", inputs=["{run_dir}/data/train"],
+                                filters={"required_fields": []}))
+    assert manifest["rows_in"] == 102 and manifest["rows_labeled"] == 100 and manifest["rows_rejected"] == 2
+
+    labels, rejects = committed(tmp_path)
+    assert sorted(rejects["id"].to_pylist()) == sorted([rows[10]["id"], rows[20]["id"]])
+    table = build_training_table(str(tmp_path), DataSection(splits=["train"], val_fraction=0.2), "soft")
+    assert table.counts["rows_duplicate_id"] == 2 and len(table) == len(set(table.ids)) == 100
+    prob = dict(zip(labels["id"].to_pylist(), labels["teacher_prob"].to_pylist()))
+    assert all(math.isclose(t, prob[i], rel_tol=1e-6) for i, t in zip(table.ids, table.target))
+    assert not any("dup-" in t for t in table.texts)  # the rows that were labelled, not their duplicates
