@@ -33,7 +33,7 @@ TOKEN = "fault-token-3c9e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APP = "distillery"
 TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwear | ad category: sports"
-MAX_ONGOING, MAX_QUEUED, REPLICAS = 8, 8, 2
+REPLICAS = 2  # queue settings are the shipped ones (serve/serve_config.yaml), so overload figures are real
 
 
 def export_model(hf_dir: Path, out_dir: Path) -> str:
@@ -67,9 +67,8 @@ def serve_config(root: Path, model: str = "a", **deployment) -> dict:
     app["args"]["limits"].update(max_body_bytes=100_000, max_rows=256)
     dep = app["deployments"][0]
     dep.pop("autoscaling_config", None)
-    dep.update(num_replicas=REPLICAS, max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED,
-               ray_actor_options={"num_cpus": 0.25}, user_config={"model_dir": model, "variant": "int8"},
-               health_check_period_s=1, health_check_timeout_s=5)
+    dep.update(num_replicas=REPLICAS, ray_actor_options={"num_cpus": 0.25},
+               user_config={"model_dir": model, "variant": "int8"}, health_check_period_s=1, health_check_timeout_s=5)
     dep.update(deployment)
     return config
 
@@ -108,12 +107,30 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def served_version() -> str | None:
+def health() -> dict | None:
+    """/healthz as the token holder sees it (anonymous callers get only the status)."""
     try:
-        r = requests.get(f"{URL}/healthz", timeout=2)
-        return r.json()["model_version"] if r.status_code == 200 else None
+        r = requests.get(f"{URL}/healthz", headers=AUTH, timeout=2)
+        return r.json() if r.status_code == 200 else None
     except requests.RequestException:
         return None
+
+
+def served_version() -> str | None:
+    return (health() or {}).get("model_version")
+
+
+def every_replica(predicate, timeout_s: float, what: str) -> dict[str, dict]:
+    """Poll /healthz until `predicate(health)` held on REPLICAS distinct replicas; their last answers."""
+    seen: dict[str, dict] = {}
+
+    def check():
+        h = health()
+        if h is not None:
+            seen[h["replica"]] = h
+        return len([r for r in seen.values() if predicate(r)]) >= REPLICAS and seen
+
+    return wait_for(check, timeout_s, what, every_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +225,7 @@ def test_replica_killed_under_steady_load_is_replaced_with_few_failures(server):
 # ------------------------------------------------------------------------------- overload
 
 
-def overload(clients: int = 60, capacity_s: float = 3.0, overload_s: float = 6.0, rows: int = 128) -> dict:
+def overload(clients: int = 150, capacity_s: float = 3.0, overload_s: float = 6.0, rows: int = 128) -> dict:
     """Capacity: closed loop with 4 clients (enough to keep both replicas busy). Overload: `clients`
     closed-loop clients, whose shed requests come straight back, for `overload_s`. Then light load."""
     base = run_load(URL, bodies(rows), requests=100_000, concurrency=4, max_seconds=capacity_s, headers=AUTH)
@@ -331,10 +348,50 @@ def test_hot_swap_to_a_path_outside_the_model_root_is_refused(server, model_dir)
     base, versions = server
     before = served_version()
     deploy(serve_config(base / "root", model=model_dir.format(base=base)))
-    time.sleep(3.0)  # the replicas have had their reconfigure call
-    assert served_version() == before != versions["c"]
+    # observe the refusal on both replicas (authenticated /healthz), not a fixed sleep
+    refused = every_replica(lambda h: "outside model_root" in (h["swap_error"] or ""), 60, "both replicas to refuse")
+    assert {h["model_version"] for h in refused.values()} == {before} != {versions["c"]}
+    assert requests.get(f"{URL}/healthz", timeout=5).json() == {"status": "degraded"}  # anonymous: no model details
     r = requests.post(f"{URL}/predict", json={"texts": [TEXT]}, headers=AUTH, timeout=10)
     assert r.status_code == 200 and r.json()["model_version"] == before
     assert running_replicas() == REPLICAS
     deploy(serve_config(base / "root", model="a"))
-    wait_for(lambda: served_version() == versions["a"], 60, "swap back to a")
+    every_replica(lambda h: h["model_version"] == versions["a"] and h["swap_error"] is None, 60, "swap back to a")
+
+
+def test_replica_started_after_a_failed_swap_serves_the_last_good_model(server):
+    """A failed swap used to raise in a new replica's first reconfigure: replacements never started."""
+    import ray
+
+    base, versions = server
+    deploy(serve_config(base / "root", model="b"))
+    every_replica(lambda h: h["model_version"] == versions["b"], 60, "both replicas on b")
+    deploy(serve_config(base / "root", model="missing"))
+    every_replica(lambda h: h["swap_error"] is not None, 60, "both replicas to refuse the missing folder")
+    victim = sorted(replica_actors())[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    wait_for(lambda: victim not in replica_actors() and running_replicas() == REPLICAS, 120, "a replacement replica")
+    # every replica, the new one included, serves b (not the start model a) and says the swap failed
+    after = every_replica(lambda h: h["model_version"] == versions["b"] and h["swap_error"], 60, "the new replica on b")
+    assert {h["model_version"] for h in after.values()} == {versions["b"]}
+    deploy(serve_config(base / "root", model="a"))
+    every_replica(lambda h: h["model_version"] == versions["a"] and h["swap_error"] is None, 60, "swap back to a")
+
+
+def test_health_tells_anonymous_callers_nothing_about_the_model(server):
+    r = requests.get(f"{URL}/healthz", timeout=5)
+    assert r.status_code == 200 and r.json() == {"status": "ok"} and "x-model-version" not in r.headers
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        assert "x-model-version" not in requests.get(f"{URL}{path}", timeout=5).headers
+    assert health()["model"] == "ctr"  # with the token: the details
+
+
+def test_oversized_binary_infer_tail_is_413(server):
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": 150_004}}]}).encode()
+    body = header + len(b"x" * 150_000).to_bytes(4, "little") + b"x" * 150_000
+    for data in (body, iter([body[:50_000], body[50_000:]])):  # declared length, then chunked
+        r = requests.post(f"{URL}/v2/models/ctr/infer", data=data, timeout=10,
+                          headers={**AUTH, "Inference-Header-Content-Length": str(len(header)),
+                                   "Content-Type": "application/octet-stream"})
+        assert r.status_code == 413, (r.status_code, r.text[:200])

@@ -95,6 +95,9 @@ BANNER_REQ = {"id": "r1", "tmax": 500, "imp": [{"id": "1", "banner": {"w": 300, 
               "site": {"page": "https://example.com/running-shoes"}, "device": {"devicetype": 2}}
 
 
+HUGE = 10 ** 400  # past 2**63: no float holds it
+
+
 def _bid(**changes) -> bytes:
     return json.dumps({**BANNER_REQ, **changes}).encode()
 
@@ -118,6 +121,8 @@ CORPUS = {
         b'{"rows": [{"hour": -99999999999999999999999}]}', b'{"rows": [{"position": true}]}',
         b'{"rows": [{"query": ["a"]}]}', b'{"rows": [{"id": 5, "query": "q"}]}', b'{"rows": [{"\\u0000": "x"}]}',
         b'{"rows": [{"query": "q", "ad_title": "t"}], "texts": ["a"]}', b'{"id": [], "texts": ["a"]}',
+        b'{"texts": ["ok", "bad \\ud800 text"]}', b'{"texts": ["\\udfff"]}', b'{"rows": [{"query": "q\\ud800"}]}',
+        b'{"texts": [' + b"9" * 5000 + b']}',
     ],
     "/v2/models/ctr/infer": [
         b'{"inputs": null}', b'{"inputs": [null]}', b'{"inputs": [{"name": "text"}]}',
@@ -137,6 +142,9 @@ CORPUS = {
         b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}], "outputs": {}}',
         b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}], "parameters": 3}',
         b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}], "id": {}}',
+        b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [' + b"9" * 3001 + b", " + b"9" * 3001
+        + b'], "data": ["a"]}]}',
+        b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a \\ud800"]}]}',
     ],
     "/openrtb/2.6/bid": [
         _bid(imp={}), _bid(imp=[None]), _bid(imp=[[]]), _bid(id=None), _bid(id=""), _bid(tmax=-5), _bid(tmax="fast"),
@@ -148,6 +156,13 @@ CORPUS = {
         _imp(native={"request": json.dumps({"assets": "x"})}), _imp(video={"w": [], "mimes": 3}),
         _imp(pmp={"private_auction": 1, "deals": [{"id": None, "bidfloor": "x"}]}), _imp(pmp={"deals": {}}),
         _imp(id=5), _imp(id=None),
+        # issue 14: each of these answered 500 (or bid) before
+        _imp(video={"w": 640, "h": 480, "format": 5}, banner=None), _imp(pmp={"deals": 5}), _imp(pmp={"deals": [5]}),
+        _imp(native={"request": "[" * 100_000}, banner=None), _bid(tmax=-5), _bid(tmax=0),
+        _bid(ts=1e20), _bid(ts=-5), _bid(ts="0001-01-01T00:00:00"), _bid(ext={"ts": 1e20}),
+        _bid(tmax=HUGE), _bid(ts=HUGE), _imp(bidfloor=HUGE), _imp(pmp={"deals": [{"id": "d", "bidfloor": HUGE}]}),
+        _bid(imp=[{"id": str(i), "banner": {"w": 300, "h": 250}} for i in range(2000)]),
+        _bid(id="r\ud800"), b'{"id": "r", "tmax": ' + b"1" * 5000 + b', "imp": []}',
     ],
 }
 CORPUS["/openrtb/2.5/bid"] = CORPUS["/openrtb/2.6/bid"]
@@ -160,6 +175,8 @@ BINARY_OIP = [  # (body, Inference-Header-Content-Length)
     (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 5}}]}'
      + b"\x01\x00\x00\x00a", "103"),
 ]
+_TAIL = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 60004}}]}'
+BINARY_OIP.append((_TAIL + (60_000).to_bytes(4, "little") + b"x" * 60_000, str(len(_TAIL))))  # tail over the 50 KB limit
 
 
 def test_malformed_corpus_gets_no_5xx_and_the_replica_stays(server):
@@ -169,6 +186,11 @@ def test_malformed_corpus_gets_no_5xx_and_the_replica_stays(server):
             for headers in (JSON_CT, {"Content-Type": "text/plain"}):
                 assert_not_5xx(send("POST", path, body, headers), (path, body[:80], headers))
                 sent += 1
+    for path in POST_ROUTES:  # chunked (no declared length) and over the 50 KB limit: refused while reading
+        big = b'{"texts": ["' + b"x" * 80_000 + b'"]}'
+        r = HTTP.post(f"{URL}{path}", data=iter([big[:30_000], big[30_000:]]), headers={**AUTH, **JSON_CT}, timeout=30)
+        assert r.status_code == 413, (path, r.status_code)
+        sent += 1
     for body, length in BINARY_OIP:
         headers = {"Content-Type": "application/octet-stream"}
         if length is not None:
@@ -199,8 +221,10 @@ def test_malformed_corpus_gets_no_5xx_and_the_replica_stays(server):
 KEYS = st.sampled_from(["texts", "rows", "id", "inputs", "outputs", "parameters", "name", "datatype", "shape", "data",
                         "imp", "banner", "w", "h", "format", "site", "app", "device", "tmax", "cur", "bidfloor",
                         "native", "request", "pmp", "deals", "query", "ad_title", "hour"]) | st.text(max_size=6)
-SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12)
-           | st.sampled_from(["text", "BYTES", "ctr", "USD", "300x250"]))
+SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.integers(-10**400, 10**400) | st.floats()
+           | st.text(max_size=12) | st.text(st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010,
+                                                           categories=["Cs", "Lo", "Co"]), max_size=6)
+           | st.sampled_from(["text", "BYTES", "ctr", "USD", "300x250", "a\ud800", "0001-01-01T00:00:00", 1e20, -5]))
 JSON = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(KEYS, kids, max_size=5),
                     max_leaves=25)
 HTTP_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -150,7 +150,9 @@ def test_health_routes_need_no_token(server):
     for path in ("/healthz", "/v2/health/live", "/v2/health/ready"):
         r = requests.get(f"{URL}{path}", timeout=5)
         assert r.status_code == 200, (path, r.text)
-        assert r.headers["x-model-version"]
+        assert "x-model-version" not in r.headers  # anonymous callers learn nothing about the model
+    r = requests.get(f"{URL}/healthz", headers=AUTH, timeout=5)
+    assert r.json()["model"] == "ctr" and r.headers["x-model-version"] == r.json()["model_version"]
 
 
 def test_other_routes_require_the_bearer_token(server):
@@ -391,6 +393,14 @@ def test_tmax_too_short_answers_no_bid_in_time(server, shared_data):
     assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
     request["tmax"] = 2000
     assert post("/openrtb/2.6/bid", request).status_code == 200
+    # the clock starts at arrival: a request stamped (by the proxy or a load balancer) as having
+    # arrived 3 s ago has spent its 2 s budget while queued, and answers no-bid, not a late bid
+    stamp = {"X-Request-Start": f"t={int((time.time() - 3.0) * 1e6)}"}
+    r = post("/openrtb/2.6/bid", request, headers=stamp)
+    assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
+    request["tmax"] = -5  # used to fall back to the default deadline and bid
+    r = post("/openrtb/2.6/bid", request)
+    assert r.status_code == 400 and "tmax" in r.json()["error"]
 
 
 def test_cuda_required_but_absent_refuses_to_start(server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import json
 
 import numpy as np
@@ -255,3 +256,11 @@ def test_non_string_imp_ids_do_not_break_the_plan():
     request = _request(imp=[{"id": [1], "banner": {"w": 300, "h": 250}}, {"id": "2", "banner": {"w": 300, "h": 250}}])
     plan = plan_bids(request, _catalog())
     assert "imp[0].id" in plan.no_bid["1"] and plan.candidates
+
+
+@pytest.mark.parametrize("change, field", [({"id": "r\ud800"}, "id"),
+                                           ({"imp": [{"id": "\udfff", "banner": {"w": 300, "h": 250}}]}, "imp[0].id")])
+def test_ids_with_lone_surrogates_are_refused(change, field):
+    """They are echoed in the bid response, whose UTF-8 encoding failed (a 500 over HTTP)."""
+    with pytest.raises(BidRequestError, match=rf"{re.escape(field)}: lone surrogate"):
+        plan_bids(_request(**change), _catalog())

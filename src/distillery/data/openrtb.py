@@ -323,8 +323,8 @@ def _check_pmp(problems: list[str], imp: Mapping[str, Any], where: str) -> None:
         if not isinstance(deal, dict):
             problems.append(f"{at[:-1]}: expected an object, got {type(deal).__name__}")
             continue
-        if not isinstance(deal.get("id"), str) or not deal["id"].strip():
-            problems.append(f"{at}id: expected a non-empty string")
+        if not isinstance(deal.get("id"), str) or not deal["id"].strip() or _SURROGATE.search(deal["id"]):
+            problems.append(f"{at}id: expected a non-empty string of valid Unicode")
         _check_price(problems, deal, at)
         _check_type(problems, deal, "bidfloorcur", str, at, "a string")
         _check_type(problems, deal, "wseat", list, at, "an array")
@@ -341,6 +341,8 @@ def validate_bid_request(request: Any) -> list[str]:
         problems.append("id: missing")
     elif not isinstance(rid, str) or not rid.strip():
         problems.append("id: expected a non-empty string")
+    elif _SURROGATE.search(rid):
+        problems.append("id: lone surrogate, not valid Unicode text")
     for key in _OBJECTS:
         _check_type(problems, request, key, dict, "", "an object")
     for key in ("tmax", "at", "test", "allimps"):
@@ -376,6 +378,8 @@ def validate_bid_request(request: Any) -> list[str]:
             problems.append(f"{where}id: missing")
         elif not isinstance(imp_id, str) or not imp_id.strip():
             problems.append(f"{where}id: expected a non-empty string")
+        elif _SURROGATE.search(imp_id):
+            problems.append(f"{where}id: lone surrogate, not valid Unicode text")
         elif imp_id in seen:
             problems.append(f"{where}id: duplicate {imp_id!r}")
         else:

@@ -47,8 +47,16 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="distillery", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped: a lone surrogate echoed from a request (an id, a quoted field)
+    stays valid JSON instead of failing the response's UTF-8 encoding (a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return _AsciiJSON({"error": message}, status_code=status, headers=headers)
 
 
 def _count_rejected(request: Request, status: int) -> None:
@@ -262,7 +270,7 @@ class CTRServer:
         return fn(*args)
 
     def _json(self, payload: Any, status: int = 200, version: str | None = None) -> JSONResponse:
-        return JSONResponse(payload, status_code=status,
+        return _AsciiJSON(payload, status_code=status,
                             headers={"x-model-version": version or self._scorer.version})
 
     # -- health -----------------------------------------------------------------------------
