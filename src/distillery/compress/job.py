@@ -62,6 +62,7 @@ class CompressConfig(Section):
     keep_heads: int | None = Field(None, ge=1, description="attention heads kept per layer (BERT family); None keeps all")
     presets: list[Preset] = Field(default_factory=lambda: ["int8-dynamic"], min_length=1, description="quantization presets to write (at least one)")
     per_channel: bool = Field(True, description="per-channel int8 weight scales (measured closer to FP32 than per-tensor)")
+    reduce_range: bool | None = Field(None, description="int8-dynamic: 7-bit weights (no u8s8 int16 saturation on CPUs without VNNI); null decides from this CPU's features")
     try_fusion: bool = Field(True, description="build ORT's transformer-fused graph and keep it only if int8 measures faster")
     max_length: int = Field(128, ge=8, le=4096, description="truncation length in tokens, written to the card")
     opset: int = Field(17, ge=14, le=21, description="ONNX opset")
@@ -159,7 +160,8 @@ def _choose_fusion(out_dir: str, cfg: CompressConfig, texts: list[str]) -> dict[
         return {"chosen": "plain", "reason": "no ORT fusion for this model type"}
     card = read_card(out_dir)
     int8_fused = os.path.join(out_dir, card["variants"]["int8"][: -len(".onnx")] + FUSED_SUFFIX + ".onnx")
-    quantize_file(fused, int8_fused, cfg.per_channel)
+    quantize_file(fused, int8_fused, cfg.per_channel,
+                  card.get("presets", {}).get("int8", {}).get("reduce_range") or False)
     card["variants"]["_int8_fused"] = os.path.basename(int8_fused)
     write_card(out_dir, card)
     threads = cfg.validation.num_threads or 1
@@ -223,7 +225,8 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         presets = {}
         for preset in cfg.presets:
             print(f"[compress] quantize: {preset}", flush=True)
-            apply_preset(out_dir, preset, calibration_texts=calib_texts, per_channel=cfg.per_channel)
+            apply_preset(out_dir, preset, calibration_texts=calib_texts, per_channel=cfg.per_channel,
+                         reduce_range=cfg.reduce_range)
             presets[PRESET_VARIANT[preset]] = preset
         fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
         card = read_card(out_dir)

@@ -106,6 +106,7 @@ def apply_preset(
     calibration_texts: list[str] | None = None,
     per_channel: bool = True,
     tensorrt: bool = False,
+    reduce_range: bool | None = None,
 ) -> str:
     """Write the preset's variant of `out_dir/student.fp32.onnx` beside it; return its path.
 
@@ -113,7 +114,16 @@ def apply_preset(
 
     `per_channel`: one int8 scale per output channel of each weight (measured: tracks FP32 much
     more closely than one scale per tensor, at no speed cost on this CPU).
+
+    `reduce_range`: 7-bit weights for int8-dynamic. Without VNNI, ORT's u8s8 kernels add pairs of
+    u8×s8 products in int16 (AVX2 `vpmaddubsw`), which saturates with full-range weights; 7-bit
+    weights cannot overflow there. None decides from this CPU (`hardware.has_vnni`): on where VNNI
+    is missing, off where it is present (full range is more accurate and VNNI does not saturate).
     """
+    if reduce_range is None:
+        from distillery.hardware import has_vnni
+
+        reduce_range = not has_vnni()
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
     card = read_card(out_dir)
@@ -128,7 +138,7 @@ def apply_preset(
         raise ValueError("int8-static: calibration_texts is empty; pass rows from the logs (validation.calibration_rows)")
     with quiet_ort_tools():
         if preset == "int8-dynamic":
-            quantize_file(src, dst, per_channel)
+            quantize_file(src, dst, per_channel, reduce_range)
         elif preset == "int8-static":
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -151,8 +161,12 @@ def apply_preset(
     variant = PRESET_VARIANT[preset]
     card["variants"][variant] = os.path.basename(dst)
     card.setdefault("size_mb", {})[variant] = round(os.path.getsize(dst) / 1e6, 3)
+    from distillery.hardware import cpu_info
+
     card.setdefault("presets", {})[variant] = {"preset": preset, "per_channel": per_channel if preset != "fp16" else None,
-                                               "tensorrt": tensorrt}
+                                               "tensorrt": tensorrt,
+                                               "reduce_range": reduce_range if preset == "int8-dynamic" else None,
+                                               "quantized_on": {k: cpu_info()[k] for k in ("model", "isa", "vnni")}}
     write_card(out_dir, card)
     log.info("%s -> %s (%.1f MB)", preset, dst, card["size_mb"][variant])
     return dst
@@ -187,13 +201,14 @@ def fuse_transformer(out_dir: str, variant: str = "fp32") -> str | None:
     return dst
 
 
-def quantize_file(src: str, dst: str, per_channel: bool = True) -> str:
-    """`int8-dynamic` on an arbitrary ONNX file (used to quantize fused graphs)."""
+def quantize_file(src: str, dst: str, per_channel: bool = True, reduce_range: bool = False) -> str:
+    """`int8-dynamic` on an arbitrary ONNX file (used to quantize fused graphs); see `apply_preset`
+    for `reduce_range`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # DefaultTensorType: fused graphs carry ops (Attention, SkipLayerNorm) whose output types the
     # quantizer cannot infer; it needs to be told they are float.
     with quiet_ort_tools():
-        quantize_dynamic(src, dst, op_types_to_quantize=_INT8_OPS, per_channel=per_channel,
+        quantize_dynamic(src, dst, op_types_to_quantize=_INT8_OPS, per_channel=per_channel, reduce_range=reduce_range,
                          weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
     return dst
