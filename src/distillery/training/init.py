@@ -7,6 +7,8 @@
   and the pooler/classifier are copied from the source; the other layers are dropped.
 - `fresh`: a randomly initialised model of the source's family, with config overrides of any size
   (`hidden_size`, `num_hidden_layers`, ...) and the source's tokenizer.
+- `two_tower`: the two-tower student (`training.two_tower_student`): the source's encoder cut to
+  `layers` as a shared request/ad tower, and an interaction head shaped by `two_tower`.
 
 Any Hugging Face encoder whose layers sit in one `nn.ModuleList` works (BERT, RoBERTa, ELECTRA,
 DistilBERT, DeBERTa, MiniLM ...). Every model has `num_labels=1`: one click logit.
@@ -20,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distillery.config import Section
+from distillery.data.tower_inputs import TwoTowerSpec
 from distillery.models import resolve_model_path
 
 __all__ = ["ModelInit", "build_model", "find_layer_list", "keep_layers"]
@@ -31,20 +34,23 @@ _LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layers", "num_layers")
 
 
 class ModelInit(Section):
-    kind: Literal["pretrained", "layer_subset", "fresh"] = Field("layer_subset", description="how the model starts")
+    kind: Literal["pretrained", "layer_subset", "fresh", "two_tower"] = Field("layer_subset", description="how the model starts (two_tower: the two-tower student, a cross-encoder otherwise)")
     source: str = Field("minilm", description="HF folder or id the weights/config/tokenizer come from ('minilm' = packaged backbone)")
-    layers: list[int] = Field(default_factory=lambda: [0, 5], description="layer_subset: source layer indices to keep, in order")
+    layers: list[int] = Field(default_factory=lambda: [0, 5], description="layer_subset, two_tower: source layer indices to keep, in order")
     overrides: dict[str, int | float | str] = Field(default_factory=dict, description="fresh: config overrides, e.g. hidden_size: 128")
     seed: int = Field(0, description="seed of the randomly initialised parts (classifier head, fresh weights)")
+    two_tower: TwoTowerSpec = Field(default_factory=TwoTowerSpec, description="two_tower: the towers' fields and the head's size (unused by other kinds)")
     trim_vocab_splits: list[str] = Field(default_factory=list, description="splits under <run_dir>/data whose texts define the vocabulary kept (training.vocab: the embedding table cut to the pieces they use); empty keeps the full vocabulary")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelInit":
-        if self.kind == "layer_subset":
+        if self.kind in ("layer_subset", "two_tower"):
             if not self.layers:
                 raise ValueError("layers: layer_subset needs at least one layer index")
             if len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
                 raise ValueError(f"layers: {self.layers} must be distinct non-negative indices")
+        if self.kind == "two_tower" and self.overrides:
+            raise ValueError("overrides: only used with kind=fresh")
         return self
 
 
@@ -84,8 +90,14 @@ def keep_layers(model, layers: list[int]):
 
 
 def build_model(init: ModelInit):
-    """(model, tokenizer): an `AutoModelForSequenceClassification` with one logit, and its tokenizer."""
+    """(model, tokenizer): an `AutoModelForSequenceClassification` with one logit (or, for
+    kind=two_tower, a `TwoTowerStudent`), and its tokenizer."""
     import torch
+
+    if init.kind == "two_tower":
+        from distillery.training.two_tower_student import build_two_tower
+
+        return build_two_tower(init)
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_model_path(init.source)

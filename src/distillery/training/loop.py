@@ -30,7 +30,7 @@ from distillery.training.losses import LossName, compute_loss
 
 __all__ = [
     "LoopConfig", "TrainState", "Hooks", "TokenizedRows", "InjectedFailure",
-    "train", "train_epoch", "validate", "predict_logits", "score_texts", "make_loader",
+    "train", "train_epoch", "validate", "predict_logits", "score_texts", "make_loader", "rows_for",
     "save_checkpoint", "load_checkpoint", "load_state", "Progress", "local_hooks", "latest_local_checkpoint", "set_seed", "set_output_bias", "unwrap",
 ]
 
@@ -145,9 +145,21 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def make_loader(rows: TokenizedRows, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(rows: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches of `rows`, collated by the dataset's own `collate` when it has one (two-tower rows), else `collate`."""
     gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=getattr(rows, "collate", collate), generator=gen)
+
+
+def rows_for(model, tokenizer, table: TrainingTable, max_length: int) -> Dataset:
+    """The dataset `model` trains on: `TokenizedRows` for a cross-encoder, `TwoTowerRows` (each
+    tower's ids + head features) for a two-tower student; the same targets either way."""
+    raw = unwrap(model)
+    if getattr(raw, "student_kind", None) == "two_tower":
+        from distillery.training.two_tower_student import TwoTowerRows
+
+        return TwoTowerRows.from_table(tokenizer, table, max_length, raw.spec)
+    return TokenizedRows.from_table(tokenizer, table, max_length)
 
 
 def _start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
@@ -160,8 +172,13 @@ def _start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
         loader.generator.manual_seed(seed * 100_003 + epoch)
 
 
+TARGET_KEYS = ("target", "teacher_prob", "click")
+
+
 def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: str) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+    """Every non-target tensor of the batch is a model input (`input_ids, attention_mask` for a
+    cross-encoder; both towers' ids and the head features for a two-tower student)."""
+    out = model(**{k: v.to(device) for k, v in batch.items() if k not in TARGET_KEYS})
     return out.logits.reshape(-1).float()  # (batch,): one click logit per row
 
 
@@ -202,7 +219,7 @@ def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: st
         if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
             break
         logits = _forward(model, batch, device)
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("target", "teacher_prob", "click")}
+        batch = {k: v.to(device) for k, v in batch.items() if k in TARGET_KEYS}
         loss = compute_loss(cfg.loss, logits, batch, cfg.alpha, cfg.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -228,7 +245,14 @@ def predict_logits(model, loader: DataLoader, device: str = "cpu") -> np.ndarray
 
 def score_texts(model, tokenizer, texts: list[str], max_length: int = 64, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
     """Click probabilities `(n,)` float64 in [0, 1] of a one-logit classifier over raw texts."""
-    loader = make_loader(TokenizedRows(tokenizer, texts, max_length), batch_size, shuffle=False)
+    raw = unwrap(model)
+    if getattr(raw, "student_kind", None) == "two_tower":
+        from distillery.training.two_tower_student import TwoTowerRows
+
+        rows: Dataset = TwoTowerRows(tokenizer, texts, max_length, raw.spec)
+    else:
+        rows = TokenizedRows(tokenizer, texts, max_length)
+    loader = make_loader(rows, batch_size, shuffle=False)
     return 1.0 / (1.0 + np.exp(-predict_logits(model, loader, device)))
 
 
@@ -273,10 +297,12 @@ def train(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks 
                 p.requires_grad_(False)
     if cfg.init_bias_to_prior and state.optimizer is None:
         set_output_bias(model, _prior(table.subset(~table.is_val), cfg.loss))
-    train_rows = TokenizedRows.from_table(tokenizer, table.subset(~table.is_val), cfg.max_length)
-    val_rows = TokenizedRows.from_table(tokenizer, table.subset(table.is_val), cfg.max_length)
+    train_rows = rows_for(model, tokenizer, table.subset(~table.is_val), cfg.max_length)
+    val_rows = rows_for(model, tokenizer, table.subset(table.is_val), cfg.max_length)
     train_loader = hooks.prepare_loader(make_loader(train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed))
     val_loader = make_loader(val_rows, cfg.eval_batch_size, shuffle=False)  # every worker scores all of it
+    if cfg.head_init == "probe" and getattr(unwrap(model), "student_kind", None) == "two_tower":
+        raise ValueError("loop.head_init: probe is for a cross-encoder's linear head; the two-tower head starts random")
     if cfg.head_init == "probe" and state.optimizer is None:
         # every worker fits the same head on the same rows (all of them, unsharded): replicas stay identical
         fit_head_probe(unwrap(model), make_loader(train_rows, cfg.eval_batch_size, shuffle=False), cfg.head_probe_l2, hooks.device)
@@ -376,8 +402,14 @@ def load_state(path: str) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str):
-    """(model, tokenizer, TrainState) from a folder written by `save_checkpoint`."""
+    """(model, tokenizer, TrainState) from a folder written by `save_checkpoint` (either student kind)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distillery.training.two_tower_student import CONFIG_FILE, load_two_tower
+
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        model, tokenizer = load_two_tower(path)
+        return model.train(), tokenizer, TrainState(**load_state(path))
 
     model = AutoModelForSequenceClassification.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,231 @@
+"""The two-tower student: a request tower, an ad tower and a small interaction head, one click logit.
+
+    model, tokenizer = build_two_tower(ModelInit(kind="two_tower", source="minilm", layers=[0, 5]))
+    rows = TwoTowerRows(tokenizer, texts, max_length=64, spec=model.spec)      # dataset for the loop
+    logits = model(**collate_two_tower([rows[i] for i in range(8)]))           # (8,)
+
+Why: a cross-encoder reads request and ad together, so a bid with n candidates costs n transformer
+passes. Here the request text (query/page and context) and the ad text are encoded apart by one
+shared transformer (a MiniLM layer subset, mean-pooled like sentence-transformers, so it starts from
+the similarity the two-tower teacher is built on). A bid then costs one request-tower pass, cached
+ad embeddings (computed when the catalog loads) and the head per candidate:
+
+    ũ = √d · normalise(mean_pool(encoder(request)))     (batch, d)
+    ṽ = √d · normalise(mean_pool(encoder(ad)))          (batch, d)
+    x = [ũ, ṽ, ũ⊙ṽ, cos(ũ, ṽ), E_pos[position], E_slot[slot]]
+    logit = o · relu(W x + b) + o_b + s · x              (batch,)
+
+Position and slot size are per-candidate features of the head, not tower text. The inputs of both
+towers are recovered from the canonical row text (`from_text`), so every stage that hands a
+cross-encoder `to_text(row)` hands this student the same string. A published folder holds the
+tokenizer, `two_tower_student.json` (spec + encoder config) and `two_tower_student.pt` (weights,
+loaded with `weights_only=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from distillery.data.tower_inputs import TwoTowerSpec, tower_inputs, tower_inputs_from_fields
+
+__all__ = ["KIND", "CONFIG_FILE", "WEIGHTS_FILE", "TwoTowerSpec", "TwoTowerStudent", "InteractionHead",
+           "TwoTowerRows", "collate_two_tower", "tower_inputs", "tower_inputs_from_fields", "build_two_tower",
+           "load_two_tower", "is_two_tower_student", "mean_pool"]
+
+log = logging.getLogger(__name__)
+
+KIND = "two_tower"
+CONFIG_FILE = "two_tower_student.json"
+WEIGHTS_FILE = "two_tower_student.pt"
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden: (batch, seq, d)` over the tokens `mask: (batch, seq)` marks; `(batch, d)`."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class InteractionHead(torch.nn.Module):
+    """One logit per (request, ad, position, slot): `forward(u: (b, d), v: (b, d), position: (b,), slot: (b,)) -> (b,)`."""
+
+    def __init__(self, dim: int, spec: TwoTowerSpec):
+        super().__init__()
+        n_in = 3 * dim + 1 + 2 * spec.feature_dim
+        self.dim = dim
+        self.position = torch.nn.Embedding(spec.position_buckets, spec.feature_dim)
+        self.slot = torch.nn.Embedding(spec.slot_buckets, spec.feature_dim)
+        self.dense = torch.nn.Linear(n_in, spec.head_hidden)
+        self.skip = torch.nn.Linear(n_in, 1, bias=False)  # a linear path: the cosine alone is a useful start
+        self.out = torch.nn.Linear(spec.head_hidden, 1)  # last one-logit Linear: `set_output_bias` sets its bias
+        with torch.no_grad():
+            self.skip.weight.zero_()
+            self.position.weight.mul_(0.1)
+            self.slot.weight.mul_(0.1)
+
+    def features(self, u: torch.Tensor, v: torch.Tensor, position: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        cos = (u * v).sum(-1, keepdim=True) / self.dim  # ũ, ṽ have norm √d
+        return torch.cat([u, v, u * v, cos, self.position(position), self.slot(slot)], dim=-1)
+
+    def forward(self, u, v, position, slot) -> torch.Tensor:
+        x = self.features(u, v, position, slot)
+        return (self.out(torch.relu(self.dense(x))) + self.skip(x)).squeeze(-1)
+
+
+class TwoTowerStudent(torch.nn.Module):
+    """Shared transformer towers + `InteractionHead`. `forward(**batch)` returns `SimpleNamespace(logits=(b, 1))`."""
+
+    student_kind = KIND
+
+    def __init__(self, encoder, spec: TwoTowerSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = encoder  # an HF base model (BertModel, ...): last_hidden_state (b, seq, d)
+        self.classifier = InteractionHead(int(encoder.config.hidden_size), spec)
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value) -> None:
+        self.encoder.set_input_embeddings(value)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One tower pass: `(batch, seq)` int64 ids and mask → `(batch, d)` float, norm √d."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
+        return pooled * math.sqrt(pooled.shape[-1])
+
+    def forward(self, request_input_ids, request_attention_mask, ad_input_ids, ad_attention_mask, position, slot):
+        u = self.embed(request_input_ids, request_attention_mask)
+        v = self.embed(ad_input_ids, ad_attention_mask)
+        return SimpleNamespace(logits=self.classifier(u, v, position, slot).unsqueeze(-1))
+
+    def save_pretrained(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        meta = {"kind": KIND, "format": 1, "spec": self.spec.model_dump(mode="json"), "encoder_config": self.encoder.config.to_dict()}
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, os.path.join(path, WEIGHTS_FILE))
+
+
+def is_two_tower_student(folder: str) -> bool:
+    """True for a folder written by `TwoTowerStudent.save_pretrained` (local path or URI)."""
+    from distillery import io
+
+    return io.exists(io.join(folder, CONFIG_FILE))
+
+
+def load_two_tower(path: str):
+    """(model in eval mode, tokenizer) from a local folder written by `save_pretrained` + tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (not a two-tower student folder)")
+    with open(cfg_path) as f:
+        meta = json.load(f)
+    if meta.get("kind") != KIND:
+        raise ValueError(f"{cfg_path}: kind {meta.get('kind')!r}, expected {KIND!r}")
+    enc_cfg = dict(meta["encoder_config"])
+    config = AutoConfig.for_model(enc_cfg.pop("model_type"), **enc_cfg)
+    try:  # eager attention: exports cleanly to ONNX, same numbers as sdpa
+        encoder = AutoModel.from_config(config, attn_implementation="eager", add_pooling_layer=False)
+    except TypeError:  # families without a pooler argument
+        encoder = AutoModel.from_config(config, attn_implementation="eager")
+    model = TwoTowerStudent(encoder, TwoTowerSpec.model_validate(meta["spec"]))
+    state = torch.load(os.path.join(path, WEIGHTS_FILE), weights_only=True)
+    model.load_state_dict(state)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def build_two_tower(init) -> tuple[TwoTowerStudent, Any]:
+    """(model, tokenizer) from `ModelInit(kind="two_tower")`: the source's encoder, cut to `init.layers`
+    (all layers when empty), and a fresh head seeded by `init.seed`."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from distillery.models import resolve_model_path
+    from distillery.training.init import keep_layers
+
+    source = resolve_model_path(init.source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a classifier folder as source: its head keys are unused here, by design
+    try:
+        encoder = AutoModel.from_pretrained(source, add_pooling_layer=False)
+    except TypeError:  # families without a pooler argument
+        encoder = AutoModel.from_pretrained(source)
+    finally:
+        hf_logging.set_verbosity(level)
+    if init.layers:
+        keep_layers(encoder, init.layers)
+    torch.manual_seed(init.seed)
+    model = TwoTowerStudent(encoder, init.two_tower)
+    log.info("two-tower student from %s layers %s: %.1fM parameters", source, init.layers,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    return model, tokenizer
+
+
+class TwoTowerRows(Dataset):
+    """Rows tokenised once per tower; items carry both towers' ids, the head features and float targets."""
+
+    def __init__(self, tokenizer, texts: list[str], max_length: int, spec: TwoTowerSpec,
+                 target=None, teacher_prob=None, click=None):
+        parts = [tower_inputs(t, spec) for t in texts]
+        n = len(parts)
+        kw = dict(truncation=True, max_length=max_length, padding=False)
+        self.request_ids = tokenizer([p[0] for p in parts], **kw)["input_ids"] if n else []
+        self.ad_ids = tokenizer([p[1] for p in parts], **kw)["input_ids"] if n else []
+        self.position = np.array([p[2] for p in parts], dtype=np.int64)
+        self.slot = np.array([p[3] for p in parts], dtype=np.int64)
+        nan = np.full(n, np.nan, dtype=np.float32)
+        self.target = nan if target is None else np.asarray(target, dtype=np.float32)
+        self.teacher_prob = nan if teacher_prob is None else np.asarray(teacher_prob, dtype=np.float32)
+        self.click = nan if click is None else np.asarray(click, dtype=np.float32)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.collate = collate_two_tower
+
+    @classmethod
+    def from_table(cls, tokenizer, table, max_length: int, spec: TwoTowerSpec) -> "TwoTowerRows":
+        return cls(tokenizer, table.texts, max_length, spec, table.target, table.teacher_prob, table.click)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"request": self.request_ids[i], "ad": self.ad_ids[i], "position": self.position[i], "slot": self.slot[i],
+                "target": self.target[i], "teacher_prob": self.teacher_prob[i], "click": self.click[i], "pad_id": self.pad_id}
+
+
+def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+def collate_two_tower(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Model inputs `request_/ad_input_ids, _attention_mask: (batch, seq)`, `position, slot: (batch,)` int64,
+    and targets `(batch,)` float32 — the keys `TwoTowerStudent.forward` and `compute_loss` read."""
+    pad = items[0]["pad_id"]
+    req_ids, req_mask = _pad([it["request"] for it in items], pad)
+    ad_ids, ad_mask = _pad([it["ad"] for it in items], pad)
+    out = {"request_input_ids": req_ids, "request_attention_mask": req_mask, "ad_input_ids": ad_ids,
+           "ad_attention_mask": ad_mask, "position": torch.tensor([int(it["position"]) for it in items]),
+           "slot": torch.tensor([int(it["slot"]) for it in items])}
+    for key in ("target", "teacher_prob", "click"):
+        out[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
+    return out
