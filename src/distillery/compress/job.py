@@ -200,6 +200,7 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
     _remove(rejected_uri)
     with tempfile.TemporaryDirectory(prefix="compress-") as tmp, contextlib.ExitStack() as cleanup:
         src = _local_dir(student_path, tmp, "student")
+        two_tower = _is_two_tower(src, cfg)
         calib_rows, calib_source = _rows(cfg, v.calibration_split, v.calibration_rows)
         calib_texts = [to_text(r) for r in calib_rows]
         pruned_dir = os.path.join(tmp, "student_pruned")
@@ -213,29 +214,40 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         if pruning:
             lineage["pruned_checkpoint"] = io.join(cfg.run_dir, "student_pruned")
         print(f"[compress] export {model_dir} → ONNX (opset {cfg.opset})", flush=True)
-        export_onnx(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
+        if two_tower:
+            from distillery.compress.export_two_tower import export_two_tower
+
+            export_two_tower(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
+        else:
+            export_onnx(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
         card = read_card(out_dir)
         card["lineage"]["source_model"] = lineage.get("pruned_checkpoint", student_path)  # not the temp folder
         write_card(out_dir, card)
         rows, source = _rows(cfg, v.split, v.rows)
         texts = [to_text(r) for r in rows]
         clicks = np.asarray([r.get("click") for r in rows], dtype=np.float64)
-        parity = fp32_parity(model_dir, out_dir, texts[:v.parity_rows], atol=v.atol, max_length=cfg.max_length,
-                             batch_size=v.batch_size, intra_op_threads=v.num_threads)
+        parity_fn, probs_fn = fp32_parity, variant_probs
+        if two_tower:  # the whole model: tower graph + numpy head, against PyTorch / FP32
+            from distillery.compress.export_two_tower import two_tower_parity as parity_fn, two_tower_variant_probs as probs_fn
+        parity = parity_fn(model_dir, out_dir, texts[:v.parity_rows], atol=v.atol, max_length=cfg.max_length,
+                           batch_size=v.batch_size, intra_op_threads=v.num_threads)
         presets = {}
         for preset in cfg.presets:
             print(f"[compress] quantize: {preset}", flush=True)
             apply_preset(out_dir, preset, calibration_texts=calib_texts, per_channel=cfg.per_channel,
                          reduce_range=cfg.reduce_range)
             presets[PRESET_VARIANT[preset]] = preset
-        fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
+        if two_tower:  # the tower's cost is paid once per request / ad, not per candidate: not worth the search
+            fusion = {"chosen": "plain", "reason": "not tried for a two-tower student"}
+        else:
+            fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
         card = read_card(out_dir)
         for variant, file in card["variants"].items():  # fusion may have replaced files
             card["size_mb"][variant] = round(os.path.getsize(os.path.join(out_dir, file)) / 1e6, 3)
         card["version"] = card["version"] if fusion["chosen"] == "plain" else f"{card['version']}-fused"
         print(f"[compress] quality gate: {len(texts)} rows, {int(clicks.sum())} clicks, variants {sorted(card['variants'])}", flush=True)
-        probs = variant_probs(out_dir, list(card["variants"]), texts, batch_size=v.batch_size,
-                              intra_op_threads=v.num_threads)
+        probs = probs_fn(out_dir, list(card["variants"]), texts, batch_size=v.batch_size,
+                         intra_op_threads=v.num_threads)
         thresholds = GateThresholds(max_auc_drop=v.max_auc_drop, confidence=v.confidence,
                                     min_spearman=v.min_spearman, max_mean_abs_dp=v.max_mean_abs_dp)
         gate = quality_gate(clicks, probs, thresholds, presets=presets)
@@ -244,9 +256,14 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         latency = {}
         if v.latency_calls:
             from distillery.serving.scorer import OnnxScorer
+            from distillery.serving.two_tower import TwoTowerScorer
 
             for variant in card["variants"]:
-                scorer = OnnxScorer(out_dir, variant, intra_op_threads=v.num_threads or 1)
+                if two_tower:  # caches off: one row = one request-tower and one ad-tower pass, the cold path
+                    scorer = TwoTowerScorer(out_dir, variant, intra_op_threads=v.num_threads or 1, ad_cache_size=0,
+                                            request_cache_size=0)
+                else:
+                    scorer = OnnxScorer(out_dir, variant, intra_op_threads=v.num_threads or 1)
                 latency[variant] = batch1_latency(scorer.predict_proba, texts, calls=v.latency_calls)
         card["metrics"] = {
             "fp32_parity": parity, "auc": aucs, "auc_drop": {k: r["auc_drop"] for k, r in gate["variants"].items()},
@@ -271,6 +288,20 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
             _upload(pruned_dir, io.join(cfg.run_dir, "student_pruned"))
     log.info("compress: %s in %.1fs; AUC %s", out_uri, time.perf_counter() - t0, {k: round(a, 4) for k, a in aucs.items()})
     return card
+
+
+def _is_two_tower(src: str, cfg: CompressConfig) -> bool:
+    """True for a two-tower student folder; refuses pruning, which is written for cross-encoders."""
+    from distillery.training.two_tower_student import CONFIG_FILE
+
+    if not os.path.exists(os.path.join(src, CONFIG_FILE)):
+        return False
+    for field in ("keep_layers", "keep_decoder_layers", "keep_heads"):
+        if getattr(cfg, field) is not None:
+            raise ValueError(f"{field}: pruning is not supported for a two-tower student (train it with fewer layers: init.layers)")
+    if cfg.ffn_keep_ratio != 1.0:
+        raise ValueError("ffn_keep_ratio: pruning is not supported for a two-tower student (train it with fewer layers: init.layers)")
+    return True
 
 
 def _print_gate(gate: dict[str, Any]) -> None:

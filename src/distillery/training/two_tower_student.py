@@ -103,7 +103,7 @@ class TwoTowerStudent(torch.nn.Module):
         """One tower pass: `(batch, seq)` int64 ids and mask → `(batch, d)` float, norm √d."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
-        return pooled * math.sqrt(pooled.shape[-1])
+        return pooled * math.sqrt(self.config.hidden_size)
 
     def forward(self, request_input_ids, request_attention_mask, ad_input_ids, ad_attention_mask, position, slot):
         u = self.embed(request_input_ids, request_attention_mask)
