@@ -141,18 +141,43 @@ def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray |
 
 
 def _score_folder(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    """Probabilities of a published model folder: a Hugging Face classifier or a two-tower head."""
+    """Probabilities of a published model folder: a Hugging Face classifier, a two-tower head, or a
+    two-tower student (`_score_two_tower_student`)."""
     from distillery.teachers.base import build_teacher, folder_teacher_config
+
+    if _is_two_tower_student(path):
+        return _score_two_tower_student(path, texts, cfg)
 
     teacher = build_teacher(folder_teacher_config(path, batch_size=cfg.batch_size, max_length=cfg.max_length,
                                                   dtype=cfg.dtype, device="auto", num_threads=cfg.num_threads))
     return teacher.predict_proba(texts)
 
 
-def _score_onnx(model_dir: str, variant: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    from distillery.serving.scorer import OnnxScorer
+def _is_two_tower_student(path: str) -> bool:
+    from distillery.training.two_tower_student import CONFIG_FILE
 
-    scorer = OnnxScorer(model_dir, variant=variant, provider="cpu", intra_op_threads=cfg.num_threads)
+    return io.exists(io.join(path, CONFIG_FILE))
+
+
+def _score_two_tower_student(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+    """Probabilities `(n,)` of a two-tower student folder in PyTorch, fp32 (its towers are small)."""
+    import torch
+
+    from distillery.training.loop import score_texts
+    from distillery.training.two_tower_student import load_two_tower
+
+    if "://" in path:
+        raise ValueError(f"models: two-tower student {path!r} must be a local folder")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model, tokenizer = load_two_tower(path)
+    return score_texts(model, tokenizer, texts, cfg.max_length, cfg.batch_size)
+
+
+def _score_onnx(model_dir: str, variant: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+    from distillery.serving.two_tower import open_scorer  # OnnxScorer, or TwoTowerScorer by the card
+
+    scorer = open_scorer(model_dir, variant=variant, provider="cpu", intra_op_threads=cfg.num_threads)
     out = [scorer.predict_proba(texts[i: i + cfg.batch_size]) for i in range(0, len(texts), cfg.batch_size)]
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -184,7 +209,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     scored: dict[str, np.ndarray] = {}
     for name, template in cfg.models.items():
         path = cfg.resolve(template)
-        if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path)):
+        if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path) or _is_two_tower_student(path)):
             skipped.append(name)
             continue
         t = time.perf_counter()
