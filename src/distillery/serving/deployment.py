@@ -168,12 +168,15 @@ class CTRServer:
                  self._scorer.variant, self._scorer.providers, "on" if self._token else "off")
 
     def _load(self, model: ModelSection):
-        from distillery.serving.scorer import OnnxScorer
+        from distillery.serving.two_tower import open_scorer  # OnnxScorer, or TwoTowerScorer when the card says two_tower
 
         path = resolve_model_dir(self.args.model_root, model.model_dir)
         # OnnxScorer raises if provider=cuda and ORT did not really get CUDA: the replica refuses to start.
-        return OnnxScorer(path, variant=self.args.variant(model), provider=self.args.provider,
-                          intra_op_threads=self.args.intra_op_threads)
+        scorer = open_scorer(path, variant=self.args.variant(model), provider=self.args.provider,
+                             intra_op_threads=self.args.intra_op_threads)
+        if hasattr(scorer, "warm_ads"):  # two-tower: every catalog ad through the ad tower now (start, hot swap), not per bid
+            scorer.warm_ads(ad.row_fields() for ad in self._catalog.candidates())
+        return scorer
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Hot swap: load the folder named in `user_config` beside the serving one, then switch.
