@@ -2,6 +2,7 @@
 
     distillery data generate --out runs/demo/data [--rows-train N ...]
     distillery data inspect PATH [--format auto] [--label-column NAME] --json
+    distillery data split PATH --out DIR [--format F] [--label-column NAME] [--time-column NAME] [--fractions 0.5,0.3,0.2] [--json]
     distillery teacher  --config jobs/configs/teacher.yaml [key=value ...]
     distillery label    --config jobs/configs/label.yaml   [key=value ...]
     distillery train    --config jobs/configs/train.yaml   [key=value ...]
@@ -65,6 +66,8 @@ def _data(args: argparse.Namespace) -> int:
             for key, value in summary.items():
                 print(f"{key:>12}: {value}")
         return 0
+    if args.data_command == "split":
+        return _data_split(args)
     if args.data_command == "generate":
         from distillery.data.synthetic import SyntheticConfig, write_splits
 
@@ -72,6 +75,34 @@ def _data(args: argparse.Namespace) -> int:
         print(json.dumps(write_splits(cfg, args.out), indent=2))
         return 0
     raise AssertionError(args.data_command)
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from distillery.config import validate_config
+    from distillery.data.split import LogsConfig, split_logs
+
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        print(f"error: --fractions: expected three numbers like 0.5,0.3,0.2, got {args.fractions!r}", file=sys.stderr)
+        return 2
+    cfg = validate_config(LogsConfig, {"path": args.path, "format": args.format, "label_column": args.label_column,
+                                       "time_column": args.time_column, "fractions": fractions,
+                                       "files_per_split": args.files_per_split}, "data split")
+    try:
+        summary = split_logs(cfg, args.out, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as err:  # a missing label/time column, too few rows: say which
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        for split in ("train", "unlabeled", "test"):
+            s = summary[split]
+            print(f"{split:>10}: {s['rows']} rows, {s['clicks']} clicks, {s['files']} files, time {s['time_range']}")
+        print(f"{'rejected':>10}: {summary['rejected']} {summary['reject_reasons'] or ''}")
+        print(f"{'order':>10}: {summary['order']} (time column {summary['time_column']})")
+    return 0
 
 
 def _size(args: argparse.Namespace) -> int:
@@ -91,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="generate or inspect ad logs")
+    data = sub.add_parser("data", help="generate, inspect or split ad logs")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     ins = data_sub.add_parser("inspect", help="load logs and print rows, clicks, columns, a sample text")
     ins.add_argument("path", help="file, folder or URI")
@@ -99,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["auto", "parquet", "csv", "tsv", "jsonl", "criteo", "avazu", "openrtb"])
     ins.add_argument("--label-column", default=None, help="name of the click column in a generic CSV/TSV/JSONL")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
+    spl = data_sub.add_parser("split", help="split your own log into train/unlabeled/test parquet, in time order")
+    spl.add_argument("path", help="log file, folder or URI")
+    spl.add_argument("--out", required=True, help="output folder, e.g. runs/mine/data (local or URI)")
+    spl.add_argument("--format", default="auto",
+                     choices=["auto", "parquet", "csv", "tsv", "jsonl", "criteo", "avazu", "openrtb"])
+    spl.add_argument("--label-column", default=None, help="name of the click column in a generic CSV/TSV/JSONL")
+    spl.add_argument("--time-column", default=None, help="column to order by (default: ts, else timestamp/time/...)")
+    spl.add_argument("--fractions", default="0.5,0.3,0.2", help="train,unlabeled,test shares (sum 1)")
+    spl.add_argument("--files-per-split", type=int, default=4, help="parquet files per split")
+    spl.add_argument("--json", action="store_true", help="print one JSON object")
     gen = data_sub.add_parser("generate", help="write synthetic train/unlabeled/test splits as parquet")
     gen.add_argument("--out", required=True, help="output folder (local or URI)")
     gen.add_argument("--config", default=None, help="YAML with SyntheticConfig fields")

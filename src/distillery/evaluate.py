@@ -7,7 +7,10 @@ Scores each published model folder (teacher, student, student_direct) through it
 same test rows, and merges into `<run_dir>/report.json`:
 
     quality.<model>.{auc, logloss, ece, rows, mean_prob}
-    quality.oracle_auc                       AUC of the true click probability (synthetic data)
+    quality.oracle_auc                       AUC of the true click probability (synthetic data); else null
+                                             and quality.oracle_auc_reason says why
+    quality.<model>.auc_ci, quality.{distillation_efficiency,lift_auc}_ci, quality.test_clicks,
+    quality.few_clicks_warning               bootstrap intervals (`distillery.evaluate_ci`)
     quality.distillation_efficiency          student_int8.auc / teacher.auc (student.auc without ONNX)
     quality.distillation_efficiency_student  student.auc / teacher.auc
     quality.lift_auc                         student.auc − student_direct.auc
@@ -26,6 +29,7 @@ from pydantic import Field
 
 from distillery import io
 from distillery.config import Section
+from distillery.evaluate_ci import BootstrapSection
 
 __all__ = ["EvaluateConfig", "run", "roc_auc", "logloss", "ece", "evaluate_predictions", "merge_report"]
 
@@ -116,6 +120,7 @@ class EvaluateConfig(Section):
     ece_bins: int = Field(10, ge=2, description="bins of the expected calibration error")
     ece_strategy: Literal["quantile", "uniform"] = Field("quantile", description="equal-count or equal-width bins")
     report: str = Field("{run_dir}/report.json", description="report to merge the quality section into")
+    bootstrap: BootstrapSection = Field(default_factory=BootstrapSection, description="confidence intervals of AUCs, efficiency and lift")
     predictions: str | None = Field("{run_dir}/plots/predictions.parquet",
                                     description="test clicks and every model's probabilities (ROC/calibration plots); null: not written")
 
@@ -123,21 +128,39 @@ class EvaluateConfig(Section):
         return template.replace("{run_dir}", self.run_dir.rstrip("/"))
 
 
-def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """(texts, clicks (n,), true click probability (n,) or None)."""
-    from distillery.data.schema import CLICK, CLICK_PROB, ID, TEXT_FIELDS
-    from distillery.data.text import to_texts
+def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(texts, clicks (n,), true click probability (n,) or None, notes).
+
+    Texts are `to_text` of every column (`table_texts`), as labeling and training render them.
+    Rows without a known click are left out and counted (`notes["test_rows_no_click"]`); `notes`
+    also says why the oracle AUC is missing (`oracle_auc_reason`) when it is.
+    """
+    import pyarrow.compute as pc
+
+    from distillery.data.schema import CLICK, CLICK_PROB
+    from distillery.data.text import table_texts
     from distillery.training.data import read_split
 
-    table = read_split(cfg.run_dir, cfg.test_split, cfg.max_rows, columns=[ID, *TEXT_FIELDS, CLICK, CLICK_PROB])
-    if CLICK not in table.column_names or table[CLICK].null_count:
-        raise ValueError(f"test_split: {cfg.test_split!r} needs a click on every row")
-    texts = to_texts({c: table[c].to_pylist() for c in TEXT_FIELDS if c in table.column_names})
+    table = read_split(cfg.run_dir, cfg.test_split, cfg.max_rows)
+    if CLICK not in table.column_names:
+        raise ValueError(f"test_split: {cfg.test_split!r} has no click column; evaluation needs known clicks")
+    notes: dict[str, Any] = {}
+    if table[CLICK].null_count:
+        notes["test_rows_no_click"] = table[CLICK].null_count
+        table = table.filter(pc.is_valid(table[CLICK]))
+    if table.num_rows == 0:
+        raise ValueError(f"test_split: {cfg.test_split!r} has no row with a known click")
+    texts = table_texts(table)
     clicks = table[CLICK].to_numpy(zero_copy_only=False).astype(np.float64)
     oracle = None
-    if CLICK_PROB in table.column_names and table[CLICK_PROB].null_count == 0:
+    if CLICK_PROB not in table.column_names:
+        notes["oracle_auc_reason"] = ("the test split has no click_prob column: only synthetic logs know the true "
+                                      "click probability")
+    elif table[CLICK_PROB].null_count:
+        notes["oracle_auc_reason"] = f"click_prob is null on {table[CLICK_PROB].null_count} test rows"
+    else:
         oracle = table[CLICK_PROB].to_numpy(zero_copy_only=False).astype(np.float64)
-    return texts, clicks, oracle
+    return texts, clicks, oracle, notes
 
 
 def _score_folder(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
@@ -201,10 +224,12 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     Returns `{"quality": {...}, "report": path}`."""
     from distillery.teachers.two_tower import is_two_tower_folder
 
+    from distillery.evaluate_ci import confidence_intervals
+
     t0 = time.perf_counter()
-    texts, clicks, oracle = _load_test(cfg)
+    texts, clicks, oracle, notes = _load_test(cfg)
     quality: dict[str, Any] = {"test_rows": len(texts), "click_rate": float(clicks.mean()) if len(clicks) else None,
-                               "oracle_auc": roc_auc(clicks, oracle) if oracle is not None else None}
+                               "oracle_auc": roc_auc(clicks, oracle) if oracle is not None else None, **notes}
     skipped = []
     scored: dict[str, np.ndarray] = {}
     for name, template in cfg.models.items():
@@ -233,6 +258,12 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     else:
         skipped.extend(cfg.onnx_variants)
     quality.update(_derived(quality))
+    for key, value in confidence_intervals(clicks, scored, cfg.bootstrap).items():
+        if isinstance(value, dict) and isinstance(quality.get(key), dict):
+            quality[key].update(value)  # <model>.auc_ci beside <model>.auc
+        else:
+            quality[key] = value
+    _null_non_finite(quality)
     quality["skipped"] = skipped
     if cfg.predictions:
         _write_predictions(cfg.resolve(cfg.predictions), clicks, scored)
@@ -249,6 +280,16 @@ def _write_predictions(path: str, clicks: np.ndarray, scored: dict[str, np.ndarr
     io.makedirs(path.rsplit("/", 1)[0])
     fs, p = io.filesystem(path)
     pq.write_table(table, p, filesystem=fs)
+
+
+def _null_non_finite(quality: dict[str, Any]) -> None:
+    """NaN is not JSON: an AUC with one click class in the test rows becomes null with a reason."""
+    why = "the test rows hold a single click class, so no pair can be ranked"
+    for key, value in list(quality.items()):
+        if isinstance(value, dict):
+            _null_non_finite(value)
+        elif isinstance(value, float) and not np.isfinite(value):
+            quality[key], quality[f"{key}_reason"] = None, why
 
 
 def _derived(q: dict[str, Any]) -> dict[str, Any]:

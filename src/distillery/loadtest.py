@@ -48,8 +48,11 @@ def predict_bodies(rows: list[dict[str, Any]], candidates: int) -> Iterator[tupl
     n = len(rows)
     i = 0
     while True:
-        context = {k: rows[i % n][k] for k in _CONTEXT if rows[i % n].get(k) is not None}
-        batch = [{**context, **{k: rows[(i + j) % n][k] for k in _AD}} for j in range(candidates)]
+        if any(k in rows[i % n] for k in _AD):
+            context = {k: rows[i % n][k] for k in _CONTEXT if rows[i % n].get(k) is not None}
+            batch = [{**context, **{k: rows[(i + j) % n][k] for k in _AD}} for j in range(candidates)]
+        else:  # a log in its own columns (Criteo, Avazu, yours): whole rows are the candidates
+            batch = [rows[(i + j) % n] for j in range(candidates)]
         i += candidates
         yield "/predict", json.dumps({"rows": batch}).encode(), candidates
 

@@ -19,12 +19,13 @@ import logging
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from distillery import io
 from distillery.config import ConfigError, Section, validate_config
+from distillery.data.split import LogsConfig
 from distillery.data.synthetic import SyntheticConfig
 from distillery.ray_runtime import RaySection, ensure_ray
 
@@ -55,12 +56,26 @@ class ServeStageConfig(Section):
     max_seconds: float = Field(120, gt=0, description="the load test stops after this long whatever is left")
 
 
+def _data_source(value: Any) -> str:
+    """`data.source`: synthetic (the default, and every config written before logs existed) or logs."""
+    if isinstance(value, dict):
+        return str(value.get("source", "synthetic"))
+    return getattr(value, "source", "synthetic")
+
+
+# `source: synthetic` generates (SyntheticConfig, unchanged, so existing runs keep their stage keys);
+# `source: logs` splits the user's own log in time order (`distillery data split`).
+DataConfig = Annotated[Union[Annotated[SyntheticConfig, Tag("synthetic")], Annotated[LogsConfig, Tag("logs")]],
+                       Discriminator(_data_source, custom_error_type="data_source",
+                                     custom_error_message="source: expected 'synthetic' (the default) or 'logs'")]
+
+
 class PipelineConfig(Section):
     run_dir: str = Field("runs/demo", description="run directory (local path or URI); every stage writes under it")
     stages: list[str] = Field(default_factory=lambda: list(STAGES), description="stages to run, in pipeline order")
     force: bool = Field(False, description="re-run stages whose outputs are complete")
     ray: RaySection = Field(default_factory=RaySection, description="Ray connection / embedded resources, shared by all stages")
-    data: SyntheticConfig = Field(default_factory=SyntheticConfig, description="synthetic ad logs")
+    data: DataConfig = Field(default_factory=SyntheticConfig, description="ad logs: synthetic (default) or `source: logs` with path, format, label_column, time_column, fractions")
     teacher: dict[str, Any] = Field(default_factory=dict, description="TeacherJobConfig fields")
     label: dict[str, Any] = Field(default_factory=dict, description="LabelConfig fields")
     student: dict[str, Any] = Field(default_factory=dict, description="TrainJobConfig fields of the distilled student")
@@ -76,6 +91,14 @@ class PipelineConfig(Section):
         if unknown:
             raise ValueError(f"unknown stages {unknown}; expected names from {list(STAGES)}")
         return [s for s in STAGES if s in v]
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _synthetic_source(cls, v: Any) -> Any:
+        # `source: synthetic` may be written out; SyntheticConfig itself has no such field
+        if isinstance(v, dict) and v.get("source") == "synthetic":
+            return {k: x for k, x in v.items() if k != "source"}
+        return v
 
     @field_validator("run_dir")
     @classmethod

@@ -40,6 +40,8 @@ def format_value(key: str, value: Any) -> str:
     (ms, MB, seconds, rows/s) with 2 decimals. None prints as an em dash."""
     if value is None:
         return "—"
+    if isinstance(value, list) and key.endswith("_ci") and len(value) == 2:  # a confidence interval
+        return " – ".join(format_value(key[:-3], v) for v in value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if not isinstance(value, (int, float)):
@@ -214,15 +216,33 @@ def _quality(report: dict[str, Any], figures: dict[str, str], notes: dict[str, s
     headline += _rows(report, "quality", {"strict_lift": "Strict lift over click-only student",
                                           "oracle_auc": "Oracle AUC (true click probability)",
                                           "test_rows": "Test rows", "click_rate": "Click rate"}, ("oracle_auc",))
-    per_model = [(charts.label(m), [f"quality.{m}.{k}" for k in ("auc", "logloss", "ece")])
-                 for m in charts.quality_models(report)]
+    q = report.get("quality") or {}
+    level = f"{round(100 * ((q.get('bootstrap') or {}).get('level') or 0.95))}% CI"
+    headline += _rows(report, "quality", {"test_clicks": "Test clicks"})
+    headline += _rows(report, "quality", {"distillation_efficiency_ci": f"Distillation efficiency, {level}",
+                                          "lift_auc_ci": f"Lift over click-only student, {level}"})
+    models = charts.quality_models(report)
+    with_ci = any(isinstance(q.get(m), dict) and "auc_ci" in q[m] for m in models)
+    per_model = [(charts.label(m), [f"quality.{m}.{k}" for k in ("auc", *(("auc_ci",) if with_ci else ()),
+                                                                  "logloss", "ece")]) for m in models]
     card_html = "".join(f'<div class="card"><div class="label">{html.escape(label)}</div>'
-                        f'{_cell(report, key, "div", "big")}</div>' for label, key in cards)
+                        f'{_cell(report, key, "div", "big")}{_card_ci(report, key, level)}</div>' for label, key in cards)
     problems = f'<p class="note">Predictions: {html.escape(notes["predictions"])}</p>' if "predictions" in notes else ""
-    return (f'<div class="cards">{card_html}</div>'
+    warning = (f'<p class="warn" data-key="quality.few_clicks_warning">{html.escape(str(q["few_clicks_warning"]))}</p>'
+               if q.get("few_clicks_warning") else "")
+    return (warning + f'<div class="cards">{card_html}</div>'
             f'<div class="tables">{_table(report, ["Figure", "Value"], headline)}'
-            f'{_table(report, ["Model", "AUC", "Log loss", "ECE"], per_model)}</div>'
+            f'{_table(report, ["Model", "AUC", *((level,) if with_ci else ()), "Log loss", "ECE"], per_model)}</div>'
             + _grid(_figure(figures, notes, "roc"), _figure(figures, notes, "reliability")) + problems)
+
+
+def _card_ci(report: dict[str, Any], key: str, level: str) -> str:
+    """The confidence interval under a headline card, when evaluation computed one."""
+    value = _node(report, f"{key}_ci".split("."))
+    if not isinstance(value, list):
+        return ""
+    return (f'<div class="ci" data-key="{html.escape(key)}_ci">{html.escape(level)} '
+            f'{html.escape(format_value(key + "_ci", value))}</div>')
 
 
 def _speed(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
@@ -306,6 +326,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody th{font-weight:500}.null{color:var(--muted)}.null .reason{font-size:12px;font-style:italic}
 figure{margin:0}figure svg{width:100%;height:auto;border:1px solid var(--line);border-radius:6px}
 .note{color:var(--muted);font-size:12.5px;margin:6px 0 0}
+.warn{background:#fff7ed;border:1px solid #fdba74;border-radius:6px;padding:8px 12px;margin:0 0 12px;font-size:13.5px}
+.card .ci{font-size:12px;color:var(--muted);margin-top:2px;font-variant-numeric:tabular-nums}
 details summary{cursor:pointer;font-weight:600;margin-bottom:8px}
 details td.num,details thead th{text-align:left}details tbody th{font-family:ui-monospace,monospace;font-size:12.5px}
 code{background:#f3f4f6;padding:1px 4px;border-radius:3px}

@@ -18,12 +18,12 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from distillery.data.schema import CLICK, CLICK_PROB, ID, LOG_SCHEMA
+from distillery.data.schema import CLICK, CLICK_PROB, ID, LOG_SCHEMA, TEXT_FIELDS
 
 __all__ = [
     "KNOWN", "CRITEO_HEADER", "RowError", "Reject", "Parsed", "as_int", "as_text", "click_label", "typed_value",
     "check_utf8", "generic_mapper", "criteo_row", "avazu_row", "file_stem", "file_suffix", "id_prefix",
-    "parse_delimited", "json_documents", "parse_jsonl",
+    "parse_delimited", "json_documents", "parse_jsonl", "log_row",
 ]
 
 KNOWN = {f.name: f.type for f in LOG_SCHEMA}
@@ -200,6 +200,32 @@ def avazu_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
     used = {ID, CLICK, "hour", "banner_pos", "site_category", "app_category", "device_type", "C15", "C16"}
     row.update({k: v or None for k, v in raw.items() if k not in used})
     return row
+
+
+_CRITEO_COLUMNS = frozenset(CRITEO_HEADER[1:])
+_TEXT_FIELDS = frozenset(TEXT_FIELDS)
+_AVAZU_COLUMNS = frozenset({"hour", "banner_pos", "device_type", "C15", "C16"})
+
+
+def log_row(raw: dict[str, Any]) -> dict[str, Any]:
+    """One row in its log's own columns → the row the reader makes of it, so `to_text` matches training.
+
+    A raw Criteo row (`I1..I13`, `C1..C26`, optional `label`) or raw Avazu row (`hour` as YYMMDDHH,
+    `banner_pos`, `device_type`, `C15`, `C16`) goes through the reader's mapper, as `detect_format`
+    tells those layouts from a header; the known text fields of any other row are typed the way the
+    generic reader types them (`hour: "5.0"` → 5) and every other value is left as it is. A row that is
+    already in log columns (a split's parquet row, a synthetic row) comes back with the same text.
+    Raises RowError (naming the field) for a value the reader would have rejected.
+    """
+    keys = set(raw)
+    if _CRITEO_COLUMNS <= keys:
+        text = {k: as_text(v) or "" for k, v in raw.items()}
+        return criteo_row({**text, "label": text.get("label", "")}, str(raw.get(ID) or "row"))
+    hour = raw.get("hour")
+    if _AVAZU_COLUMNS <= keys and str(hour).strip().isdigit() and len(str(hour).strip()) == 8:
+        text = {k: as_text(v) or "" for k, v in raw.items()}
+        return avazu_row({**text, ID: text.get(ID) or "row"}, "row")
+    return {k: typed_value(k, v) if k in _TEXT_FIELDS else v for k, v in raw.items()}
 
 
 # ---------------------------------------------------------------- per-file parsers -> (rows, rejects)

@@ -7,6 +7,7 @@ unknown columns as extra string columns, which `to_text` renders as `name=value`
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 import pyarrow as pa
@@ -20,6 +21,8 @@ __all__ = [
     "TEXT_FIELDS",
     "NON_TEXT_COLUMNS",
     "LOG_SCHEMA",
+    "is_index_column",
+    "is_text_column",
     "row_problem",
 ]
 
@@ -35,6 +38,19 @@ TEXT_FIELDS = CONTEXT_FIELDS + AD_FIELDS
 NON_TEXT_COLUMNS = frozenset({ID, "ts", CLICK, CLICK_PROB, "split", "_source"})
 
 INT_FIELDS = frozenset({"hour", "position", "ts"})
+_INDEX_COLUMN = re.compile(r"Unnamed: \d+")
+
+
+def is_index_column(name: str) -> bool:
+    """A row-number column a dataframe library wrote (pandas `to_csv`: an empty header, read back as
+    `Unnamed: 0`): it numbers rows, it says nothing about the impression."""
+    return not str(name).strip() or bool(_INDEX_COLUMN.fullmatch(str(name)))
+
+
+def is_text_column(name: str) -> bool:
+    """Whether `to_text` shows column `name` to a model: everything but identity, time, the answers
+    (`NON_TEXT_COLUMNS`) and row-number index columns."""
+    return name not in NON_TEXT_COLUMNS and not is_index_column(name)
 
 LOG_SCHEMA = pa.schema(
     [
@@ -79,7 +95,7 @@ def row_problem(
         return f"{ID}: missing or not a non-empty string"
     has_text = False
     for name, value in row.items():
-        if name in NON_TEXT_COLUMNS or _is_missing(value):
+        if not is_text_column(name) or _is_missing(value):
             continue
         if isinstance(value, (bytes, bytearray)):
             try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from distillery.data.schema import NON_TEXT_COLUMNS, TEXT_FIELDS
+from distillery.data.schema import TEXT_FIELDS, is_text_column
 
-__all__ = ["to_text", "to_texts", "from_text"]
+__all__ = ["to_text", "to_texts", "table_texts", "from_text"]
 
 _LABELS = {
     "query": "query",
@@ -44,14 +44,15 @@ def to_text(row: Mapping[str, Any]) -> str:
 
     Known fields come first in the fixed order of `TEXT_FIELDS`; unknown columns follow as
     `name=value`, sorted by name; nulls and empty strings are skipped; identity, time and labels
-    (`id`, `ts`, `click`, `click_prob`) are never shown.
+    (`id`, `ts`, `click`, `click_prob`) and row-number index columns (`schema.is_index_column`) are
+    never shown.
     """
     parts = []
     for name in TEXT_FIELDS:
         value = _render(row.get(name))
         if value is not None:
             parts.append(f"{_LABELS[name]}: {value}")
-    extras = sorted(k for k in row if k not in NON_TEXT_COLUMNS and k not in _LABELS)
+    extras = sorted(k for k in row if k not in _LABELS and is_text_column(k))
     for name in extras:
         value = _render(row[name])
         if value is not None:
@@ -66,12 +67,42 @@ def to_texts(batch: Mapping[str, Any]) -> list[str]:
     return [to_text({c: batch[c][i] for c in columns}) for i in range(n)]
 
 
-def from_text(text: str) -> dict[str, str]:
-    """The known fields of a `to_text` string, `{field: value}` (values as rendered, all strings).
+def table_texts(table: Any) -> list[str]:
+    """`to_text` of every row of a pyarrow log table, exactly as labeling renders the same rows.
 
-    The inverse of `to_text` for the fields in `TEXT_FIELDS`; `name=value` extras are skipped. A value
-    that itself contains " | " cannot be told from a field boundary: the part with no known label
-    is joined back onto the field before it, so the value survives whole.
+    Labeling reads a split back through `readers.read_logs`, which casts known columns to their
+    LOG_SCHEMA types and every other column to text; the same casts are applied here, so training,
+    evaluation and the teacher fit read the strings the teacher labelled (all columns, not only
+    `TEXT_FIELDS`: a Criteo or Avazu log is mostly extra columns).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from distillery.data.parsing import KNOWN, as_text
+
+    columns: dict[str, list] = {}
+    for name in table.column_names:
+        if not is_text_column(name):
+            continue
+        column = table.column(name)
+        try:
+            column = pc.cast(column, KNOWN.get(name, pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            if name not in KNOWN:  # the reader's per-value fallback (nested values as JSON)
+                column = pa.array([as_text(v) for v in column.to_pylist()], pa.string())
+        columns[name] = column.to_pylist()
+    if not columns:
+        return [""] * table.num_rows
+    return to_texts(columns)
+
+
+def from_text(text: str, extras: bool = False) -> dict[str, str]:
+    """The fields of a `to_text` string, `{field: value}` (values as rendered, all strings).
+
+    The inverse of `to_text` for the fields in `TEXT_FIELDS`, plus the `name=value` extras when
+    `extras` (keyed by column name: `C1`, `site_id`, ...). A value that itself contains " | " cannot
+    be told from a field boundary: a part with no label is joined back onto the field before it, so
+    the value survives whole.
     """
     fields: dict[str, str] = {}
     last: str | None = None
@@ -84,5 +115,10 @@ def from_text(text: str) -> dict[str, str]:
         elif last is not None and "=" not in part.split(" ", 1)[0]:
             fields[last] += " | " + part
         else:
-            last = None  # a `name=value` extra: not a known field
+            key, eq, value = part.partition("=")
+            if extras and eq and key not in fields:
+                fields[key] = value
+                last = key
+            else:
+                last = None  # a `name=value` extra the caller did not ask for
     return fields

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distillery.data.parsing import RowError, log_row
 from distillery.data.schema import ID, row_problem
 from distillery.data.text import to_text
 from distillery.serving.limits import BadRequest, LimitsSection, check_text
@@ -40,6 +41,10 @@ def _row_text(i: int, row: Any, limits: LimitsSection) -> str:
             check_text(f"rows[{i}].{name}", value, limits)
         if name.strip():
             check_text(f"rows[{i}] field name {name[:40]!r}", name, limits)
+    try:  # a row in its log's own columns (raw Criteo/Avazu too) → the row training read: the same text
+        row = log_row(row)
+    except RowError as err:
+        raise BadRequest(400, f"rows[{i}].{err}") from None
     checked = row if ID in row else {**row, ID: f"row-{i}"}
     problem = row_problem(checked, max_field_chars=limits.max_text_chars)
     if problem is not None:

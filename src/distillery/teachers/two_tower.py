@@ -4,8 +4,9 @@
 
 `e` is the encoder's mean-pooled, L2-normalised embedding (how sentence-transformers runs
 all-MiniLM-L6-v2); the request is the row's `request_fields` (the query or page text), the ad its
-`ad_fields` joined as "title. description". Both are recovered from the canonical row text
-(`from_text`), so the teacher reads the same strings as every other backend. The head is an L2
+`ad_fields` joined as "title. description". Any column of the log may be a tower or categorical
+field (a Criteo `C3`, an Avazu `site_id`): both are recovered from the canonical row text
+(`from_text`, extras included), so the teacher reads the same strings as every other backend. The head is an L2
 logistic regression over the cosine and one-hot categorical fields, fitted on the train split's
 clicks by `fit_two_tower` (the `distillery teacher` job with `kind: two-tower`).
 
@@ -50,9 +51,9 @@ class TwoTowerFit(Section):
     """How `distillery teacher` (kind: two-tower) fits the click head."""
 
     encoder: str = Field("minilm", description="sentence encoder: `minilm` (packaged all-MiniLM-L6-v2), a folder or URI")
-    request_fields: list[str] = Field(["query"], min_length=1, description="row fields forming the request tower's text")
-    ad_fields: list[str] = Field(["ad_title", "ad_description"], min_length=1, description="row fields forming the ad tower's text, joined by '. '")
-    categorical: list[str] = Field(["position"], description="row fields added to the head as one-hot features (first level is the reference)")
+    request_fields: list[str] = Field(["query"], min_length=1, description="log columns forming the request tower's text (any column: query, site_id, C3, ...)")
+    ad_fields: list[str] = Field(["ad_title", "ad_description"], min_length=1, description="log columns forming the ad tower's text, joined by '. '")
+    categorical: list[str] = Field(["position"], description="log columns added to the head as one-hot features (first level is the reference)")
     min_level_rows: int = Field(20, ge=1, description="categorical levels seen on fewer training rows share the reference weight")
     l2: float = Field(1.0, ge=0.0, description="L2 penalty of the logistic regression on standardised features (bias not penalised)")
     batch_size: int = Field(128, ge=1, description="texts per encoder forward pass")
@@ -192,7 +193,7 @@ class TwoTowerTeacher:
         return sigmoid(self.predict_logits(texts))
 
     def predict_logits(self, texts: list[str]) -> np.ndarray:
-        rows = [from_text(t) for t in texts]
+        rows = [from_text(t, extras=True) for t in texts]
         cos = cosines(self.encoder, rows, self.head.request_fields, self.head.ad_fields)
         return self.head.logits(self.head.features(cos, rows))
 
@@ -230,8 +231,8 @@ def fit_two_tower(run_dir: str, output: str, cfg: TwoTowerFit, splits: list[str]
     `val_fraction` of ids for a validation AUC, publish `<run_dir>/<output>/` atomically."""
     import hashlib
 
-    from distillery.data.schema import CLICK, ID, TEXT_FIELDS
-    from distillery.data.text import to_texts
+    from distillery.data.schema import CLICK, ID
+    from distillery.data.text import table_texts
     from distillery.evaluate import roc_auc
     from distillery.teachers.retrieval import TextEncoder
     from distillery.training.data import is_validation_id, read_split
@@ -242,16 +243,17 @@ def fit_two_tower(run_dir: str, output: str, cfg: TwoTowerFit, splits: list[str]
         table = read_split(run_dir, split)
         if CLICK not in table.column_names:
             raise ConfigError(f"data.splits: split {split!r} has no click column")
+        check_fields(cfg, table.column_names, split)
         keep = [i for i, c in enumerate(table[CLICK].to_pylist()) if c is not None]
         table = table.take(keep)
-        texts += to_texts({c: table[c].to_pylist() for c in TEXT_FIELDS if c in table.column_names})
+        texts += table_texts(table)  # every column, as labeling renders it; the towers read theirs back
         clicks += [float(c) for c in table[CLICK].to_pylist()]
         ids += [str(i) for i in table[ID].to_pylist()]
     y = np.asarray(clicks)
     is_val = np.array([is_validation_id(i, val_fraction) for i in ids], dtype=bool)
     if y[~is_val].sum() == 0:
         raise ConfigError(f"data.splits: no clicks among the {int((~is_val).sum())} training rows of {splits}")
-    rows = [from_text(t) for t in texts]
+    rows = [from_text(t, extras=True) for t in texts]
     encoder = _CachedEncoder(TextEncoder(cfg.encoder, batch_size=cfg.batch_size, max_length=cfg.max_length,
                                          dtype=cfg.dtype, device="cpu", num_threads=cfg.num_threads), cache_size=1 << 30)
     t_enc = time.perf_counter()
@@ -294,6 +296,21 @@ def fit_two_tower(run_dir: str, output: str, cfg: TwoTowerFit, splits: list[str]
     return {"output": dest, "best": {"val_auc": summary["val_auc"], "train_auc": summary["train_auc"],
                                      "train_rows": summary["train_rows"], "train_clicks": summary["train_clicks"]},
             "summary": summary}
+
+
+def check_fields(cfg: TwoTowerFit, columns: list[str], split: str) -> None:
+    """Every tower and categorical field is a column of the log that reaches the model text; a
+    ConfigError names the field list and the column otherwise."""
+    from distillery.data.schema import is_text_column
+
+    for name in ("request_fields", "ad_fields", "categorical"):
+        for column in getattr(cfg, name):
+            if column not in columns:
+                raise ConfigError(f"two_tower.{name}: column {column!r} is not in split {split!r}; "
+                                  f"its columns are {[c for c in columns if is_text_column(c)]}")
+            if not is_text_column(column):
+                raise ConfigError(f"two_tower.{name}: column {column!r} is identity, time or a label, "
+                                  "never part of the model text")
 
 
 def _natural(value: str) -> tuple:

@@ -3,7 +3,8 @@
     table = build_training_table("runs/demo", DataSection(splits=["train", "unlabeled"]), loss="soft")
 
 Rules, the same for the teacher fine-tune, the distilled student and `student_direct`:
-- logs come from `<run_dir>/data/<split>/*.parquet`; labels from the files a finished labeling run
+- logs come from `<run_dir>/data/<split>/*.parquet`, and a row's text is `to_text` of all its columns
+  (`data.text.table_texts`), the very string labeling gave the teacher; labels from the files a finished labeling run
   lists in `<labels>/_MANIFEST.json` (never `_rejects/`, `_staging/` or stale outputs; a labeling run
   that has not finished is an error), or every visible `*.parquet` of a folder without a manifest;
 - an id is used once: the first row carrying it (splits in order, files sorted, rows in file order:
@@ -32,8 +33,8 @@ from pydantic import Field, model_validator
 
 from distillery import io
 from distillery.config import Section
-from distillery.data.schema import CLICK, ID, TEXT_FIELDS
-from distillery.data.text import to_texts
+from distillery.data.schema import CLICK, ID
+from distillery.data.text import table_texts
 from distillery.label_store import committed_label_files
 
 __all__ = ["DataSection", "TrainingTable", "read_split", "read_labels", "build_training_table", "is_validation_id"]
@@ -166,10 +167,11 @@ def build_training_table(run_dir: str, cfg: DataSection, loss: LossTarget) -> Tr
     seen: set[str] = set()
     for split in cfg.splits:
         hidden = split in cfg.hidden_click_splits and not cfg.reveal_hidden_clicks
-        columns = [ID, *TEXT_FIELDS] + ([] if hidden else [CLICK])
-        table = read_split(run_dir, split, cfg.max_rows_per_split, columns=columns)
-        if hidden and CLICK in table.column_names:  # never let a hidden click through
-            table = table.drop_columns([CLICK])
+        table = read_split(run_dir, split, cfg.max_rows_per_split)
+        # Every column the teacher read (extras included), rendered once; then only what training needs.
+        texts = pa.array(table_texts(table), pa.string())
+        keep = [ID] + ([CLICK] if CLICK in table.column_names and not hidden else [])  # never a hidden click
+        table = table.select(keep).append_column("_text", texts)
         counts["rows_read"] += table.num_rows
         # A label belongs to the first row with its id (labeling rejects the later ones): a later
         # row would inherit a label computed from another row's text.
@@ -194,7 +196,7 @@ def build_training_table(run_dir: str, cfg: DataSection, loss: LossTarget) -> Tr
         n = table.num_rows
         parts.append({
             "ids": table[ID].to_pylist(),
-            "texts": to_texts({c: table[c].to_pylist() for c in TEXT_FIELDS if c in table.column_names}) if n else [],
+            "texts": table["_text"].to_pylist(),
             "split": [split] * n,
             "teacher_prob": _as_float(table["teacher_prob"] if labels is not None else None, n),
             "click": _as_float(table[CLICK] if CLICK in table.column_names else None, n),
