@@ -1,4 +1,4 @@
-"""python bench/distill.py [--seeds 0 1 2] [--rows-train 4000 --rows-unlabeled 12000 --rows-test 4000]
+"""python bench/distill.py [--seeds 0 1 2] [--rows-train 4000 --rows-unlabeled 12000 --rows-test 4000] [--students cross two_tower]
 
 Does a student taught by the teacher beat the same student taught by clicks alone? For each seed:
 
@@ -14,7 +14,10 @@ Does a student taught by the teacher beat the same student taught by clicks alon
   5. `distillery evaluate` on the test split: AUC, logloss, ECE, oracle AUC.
 
 All three students start from the same weights (layers 0 and 5 of MiniLM-L6) with the same budget;
-only the labels differ. Then training throughput of the student with 2 Ray Train workers vs 1 (one
+only the labels differ. `--students two_tower` adds the two-tower student (jobs/configs/train_two_tower.yaml:
+the same MiniLM layers as shared request/ad towers + an interaction head, same labels, loss and budget)
+and its click-only twin (`student_two_tower_direct`, train clicks): efficiency, lift over the twin,
+logloss and ECE side by side with the cross-encoder's (`two_tower_*` keys). Then training throughput of the student with 2 Ray Train workers vs 1 (one
 torch thread per worker). Prints per-seed rows, mean ± std, and as its last line one JSON object.
 The default sizes are chosen to fit a 2-core machine in about 15-20 min; `--rows-*` change them
 (say so when quoting figures).
@@ -76,12 +79,17 @@ def _seed_run(args, seed: int) -> dict:
     label(load_config(LabelConfig, "jobs/configs/label.yaml", [f"run_dir={run_dir}", f"teacher={label_teacher}"]))
     times["label"] = time.perf_counter() - t
 
-    students = {
-        "student": ("jobs/configs/train.yaml", []),
-        "student_direct": ("jobs/configs/train_direct.yaml", []),
-        "student_direct_strict": ("jobs/configs/train_direct.yaml", [
-            "output=student_direct_strict", "data.splits=[train, unlabeled]", "data.reveal_hidden_clicks=true"]),
-    }
+    students = {}
+    if "cross" in args.students:
+        students["student"] = ("jobs/configs/train.yaml", [])
+        students["student_direct"] = ("jobs/configs/train_direct.yaml", [])
+        if not args.skip_strict:
+            students["student_direct_strict"] = ("jobs/configs/train_direct.yaml", [
+                "output=student_direct_strict", "data.splits=[train, unlabeled]", "data.reveal_hidden_clicks=true"])
+    if "two_tower" in args.students:
+        students["student_two_tower"] = ("jobs/configs/train_two_tower.yaml", [])
+        students["student_two_tower_direct"] = ("jobs/configs/train_two_tower.yaml", [  # its click-only twin
+            "output=student_two_tower_direct", "data.splits=[train]", "loop.loss=click"])
     for name, (path, extra) in students.items():
         t = time.perf_counter()
         run(load_config(TrainJobConfig, path, [f"run_dir={run_dir}", f"loop.seed={seed}", f"init.seed={seed}",
@@ -89,28 +97,36 @@ def _seed_run(args, seed: int) -> dict:
         times[name] = time.perf_counter() - t
 
     t = time.perf_counter()
+    models = [f"models.{name}={{run_dir}}/{name}" for name in students if name not in ("student", "student_direct")]
     q = evaluate(load_config(EvaluateConfig, "jobs/configs/evaluate.yaml", [
-        f"run_dir={run_dir}", "models.student_direct_strict={run_dir}/student_direct_strict", "num_threads=2",
+        f"run_dir={run_dir}", *models, "num_threads=2",
         f"max_length={args.max_length}"]))["quality"]  # students are scored on the token window they were trained on
     times["evaluate"] = time.perf_counter() - t
-    row = {
-        "seed": seed,
-        "teacher_auc": q["teacher"]["auc"], "student_auc": q["student"]["auc"],
-        "student_direct_auc": q["student_direct"]["auc"], "student_direct_strict_auc": q["student_direct_strict"]["auc"],
-        "oracle_auc": q["oracle_auc"], "efficiency": q["student"]["auc"] / q["teacher"]["auc"],
-        "lift": q["student"]["auc"] - q["student_direct"]["auc"],
-        "strict_lift": q["student"]["auc"] - q["student_direct_strict"]["auc"],
-        "teacher_logloss": q["teacher"]["logloss"], "student_logloss": q["student"]["logloss"],
-        "student_direct_logloss": q["student_direct"]["logloss"],
-        "student_direct_strict_logloss": q["student_direct_strict"]["logloss"],
-        "teacher_ece": q["teacher"]["ece"], "student_ece": q["student"]["ece"],
-        "teacher_val_auc": teacher["best"].get("val_auc"),
-        "seconds": times,
-    }
-    print(f"seed {seed}: teacher {row['teacher_auc']:.4f}  student {row['student_auc']:.4f}  "
-          f"direct {row['student_direct_auc']:.4f}  direct_strict {row['student_direct_strict_auc']:.4f}  "
-          f"oracle {row['oracle_auc']:.4f}  efficiency {row['efficiency']:.4f}  lift {row['lift']:+.4f}  "
-          f"strict_lift {row['strict_lift']:+.4f}  ({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})", flush=True)
+    row = {"seed": seed, "teacher_auc": q["teacher"]["auc"], "oracle_auc": q["oracle_auc"],
+           "teacher_logloss": q["teacher"]["logloss"], "teacher_ece": q["teacher"]["ece"],
+           "teacher_val_auc": teacher["best"].get("val_auc"), "seconds": times}
+    # (prefix of the row keys, distilled student, click-only twin, strict twin)
+    kinds = [("", "student", "student_direct", "student_direct_strict"),
+             ("two_tower_", "student_two_tower", "student_two_tower_direct", None)]
+    for prefix, student, direct, strict in kinds:
+        if student not in q:
+            continue
+        row.update({f"{prefix}student_auc": q[student]["auc"], f"{prefix}student_direct_auc": q[direct]["auc"],
+                    f"{prefix}efficiency": q[student]["auc"] / q["teacher"]["auc"],
+                    f"{prefix}lift": q[student]["auc"] - q[direct]["auc"],
+                    f"{prefix}student_logloss": q[student]["logloss"], f"{prefix}student_direct_logloss": q[direct]["logloss"],
+                    f"{prefix}student_ece": q[student]["ece"]})
+        if strict and strict in q:
+            row.update({f"{prefix}student_direct_strict_auc": q[strict]["auc"], f"{prefix}strict_lift": q[student]["auc"] - q[strict]["auc"],
+                        f"{prefix}student_direct_strict_logloss": q[strict]["logloss"]})
+    shown = [("student", "student_auc"), ("direct", "student_direct_auc"), ("direct_strict", "student_direct_strict_auc"),
+             ("efficiency", "efficiency"), ("lift", "lift"), ("strict_lift", "strict_lift"),
+             ("two_tower", "two_tower_student_auc"), ("two_tower_direct", "two_tower_student_direct_auc"),
+             ("two_tower_efficiency", "two_tower_efficiency"), ("two_tower_lift", "two_tower_lift"),
+             ("two_tower_ece", "two_tower_student_ece")]
+    print(f"seed {seed}: teacher {row['teacher_auc']:.4f}  oracle {row['oracle_auc']:.4f}  "
+          + "  ".join(f"{label} {row[key]:+.4f}" if "lift" in key else f"{label} {row[key]:.4f}" for label, key in shown if key in row)
+          + f"  ({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})", flush=True)
     return row
 
 
@@ -163,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--throughput-steps", type=int, default=30, help="train steps per throughput measurement")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--students", nargs="+", choices=["cross", "two_tower"], default=["cross", "two_tower"],
+                   help="student architectures: cross-encoder (student, student_direct[, strict]) and/or two-tower")
+    p.add_argument("--skip-strict", action="store_true", help="skip the cross-encoder's strict click-only baseline")
     p.add_argument("--out", default="runs/bench_distill")
     args = p.parse_args(argv)
 
@@ -173,19 +192,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = [_seed_run(args, s) for s in args.seeds]
     summary: dict = {"seeds": args.seeds, "rows": [args.rows_train, args.rows_unlabeled, args.rows_test],
                      "teacher": args.teacher, "student_epochs": args.student_epochs, "max_length": args.max_length,
-                     "student": f"layer_subset {STUDENT_LAYERS} of MiniLM-L6 (student and both baselines)"}
+                     "student": f"layer_subset {STUDENT_LAYERS} of MiniLM-L6 (student and both baselines)",
+                     "students": args.students, "skip_strict": args.skip_strict}
     for key in ("teacher_auc", "student_auc", "student_direct_auc", "student_direct_strict_auc", "oracle_auc",
-                "efficiency", "lift", "strict_lift"):
+                "efficiency", "lift", "strict_lift", "student_ece", "two_tower_student_auc", "two_tower_student_direct_auc",
+                "two_tower_efficiency", "two_tower_lift", "two_tower_student_logloss", "two_tower_student_ece"):
+        if key not in rows[0]:
+            continue
         mean, std = _stats(rows, key)
         summary[key] = round(mean, 4)
         summary[f"{key}_std"] = round(std, 4)
         print(f"{key:>28}: {mean:.4f} ± {std:.4f}")
-    summary["efficiency_min"] = round(min(r["efficiency"] for r in rows), 4)
-    summary["lift_min"] = round(min(r["lift"] for r in rows), 4)
-    summary["strict_lift_min"] = round(min(r["strict_lift"] for r in rows), 4)
-    summary["student_beats_direct_every_seed"] = all(r["lift"] > 0 for r in rows)
-    summary["student_beats_strict_direct_every_seed"] = all(r["strict_lift"] > 0 for r in rows)
-    if not args.skip_throughput:
+    for key in ("efficiency", "lift", "strict_lift", "two_tower_efficiency", "two_tower_lift"):
+        if key in rows[0]:
+            summary[f"{key}_min"] = round(min(r[key] for r in rows), 4)
+    if "lift" in rows[0]:
+        summary["student_beats_direct_every_seed"] = all(r["lift"] > 0 for r in rows)
+    if "strict_lift" in rows[0]:
+        summary["student_beats_strict_direct_every_seed"] = all(r["strict_lift"] > 0 for r in rows)
+    if "two_tower_lift" in rows[0]:
+        summary["two_tower_beats_its_twin_every_seed"] = all(r["two_tower_lift"] > 0 for r in rows)
+    if not args.skip_throughput and "cross" in args.students:
         run_dir = os.path.join(args.out, f"seed{args.seeds[0]}")
         one = _throughput(args, run_dir, 1, 1)
         two = _throughput(args, run_dir, 2, 1)
@@ -204,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = os.path.join(args.out, f"seed{args.seeds[0]}")
     test = read_split(run_dir, "test", 45)
     texts = to_texts({c: test[c].to_pylist() for c in TEXT_FIELDS})
+    if "cross" not in args.students:  # bid latency of both students: bench/bidder_inprocess.py
+        summary["per_seed"] = rows
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(summary, default=float))
+        return 0
     teacher_ms = _latency_ms(os.path.join(run_dir, "teacher"), texts, args.max_length)
     student_ms = _latency_ms(os.path.join(run_dir, "student"), texts, args.max_length)
     summary.update(teacher_ms_b1=round(teacher_ms, 2), student_ms_b1=round(student_ms, 2),

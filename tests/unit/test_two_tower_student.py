@@ -172,3 +172,24 @@ def test_per_bid_tower_calls_do_not_grow_with_candidates(onnx_dir):
         probs = scorer.predict_rows(cands)
         assert probs.shape == (n,) and np.isfinite(probs).all()
         assert scorer.tower_calls - calls == 1 and scorer.tower_rows - rows == 1, n  # the request tower, once
+
+
+def test_compress_job_and_evaluate_open_a_two_tower_student(trained, run_dir):
+    import json
+
+    from distillery.compress.job import CompressConfig, run as compress
+    from distillery.evaluate import EvaluateConfig, run as evaluate
+
+    shutil.copytree(trained[0], run_dir / "student_two_tower", dirs_exist_ok=True)
+    card = compress(CompressConfig(run_dir=str(run_dir), student="student_two_tower", out="onnx_two_tower", max_length=48,
+                                   validation={"rows": 300, "parity_rows": 32, "latency_calls": 5, "num_threads": 1,
+                                               "max_auc_drop": 0.05, "min_spearman": 0.8, "max_mean_abs_dp": 0.02}))
+    assert card["student_kind"] == "two_tower" and set(card["variants"]) == {"fp32", "int8"}
+    assert card["metrics"]["fp32_parity"]["max_abs_diff"] < 1e-3 and card["metrics"]["quality_gate"]["passed"]
+    assert json.loads((run_dir / "onnx_two_tower" / "model_card.json").read_text())["two_tower"]["head_hidden"] == 64
+    with pytest.raises(ValueError, match="keep_layers"):
+        compress(CompressConfig(run_dir=str(run_dir), student="student_two_tower", out="onnx_x", keep_layers=1))
+    q = evaluate(EvaluateConfig(run_dir=str(run_dir), models={"student_two_tower": "{run_dir}/student_two_tower"},
+                                onnx_dir="{run_dir}/onnx_two_tower", onnx_variants={"two_tower_int8": "int8"},
+                                max_length=48, num_threads=1, predictions=None))["quality"]
+    assert 0 <= q["student_two_tower"]["auc"] <= 1 and abs(q["two_tower_int8"]["auc"] - q["student_two_tower"]["auc"]) < 0.05
