@@ -1,0 +1,58 @@
+"""Cross-encoder candidates tokenised from cached pieces equal the tokenizer on `to_text(row)` exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinymodels import save_tiny_bert
+from distillery.data.synthetic import SyntheticConfig, generate
+from distillery.data.text import to_text
+from distillery.serving.catalog import load_catalog
+from distillery.serving.cross_candidates import CandidateTokens, CrossCandidateScorer, exact_for
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from distillery.models import default_backbone
+
+    return AutoTokenizer.from_pretrained(default_backbone())
+
+
+def _rows():
+    rows = generate(SyntheticConfig(rows_test=400, seed=2), "test").to_pylist()
+    ads = [a.row_fields() for a in load_catalog().candidates()]
+    odd = [{"query": "Café  naïve\tcrème | brûlée", "device": "mobile", "ad_title": "日本語 テスト!!", "ad_category": "x"},
+           {"ad_title": "only an ad"}, {"query": "only a query", "hour": 3},
+           {"query": "word " * 80, "ad_title": "long ad " * 40}]  # truncation inside the context and the ad
+    rows = [{k: v for k, v in r.items() if k not in ("id", "ts", "click", "click_prob")} for r in rows]
+    return rows + [{**rows[i], **ads[i % len(ads)]} for i in range(60)] + odd
+
+
+@pytest.mark.parametrize("max_length", [64, 16, 128])
+def test_piecewise_ids_equal_the_tokenizer_on_the_whole_text(tokenizer, max_length):
+    assert exact_for(tokenizer)
+    pieces = CandidateTokens(tokenizer, max_length)
+    for row in _rows():
+        assert pieces.ids(row) == tokenizer(to_text(row), truncation=True, max_length=max_length)["input_ids"], row
+
+
+def test_extra_columns_fall_back_to_the_whole_text(tokenizer):
+    pieces = CandidateTokens(tokenizer, 64)
+    row = {"query": "shoes", "ad_title": "sale", "zz_extra": "rendered last"}
+    assert pieces.ids(row) == tokenizer(to_text(row), truncation=True, max_length=64)["input_ids"]
+
+
+def test_scorer_rows_match_texts_and_tokenise_each_ad_once(tmp_path, tokenizer):
+    from distillery.compress.export import export_onnx
+
+    export_onnx(str(save_tiny_bert(tmp_path / "bert", seed=0)), str(tmp_path / "onnx"), max_length=64)
+    scorer = CrossCandidateScorer(str(tmp_path / "onnx"), "fp32", intra_op_threads=1)
+    ads = [a.row_fields() for a in load_catalog().candidates()]
+    assert scorer.warm_ads(ads) > 0
+    before = scorer.pieces.tokenized
+    rows = [{"query": "running shoes", "device": "mobile", "position": 1, **ad} for ad in ads]
+    np.testing.assert_allclose(scorer.predict_rows(rows), scorer.predict_proba([to_text(r) for r in rows]), atol=1e-6)
+    assert scorer.pieces.tokenized - before == 1  # the request, once
