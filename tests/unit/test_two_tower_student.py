@@ -193,3 +193,17 @@ def test_compress_job_and_evaluate_open_a_two_tower_student(trained, run_dir):
                                 onnx_dir="{run_dir}/onnx_two_tower", onnx_variants={"two_tower_int8": "int8"},
                                 max_length=48, num_threads=1, predictions=None))["quality"]
     assert 0 <= q["student_two_tower"]["auc"] <= 1 and abs(q["two_tower_int8"]["auc"] - q["student_two_tower"]["auc"]) < 0.05
+
+
+def test_vocabulary_trimming_keeps_the_two_tower_scores(bert, tmp_path):
+    from distillery.training.vocab import trim_vocabulary
+
+    texts = [to_text(r) for r in generate(SyntheticConfig(rows_test=80, seed=9), "test").to_pylist()]
+    model, tok = build_model(ModelInit(kind="two_tower", source=str(bert), layers=[0]))
+    before = score_texts(model.eval(), tok, texts, 48)
+    model, small, info = trim_vocabulary(model, tok, texts)
+    assert info["after"] < info["before"] and model.config.vocab_size == info["after"]
+    np.testing.assert_allclose(score_texts(model, small, texts, 48), before, atol=1e-6)
+    model.save_pretrained(str(tmp_path)), small.save_pretrained(str(tmp_path))
+    loaded, tok2 = load_two_tower(str(tmp_path))
+    np.testing.assert_allclose(score_texts(loaded, tok2, texts, 48), before, atol=1e-6)
