@@ -26,10 +26,12 @@ import os
 import sys
 import time
 
-import numpy as np
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # the head's numpy: one thread, like ORT
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 COUNTS = (1, 8, 32, 128, 512, 1024)
 

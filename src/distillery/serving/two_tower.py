@@ -121,6 +121,8 @@ class TwoTowerScorer:
         self._ads: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._requests: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.tower_calls = self.tower_rows = 0
+        self._text_memo: dict[tuple, str] = {}
+        self._bucket_memo: dict[tuple, tuple[int, int]] = {}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Tower embeddings `(n, d)` float32 of tower texts, in batches of `tower_batch_size`."""
@@ -198,7 +200,31 @@ class TwoTowerScorer:
 
     def predict_rows(self, rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities `(n,)` of row dicts, without rendering and re-parsing the full row text."""
-        return sigmoid(self.score_parts([tower_inputs_from_fields(r, self.spec) for r in rows]))
+        return sigmoid(self.score_parts([self._row_parts(r) for r in rows]))
+
+    def _row_parts(self, row: Mapping[str, Any]) -> tuple[str, str, int, int]:
+        """`tower_inputs_from_fields`, with each tower's text memoised on the tuple of its fields' values:
+        a bid repeats one request over all its candidates and the catalog's ads over all bids, and
+        rendering texts (`to_text`) was most of the per-candidate cost."""
+        spec, memo = self.spec, self._text_memo
+        try:
+            rkey = ("r", *(row.get(k) for k in spec.request_fields))
+            akey = ("a", *(row.get(k) for k in spec.ad_fields))
+            request, ad = memo.get(rkey), memo.get(akey)
+        except TypeError:  # an unhashable value (a list from JSON): render without the memo
+            return tower_inputs_from_fields(row, spec)
+        if request is None or ad is None:
+            if len(memo) >= self.ad_cache_size + self.request_cache_size:
+                memo.clear()  # bounded; refilled by the next bids
+            request, ad, _, _ = tower_inputs_from_fields({k: row.get(k) for k in (*spec.request_fields, *spec.ad_fields)}, spec)
+            memo[rkey], memo[akey] = request, ad
+        pkey = (row.get("position"), row.get("slot_size"))
+        buckets = self._bucket_memo.get(pkey)
+        if buckets is None:
+            buckets = self._bucket_memo[pkey] = tower_inputs_from_fields({"position": pkey[0], "slot_size": pkey[1]}, spec)[2:]
+            if len(self._bucket_memo) > 10_000:
+                self._bucket_memo.clear()
+        return request, ad, buckets[0], buckets[1]
 
     def __repr__(self) -> str:
         return (f"TwoTowerScorer(name={self.name!r}, version={self.version!r}, variant={self.variant!r}, "
