@@ -1,4 +1,4 @@
-"""python bench/serve.py [--model-dir runs/demo/onnx] [--duration 30] [--concurrency 32] [--rows 8]
+"""python bench/serve.py [--model-dir runs/demo/onnx] [--duration 30] [--concurrency 32] [--rows 8] [--ingress auto]
 
 Ray Serve against raw ONNX Runtime on the same model, ORT threads and machine:
 
@@ -226,6 +226,8 @@ def main() -> None:
     p.add_argument("--max-ongoing", type=int, default=32)
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--port", type=int, default=18200)
+    p.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
+                   help="auto: HAProxy + direct ingress where it runs (as shipped), else Serve's proxy")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.client:
@@ -257,7 +259,11 @@ def main() -> None:
     base = f"http://127.0.0.1:{args.port}"
     predict_bodies = [{"texts": g} for g in groups]
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        from distillery.serving.ingress import controller_options, ingress_env
+
+        env, ingress = ingress_env(args.ingress)  # the shipped request path unless told otherwise
+        print(f"request path: {ingress}", flush=True)
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port}, controller_options=controller_options(env))
         deploy(max_replicas=1)  # one replica, the raw side's thread count: the like-for-like comparison
         _wait_ready(f"{base}/healthz")
 
@@ -347,7 +353,7 @@ def main() -> None:
         "replicas_over_time": samples,
         "rows_per_request": args.rows, "concurrency": args.concurrency, "ort_threads": args.threads,
         "max_batch_rows": args.max_batch_rows, "batch_wait_ms": args.batch_wait_ms, "variant": args.variant,
-        "cores_visible": os.cpu_count(), "load_avg_1m_end": round(os.getloadavg()[0], 1),
+        "cores_visible": os.cpu_count(), "load_avg_1m_end": round(os.getloadavg()[0], 1), "ingress": ingress,
     }
     print(json.dumps(result))
 

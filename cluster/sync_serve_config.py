@@ -1,11 +1,12 @@
-"""Copy serve/serve_config.yaml's applications into the RayService's serveConfigV2.
+"""Copy serve/serve_config.yaml's applications and controller_options into the RayService's serveConfigV2.
 
     python cluster/sync_serve_config.py           # rewrite cluster/kuberay/rayservice.yaml
     python cluster/sync_serve_config.py --check   # exit 1 if they differ (what the drift test checks)
 
-Only `applications` travel: `http_options` stay the cluster's (inside a pod the Serve proxy listens
-on the pod address for the ClusterIP service, where serve_config.yaml binds 127.0.0.1 for a local
-run). The rest of rayservice.yaml, comments included, is left as it is.
+`applications` and `controller_options` (the fast path's env vars) travel; `http_options` stay the
+cluster's (inside a pod HAProxy, or Serve's proxy, listens on the pod address for the ClusterIP
+service, and replicas on theirs for HAProxy on other pods, where serve_config.yaml binds 127.0.0.1
+for a local run). The rest of rayservice.yaml, comments included, is left as it is.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ SERVE_CONFIG = REPO / "serve" / "serve_config.yaml"
 RAYSERVICE = REPO / "cluster" / "kuberay" / "rayservice.yaml"
 START, END = "  serveConfigV2: |\n", "  rayClusterConfig:\n"
 CLUSTER_HEADER = """\
-# http_options differ from serve/serve_config.yaml on purpose: inside a pod the proxy must
-# listen on the pod address for the ClusterIP serve service; nothing exposes it further.
-# applications: copied from serve/serve_config.yaml by cluster/sync_serve_config.py.
+# http_options differ from serve/serve_config.yaml on purpose: inside a pod HAProxy (and each
+# replica's direct-ingress port, for HAProxy on other pods) must listen on the pod address for
+# the ClusterIP serve service; nothing exposes them further.
+# controller_options and applications: copied from serve/serve_config.yaml by cluster/sync_serve_config.py.
 proxy_location: EveryNode
 http_options:
   host: 0.0.0.0
@@ -33,9 +35,9 @@ http_options:
 
 
 def serve_config_v2(serve_config: dict) -> str:
-    """The serveConfigV2 text: the cluster's header plus `serve_config`'s applications."""
-    apps = yaml.safe_dump({"applications": serve_config["applications"]}, sort_keys=False, width=100)
-    return CLUSTER_HEADER + apps
+    """The serveConfigV2 text: the cluster's header plus `serve_config`'s controller_options and applications."""
+    carried = {k: serve_config[k] for k in ("controller_options", "applications") if k in serve_config}
+    return CLUSTER_HEADER + yaml.safe_dump(carried, sort_keys=False, width=100)
 
 
 def synced(manifest_text: str, serve_config: dict) -> str:

@@ -9,7 +9,7 @@
     distillery evaluate --config jobs/configs/evaluate.yaml [key=value ...]
     distillery compress --config jobs/configs/compress.yaml [key=value ...]
     distillery size --budget-ms X --batch 1 --seq-len L [--provider cpu|cuda]
-    distillery serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--config FILE]
+    distillery serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--config FILE] [--ingress auto|haproxy|proxy]
     distillery pipeline --config jobs/configs/demo.yaml [--force] [key=value ...]
 
 Each job subcommand loads one typed config (YAML + overrides) and calls the stage's `run(cfg)`.
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--config", default=None, help="serve config YAML (default serve/serve_config.yaml's app args)")
+    serve.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
+                       help="auto: HAProxy + direct ingress where an HAProxy binary runs, else Serve's proxy")
     serve.set_defaults(func=_serve)
     return parser
 

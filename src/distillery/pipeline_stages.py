@@ -211,7 +211,10 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     app_args = validate_config(AppArgs, app_args, "pipeline.serve.app")
     options = deployment_options(serve_yaml)
     options.pop("user_config", None)
-    serve.start(http_options={"host": "127.0.0.1", "port": s.port})
+    from distillery.serving.ingress import controller_options, ingress_env
+
+    env, ingress = ingress_env("auto")  # HAProxy + direct ingress where a binary runs, else Serve's proxy
+    serve.start(http_options={"host": "127.0.0.1", "port": s.port}, controller_options=controller_options(env))
     app_name = "distillery-demo"
     serve.run(bind_app(app_args, options), name=app_name, route_prefix="/")
     url = f"http://127.0.0.1:{s.port}"
@@ -243,6 +246,7 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
         "errors": pred.errors + (rtb.errors if rtb else 0),
         "max_replicas": max((n for _, n in samples), default=None),
         "requests": pred.requests, "candidates_per_request": s.candidates, "concurrency": s.concurrency,
+        "ingress": ingress,
         "statuses": {str(k): v for k, v in pred.statuses.items()},
         "openrtb": None if rtb is None else {**percentiles(rtb.latencies_ms), "requests": rtb.requests,
                                               "statuses": {str(k): v for k, v in rtb.statuses.items()}},

@@ -476,3 +476,19 @@ def test_rayservice_serves_the_same_application_as_serve_config():
                        "(RayService value first); run `python cluster/sync_serve_config.py`:\n" + "\n".join(drift))
     for app in _serve_applications(cluster):
         assert app["import_path"].startswith("distillery."), app["import_path"]
+
+
+def test_rayservice_pods_take_serves_fast_path_as_serve_config_does():
+    """HAProxy + direct ingress on every RayService pod, the same switches serve/serve_config.yaml's
+    controller_options set (and serveConfigV2 carries them, see the drift test)."""
+    local = yaml.safe_load(SERVE_CONFIG.read_text())
+    wanted = local["controller_options"]["runtime_env"]["env_vars"]
+    assert wanted["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and wanted["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    ((_, service),) = _ray_objects("RayService")
+    cluster = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert cluster.get("controller_options") == local["controller_options"]
+    for group, template in _ray_pod_templates(service["spec"]["rayClusterConfig"]):
+        for c in template["spec"]["containers"]:
+            env = {k: v.get("value") for k, v in _env(c).items()}
+            for name, value in wanted.items():
+                assert env.get(name) == value, f"{group}/{c['name']}: {name}={env.get(name)!r}, want {value!r}"

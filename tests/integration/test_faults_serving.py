@@ -22,11 +22,16 @@ import requests
 import yaml
 
 from distillery.loadtest import percentiles, run_load
+from distillery.serving.ingress import controller_options, ingress_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 19100
+# Serve's fast path (HAProxy + direct ingress) where an HAProxy binary runs, as shipped;
+# DISTILLERY_TEST_INGRESS=proxy runs the module through Serve's Python proxy instead.
+INGRESS_ENV, INGRESS = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
+INGRESS_OPTIONS = controller_options(INGRESS_ENV)
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_SERVE_TOKEN"
 TOKEN = "fault-token-3c9e"
@@ -138,7 +143,7 @@ def server(local_ray, models):
     from ray import serve
 
     base, versions = models
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
     deploy(serve_config(base / "root"))
     wait_for(lambda: running_replicas() == REPLICAS and served_version(), 180, "two replicas answering /healthz")
     yield base, versions

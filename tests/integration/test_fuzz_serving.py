@@ -8,6 +8,7 @@ actor is never replaced).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from distillery.serving.ingress import controller_options, ingress_env
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 19200
+# Serve's fast path (HAProxy + direct ingress) where an HAProxy binary runs, as shipped;
+# DISTILLERY_TEST_INGRESS=proxy runs the module through Serve's Python proxy instead.
+INGRESS_ENV, INGRESS = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
+INGRESS_OPTIONS = controller_options(INGRESS_ENV)
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_SERVE_TOKEN"
 TOKEN = "fuzz-token-51d2"
@@ -61,7 +68,7 @@ def server(local_ray, tiny_bert, tmp_path_factory):
     dep = app["deployments"][0]
     dep.pop("autoscaling_config", None)
     dep.update(num_replicas=1, ray_actor_options={"num_cpus": 0.25})
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -23,6 +23,8 @@ import pytest
 import requests
 import yaml
 
+from distillery.serving.ingress import controller_options, ingress_env
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +40,10 @@ def save_tiny_bert(path: Path, seed: int) -> Path:
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT = 18100
+# Serve's fast path (HAProxy + direct ingress) where an HAProxy binary runs, as shipped;
+# DISTILLERY_TEST_INGRESS=proxy runs the module through Serve's Python proxy instead.
+INGRESS_ENV, INGRESS = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
+INGRESS_OPTIONS = controller_options(INGRESS_ENV)
 CLI_PORT = 18150
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_TEST_SERVE_TOKEN"
@@ -127,7 +133,7 @@ def server(local_ray, models):
     from ray import serve
 
     root, scorers = models
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
     _deploy(_config(root))
     _wait(_healthy, 120, "the app to answer /healthz")
     yield root, scorers
@@ -144,6 +150,30 @@ def post(path: str, body=None, *, data: bytes | None = None, headers: dict | Non
 
 
 # -- routes -----------------------------------------------------------------------------------
+
+
+def test_requests_take_the_fast_path_where_haproxy_runs(server):
+    """HAProxy on the Serve port forwards to the replica's own HTTP server (direct ingress), whose
+    port checks the bearer token like the front door."""
+    from distillery.serving.ingress import haproxy_binary
+
+    if os.environ.get("DISTILLERY_TEST_INGRESS") == "proxy" or haproxy_binary() is None:
+        pytest.skip("no HAProxy binary here (or the proxy path was asked for): the proxy path is tested")
+    assert INGRESS == "haproxy"
+    work = Path(INGRESS_ENV["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent  # Ray writes <work>/<node id>/haproxy.cfg
+
+    lo, hi = (int(INGRESS_ENV[f"RAY_SERVE_DIRECT_INGRESS_{k}_HTTP_PORT"]) for k in ("MIN", "MAX"))
+
+    def replica_ports():  # servers other than the fallback (Serve's proxy, a `backup` server)
+        lines = [ln.split() for cfg in work.rglob("haproxy.cfg") for ln in cfg.read_text().splitlines()]
+        return [int(w[2].rsplit(":", 1)[1]) for w in lines if w[:1] == ["server"] and "backup" not in w]
+
+    ports = _wait(replica_ports, 60, "a replica's direct-ingress port in HAProxy's config")
+    assert all(lo <= p <= hi for p in ports), ports
+    direct = ports[0]
+    r = requests.post(f"http://127.0.0.1:{direct}/predict", json={"texts": [TEXT]}, timeout=10)
+    assert r.status_code == 401  # the replica's own port checks the token like the front door
+    assert post("/predict", {"texts": [TEXT]}).status_code == 200
 
 
 def test_health_routes_need_no_token(server):

@@ -2,12 +2,14 @@
 
     serve run serve/serve_config.yaml                 # local, from the repo root
     serve deploy serve/serve_config.yaml              # a running cluster (KubeRay's RayService too)
-    distillery serve --model-dir runs/demo/onnx [--host 127.0.0.1] [--port 8000] [--config FILE]
+    distillery serve --model-dir runs/demo/onnx [--host 127.0.0.1] [--port 8000] [--config FILE] [--ingress auto]
 
 All three go through `build_app(args: AppArgs)`; the Serve config's `applications[].args` are
 `AppArgs`, its `deployments:` entry for `CTRServer` sets replicas, batching headroom, autoscaling
 and resources. Hot model swap: set `user_config: {model_dir: ..., variant: ...}` on that deployment
 and `serve deploy` again; replicas load the new folder beside the old one and switch atomically.
+Requests reach the replicas through HAProxy and each replica's own HTTP server (direct ingress)
+where an HAProxy binary runs, else through Serve's Python proxy (serving.ingress).
 """
 
 import logging
@@ -173,7 +175,7 @@ def cli_main(args) -> int:
     from ray import serve
 
     from distillery.ray_runtime import RaySection, ensure_ray
-    from distillery.serving.arrival import CALLBACK, CALLBACK_ENV
+    from distillery.serving.ingress import controller_options, ingress_env
     from distillery.serving.limits import load_token
 
     path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
@@ -190,11 +192,14 @@ def cli_main(args) -> int:
     options = deployment_options(config)
     options.pop("user_config", None)  # --model-dir decides what is served
 
-    os.environ.setdefault(CALLBACK_ENV, CALLBACK)  # the proxy stamps arrival times (serving.arrival)
+    try:  # HAProxy + direct ingress where it runs; arrival stamps on either path (serving.ingress)
+        env, ingress = ingress_env(getattr(args, "ingress", "auto"))
+    except RuntimeError as err:
+        raise ConfigError(f"--ingress: {err}") from None
     ensure_ray(RaySection(num_cpus=max(4, os.cpu_count() or 1)))
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(http_options={"host": args.host, "port": args.port}, controller_options=controller_options(env))
     serve.run(bind_app(app_args, options), name="distillery", route_prefix="/")
-    print(f"distillery serving {model_dir} at http://{args.host}:{args.port} "
+    print(f"distillery serving {model_dir} at http://{args.host}:{args.port} via {ingress} "
           f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

