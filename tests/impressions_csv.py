@@ -34,8 +34,12 @@ def write_impressions_csv(path: Path, rows: int = 6000, ctr: float = 0.005, seed
     ad = rng.integers(0, len(ads), rows)
     slot = rng.integers(0, len(slots), rows)
     match = (site % 4) == (ad % 4)  # a hidden affinity between sites and ads
-    logit = np.log(ctr / (1 - ctr)) - 0.9 + 1.6 * match - 0.3 * slot + rng.normal(0, 0.3, rows)
-    click = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    signal = 1.6 * match - 0.3 * slot + rng.normal(0, 0.3, rows)
+    lo, hi = -15.0, 5.0  # the intercept whose mean click probability is `ctr`
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.mean(1 / (1 + np.exp(-(mid + signal)))) < ctr else (lo, mid)
+    click = (rng.random(rows) < 1 / (1 + np.exp(-(lo + signal)))).astype(int)
     start = datetime(2026, 3, 1, tzinfo=timezone.utc)
     seconds = rng.integers(0, 3 * 86_400, rows)  # three days, shuffled in the file
     bad_at = set(rng.choice(np.arange(1, rows), size=bad_lines, replace=False).tolist()) if bad_lines else set()
