@@ -94,7 +94,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def auth_required(policy: str, proxy_host: str | None) -> bool:
     """Whether a bearer token must be configured: `policy` is AppArgs.auth, `proxy_host` the address
-    Serve's HTTP proxy binds (None: unknown, which counts as exposed). Fails closed."""
+    Serve's HTTP proxy binds (None: unknown, which counts as exposed). Fails closed. On the fast
+    path HAProxy and every replica's direct-ingress port bind that same address (http_options.host),
+    and the token is checked in the replica, so a replica's own port is guarded like the front door."""
     if policy == "disabled":
         return False
     return policy == "required" or proxy_host not in LOOPBACK
