@@ -113,16 +113,15 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 def _trim(model, tokenizer, spec: TrainSpec, verbose: bool):
-    """Every worker trims to the same vocabulary: the same texts give the same sorted piece ids."""
-    from distillery.data.schema import TEXT_FIELDS
-    from distillery.data.text import to_texts
+    """Every worker trims to the same vocabulary: the same texts give the same sorted piece ids.
+    The texts are rendered as labeling and training render them (`table_texts`: every column)."""
+    from distillery.data.text import table_texts
     from distillery.training.data import read_split
     from distillery.training.vocab import trim_vocabulary
 
     texts: list[str] = []
     for split in spec.init.trim_vocab_splits:
-        table = read_split(spec.run_dir, split)
-        texts.extend(to_texts({c: table[c].to_pylist() for c in TEXT_FIELDS if c in table.column_names}))
+        texts.extend(table_texts(read_split(spec.run_dir, split)))
     model, tokenizer, info = trim_vocabulary(model, tokenizer, texts)
     if verbose:
         print(f"[train] vocabulary trimmed to the pieces of {spec.init.trim_vocab_splits}: {info['before']} → "
