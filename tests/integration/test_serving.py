@@ -620,3 +620,23 @@ def test_shipped_serve_config_validates():
     args = AppArgs.model_validate(config["applications"][0]["args"])
     assert args.model.model_dir == "demo/onnx" and args.batch.max_batch_rows >= 8
     assert deployment_options(config)["max_ongoing_requests"] > 5  # Serve's default would cap batches
+
+
+def test_ingress_env_selects_the_path_and_falls_back_without_haproxy(monkeypatch):
+    """The fast path's switches only where an HAProxy binary runs; arrival stamps on either path."""
+    from distillery.serving import ingress
+    from distillery.serving.arrival import CALLBACK, CALLBACK_ENV
+
+    env, mode = ingress.ingress_env("proxy")
+    assert mode == "proxy" and env[CALLBACK_ENV] == CALLBACK and "RAY_SERVE_ENABLE_HA_PROXY" not in env
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: None)
+    env, mode = ingress.ingress_env("auto")
+    assert mode == "proxy" and "RAY_SERVE_ENABLE_HA_PROXY" not in env and env[CALLBACK_ENV] == CALLBACK
+    with pytest.raises(RuntimeError, match="no runnable HAProxy"):
+        ingress.ingress_env("haproxy")
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/usr/sbin/haproxy")
+    env, mode = ingress.ingress_env("auto")
+    assert mode == "haproxy" and {k: env[k] for k in ingress.FAST_PATH_ENV} == ingress.FAST_PATH_ENV
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    env, _ = ingress.ingress_env("auto", local=False)  # a cluster keeps Ray's defaults
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in env and "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in env
