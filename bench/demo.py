@@ -2,7 +2,8 @@
 
 `make demo` as a new user runs it, once per seed, each from an empty run directory: the wall time,
 every stage's time, the peak memory of the whole process tree (driver, Ray's daemons and every worker,
-sampled each second from /proc), the lines the terminal showed, and the quality figures. The venv
+sampled each second from /proc: PSS, which counts a shared page once, and the RSS sum, which counts
+it in every process), the lines the terminal showed, and the quality figures. The venv
 must exist (`make install`); the install is not timed here. Prints one row per seed and, as its last
 line, one JSON object; each run is appended to `--out` as a JSON line.
 
@@ -45,26 +46,31 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _rss_mb(pid: int) -> float:
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of one process in MB. PSS splits each shared page among the processes mapping it
+    (torch's libraries are mapped by every Ray worker), so PSS adds up to real memory use."""
+    rss = pss = 0.0
     try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) / 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return rss, pss
 
 
-def tree_rss_mb(root: int) -> tuple[float, float]:
-    """(sum, max) RSS in MB over `root` and all its descendants (shared pages count in each)."""
-    tree, stack, total, biggest = _children(), [root], 0.0, 0.0
+def tree_memory_mb(root: int) -> tuple[float, float, float]:
+    """(sum of RSS, sum of PSS, largest RSS) in MB over `root` and all its descendants."""
+    tree, stack, rss_sum, pss_sum, biggest = _children(), [root], 0.0, 0.0, 0.0
     while stack:
         pid = stack.pop()
-        rss = _rss_mb(pid)
-        total, biggest = total + rss, max(biggest, rss)
+        rss, pss = _memory_mb(pid)
+        rss_sum, pss_sum, biggest = rss_sum + rss, pss_sum + pss, max(biggest, rss)
         stack.extend(tree.get(pid, []))
-    return total, biggest
+    return rss_sum, pss_sum, biggest
 
 
 def run_demo(seed: int, run_dir: Path, log_path: Path) -> dict:
@@ -72,7 +78,7 @@ def run_demo(seed: int, run_dir: Path, log_path: Path) -> dict:
     cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "jobs.pipeline", "--config", "jobs/configs/demo.yaml",
            f"run_dir={run_dir}", f"data.seed={seed}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    peak = {"sum": 0.0, "max": 0.0}
+    peak = {"rss": 0.0, "pss": 0.0, "max": 0.0}
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -80,8 +86,8 @@ def run_demo(seed: int, run_dir: Path, log_path: Path) -> dict:
 
         def sample() -> None:
             while not done.wait(1.0):
-                total, biggest = tree_rss_mb(proc.pid)
-                peak["sum"], peak["max"] = max(peak["sum"], total), max(peak["max"], biggest)
+                rss, pss, biggest = tree_memory_mb(proc.pid)
+                peak["rss"], peak["pss"], peak["max"] = max(peak["rss"], rss), max(peak["pss"], pss), max(peak["max"], biggest)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -95,7 +101,8 @@ def run_demo(seed: int, run_dir: Path, log_path: Path) -> dict:
     q = report.get("quality") or {}
     gate = ((report.get("compress") or {}).get("quality_gate") or {}).get("variants", {}).get("int8", {})
     return {
-        "seed": seed, "rc": rc, "wall_s": round(wall, 1), "peak_rss_tree_mb": round(peak["sum"]),
+        "seed": seed, "rc": rc, "wall_s": round(wall, 1), "peak_pss_tree_mb": round(peak["pss"]),
+        "peak_rss_tree_mb": round(peak["rss"]),
         "peak_rss_process_mb": round(peak["max"]), "output_lines": len(lines),
         "timings_s": report.get("timings_s"),
         "teacher_auc": (q.get("teacher") or {}).get("auc"), "student_auc": (q.get("student") or {}).get("auc"),
@@ -126,7 +133,8 @@ def main() -> int:
         with open(REPO / args.out, "a", encoding="utf-8") as f:
             f.write(json.dumps({**r, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
         fmt = lambda v, s: format(v, s) if isinstance(v, (int, float)) else "—"  # noqa: E731
-        print(f"seed {seed}: rc {r['rc']}, {r['wall_s']:.0f} s, peak RSS {r['peak_rss_tree_mb']} MB (tree), "
+        print(f"seed {seed}: rc {r['rc']}, {r['wall_s']:.0f} s, peak memory {r['peak_pss_tree_mb']} MB PSS "
+              f"({r['peak_rss_tree_mb']} MB RSS summed, shared pages counted in each process), "
               f"{r['output_lines']} lines, efficiency {fmt(r['efficiency'], '.3f')}, lift {fmt(r['lift'], '+.3f')}, "
               f"int8 gate {r['gate_int8'].get('passed')}; stages {r['timings_s']}", flush=True)
     ok = all(r["rc"] == 0 for r in results)
