@@ -116,7 +116,7 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1, description="rows per forward pass")
     max_length: int = Field(128, ge=8, description="tokens per row; must cover the training max_length")
     num_threads: int | None = Field(None, ge=1, description="torch / ORT intra-op threads; None = default")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="dtype of the PyTorch models scored; auto: bf16 where the CPU has it natively (~3x fp32 there), fp32 where bf16 would be emulated (slower)")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description="dtype of the PyTorch models scored. fp32 by default: bf16 rounds scores that differ by ~1e-4 (a weak model's) to a few values and so changes their AUC; auto = bf16 where the CPU has it natively (~3x fp32), fp32 elsewhere")
     ece_bins: int = Field(10, ge=2, description="bins of the expected calibration error")
     ece_strategy: Literal["quantile", "uniform"] = Field("quantile", description="equal-count or equal-width bins")
     report: str = Field("{run_dir}/report.json", description="report to merge the quality section into")
