@@ -359,7 +359,11 @@ def test_hot_swap_to_a_path_outside_the_model_root_is_refused(server, model_dir)
     assert requests.get(f"{URL}/healthz", timeout=5).json() == {"status": "degraded"}  # anonymous: no model details
     r = requests.post(f"{URL}/predict", json={"texts": [TEXT]}, headers=AUTH, timeout=10)
     assert r.status_code == 200 and r.json()["model_version"] == before
-    assert running_replicas() == REPLICAS
+    # Serve may still be settling the new user_config on one replica: wait for both, bounded
+    deadline = time.time() + 30
+    while running_replicas() != REPLICAS and time.time() < deadline:
+        time.sleep(0.5)
+    assert running_replicas() == REPLICAS  # the refused config took no replica down
     deploy(serve_config(base / "root", model="a"))
     every_replica(lambda h: h["model_version"] == versions["a"] and h["swap_error"] is None, 60, "swap back to a")
 
