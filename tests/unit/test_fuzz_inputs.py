@@ -181,8 +181,6 @@ def test_malformed_jsonl_rows_are_rejected_with_reasons_and_no_good_row_is_lost(
     assert result.table.num_rows + result.rejects.num_rows == len(lines)
 
 
-@pytest.mark.xfail(strict=True, reason="data/readers.py (not serving's to change): a JSON-escaped lone surrogate "
-                   "in a key or an id raises UnicodeEncodeError out of read_logs instead of rejecting the line")
 @pytest.mark.parametrize("line", ['{"\\ud800": 1}', '{"id": "\\ud800"}'])
 def test_jsonl_line_with_an_escaped_surrogate_is_one_reject(tmp_path, line):
     from distillery.data.readers import read_logs

@@ -362,11 +362,18 @@ def parse_jsonl(path: str, data: bytes, label_column: str | None, prefix: str | 
         if problem is None:
             rid = as_text(obj.get(ID)) if ID in obj else f"{stem}:{line}"
             try:
+                for key in obj:  # a JSON-escaped lone surrogate ("\ud800") in a field name
+                    check_utf8({"field name": key})
                 check_utf8({k: v for k, v in obj.items() if isinstance(v, str)})  # "\udc80" escapes
                 rows.append(to_row(obj, f"{stem}:{line}"))
                 continue
             except RowError as err:
                 problem = str(err)
+        if rid is not None and not rid.isascii():
+            try:
+                rid.encode("utf-8")
+            except UnicodeEncodeError:  # the reject is still written, under its line's id
+                rid = f"{stem}:{line}"
         rejects.append((rid, f"{path}:{line}", problem))
     if label_column and rows and not any(CLICK in r for r in rows):
         raise ValueError(f"{path}: label column {label_column!r} not found in any row")
