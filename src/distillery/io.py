@@ -118,6 +118,13 @@ def create_exclusive(path: str, data: bytes) -> bool:
         os.remove(tmp)
 
 
+def remove_dir(path: str) -> None:
+    """Delete a folder and everything under it (path or URI); a missing folder is not an error."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+
+
 def remove_file(path: str) -> None:
     """Delete one file; a missing file is not an error."""
     fs, p = filesystem(path)

@@ -340,12 +340,6 @@ def _label_round(cfg: LabelConfig, teacher_cfg: TeacherConfig, files: list[str],
     ds.write_parquet(staging)
 
 
-def _remove(path: str) -> None:
-    if io.exists(path):
-        fs, p = io.filesystem(path)
-        fs.delete_dir(p)
-
-
 def _warn_orphans(out: str, keys: set[str]) -> None:
     """Label files of inputs this run does not cover stay on disk but out of the manifest (never read)."""
     orphans = [f for f in io.list_files(out, (".parquet",)) if f.rsplit("/", 1)[-1].removesuffix(".parquet") not in keys]
@@ -365,10 +359,10 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
     io.makedirs(out)
     with OutputLock(out):
         # Holding the lock, no other run writes here: any staging is a killed run's leftover.
-        _remove(io.join(out, "_staging"))
+        io.remove_dir(io.join(out, "_staging"))
         if cfg.force:  # the old manifest no longer describes what is on disk
             io.remove_file(io.join(out, MANIFEST))
-            _remove(io.join(out, "_done"))
+            io.remove_dir(io.join(out, "_done"))
         keys = {f: label_file_key(f, cfg.run_dir) for f in files}
         pending = [f for f in files if not io.exists(done_marker(out, keys[f]))]
         log.info("labeling: %d input files, %d already done, %d to label", len(files), len(files) - len(pending), len(pending))
@@ -383,7 +377,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
                 _label_round(cfg, teacher_cfg, round_files, staging)
                 rows_this_run += sum(m["rows_in"] for m in _commit(staging, out, round_files, cfg.run_dir, claimed))
             finally:  # the lock makes this round the only thing under _staging/
-                _remove(io.join(out, "_staging"))
+                io.remove_dir(io.join(out, "_staging"))
             log.info("labeling: committed %d/%d pending files", min(start + cfg.files_per_round, len(pending)), len(pending))
         elapsed = time.perf_counter() - started
         markers = [io.read_json(done_marker(out, keys[f])) for f in files]

@@ -117,17 +117,13 @@ def _onnx_logits(onnx_dir: str, variant: str, texts: list[str], batch_size: int,
 def two_tower_parity(model_dir: str, onnx_dir: str, texts: list[str], *, atol: float = 1e-3, max_length: int = 64,
                      batch_size: int = 64, intra_op_threads: int | None = None) -> dict[str, Any]:
     """Max |Δ logit| between PyTorch and FP32 tower graph + numpy head; raises `ParityError` over `atol`."""
-    from distillery.compress.validate import ParityError
+    from distillery.compress.validate import compare_logits
 
     if not texts:
         raise ValueError("two_tower_parity: no texts to compare on")
     ref = torch_two_tower_logits(model_dir, texts, max_length, batch_size)
     got = _onnx_logits(onnx_dir, "fp32", texts, batch_size, intra_op_threads)
-    diff = float(np.max(np.abs(ref - got)))
-    if not diff <= atol:
-        raise ParityError(f"two-tower FP32 ONNX + numpy head differs from PyTorch by {diff:.3g} (> atol {atol}) "
-                          f"on {len(texts)} rows")
-    return {"max_abs_diff": diff, "atol": atol, "rows": len(texts)}
+    return compare_logits(ref, got, atol, "two-tower FP32 ONNX + numpy head")
 
 
 def two_tower_variant_probs(onnx_dir: str, variants: list[str], texts: list[str], *, batch_size: int = 64,

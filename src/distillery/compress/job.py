@@ -196,8 +196,8 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
     student_path = cfg.student if ("://" in cfg.student or os.path.isabs(cfg.student)) else io.join(cfg.run_dir, cfg.student)
     out_uri = io.join(cfg.run_dir, cfg.out)
     rejected_uri = out_uri.rstrip("/") + ".rejected"
-    _remove(out_uri)  # a stale folder from an earlier student must not look servable
-    _remove(rejected_uri)
+    io.remove_dir(out_uri)  # a stale folder from an earlier student must not look servable
+    io.remove_dir(rejected_uri)
     with tempfile.TemporaryDirectory(prefix="compress-") as tmp, contextlib.ExitStack() as cleanup:
         src = _local_dir(student_path, tmp, "student")
         two_tower = _is_two_tower(src, cfg)
@@ -208,8 +208,8 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         model_dir = pruned_dir if pruning else src
         # Built in a staging folder and published by one rename: `onnx/` is either absent or complete.
         out_dir = os.path.join(tmp, "onnx") if "://" in out_uri else f"{out_uri.rstrip('/')}.staging"
-        _remove(out_dir)
-        cleanup.callback(_remove, out_dir)  # whatever fails, no staging folder is left behind
+        io.remove_dir(out_dir)
+        cleanup.callback(io.remove_dir, out_dir)  # whatever fails, no staging folder is left behind
         lineage = _lineage(cfg, student_path)
         if pruning:
             lineage["pruned_checkpoint"] = io.join(cfg.run_dir, "student_pruned")
@@ -251,8 +251,7 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         thresholds = GateThresholds(max_auc_drop=v.max_auc_drop, confidence=v.confidence,
                                     min_spearman=v.min_spearman, max_mean_abs_dp=v.max_mean_abs_dp)
         gate = quality_gate(clicks, probs, thresholds, presets=presets)
-        aucs = {"fp32": next(iter(gate["variants"].values()))["auc_ref"] if gate["variants"] else roc_auc(clicks, probs["fp32"]),
-                **{k: r["auc_variant"] for k, r in gate["variants"].items()}}
+        aucs = {"fp32": roc_auc(clicks, probs["fp32"]), **{k: r["auc_variant"] for k, r in gate["variants"].items()}}
         latency = {}
         if v.latency_calls:
             from distillery.serving.scorer import OnnxScorer
@@ -312,23 +311,12 @@ def _print_gate(gate: dict[str, Any]) -> None:
               f"mean |Δp| {r['mean_abs_dp']:.2e}, max |Δp| {r['max_abs_dp']:.2e}", flush=True)
 
 
-def _remove(uri: str) -> None:
-    if "://" in uri:
-        fs, p = io.filesystem(uri)
-        try:
-            fs.delete_dir(p)
-        except (FileNotFoundError, OSError):
-            pass
-    elif os.path.isdir(uri):
-        shutil.rmtree(uri)
-
-
 def _publish(local: str, dest: str) -> None:
     """Move a finished local folder to `dest` (a rename on the same local filesystem, else an upload)."""
     if "://" in dest:
         _upload(local, dest)
         return
-    _remove(dest)
+    io.remove_dir(dest)
     os.replace(local, dest)
 
 

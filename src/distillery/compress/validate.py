@@ -62,6 +62,15 @@ def onnx_logits(onnx_dir: str, variant: str, texts: list[str], batch_size: int =
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def compare_logits(ref: np.ndarray, got: np.ndarray, atol: float, what: str, hint: str = "") -> dict[str, Any]:
+    """`{"max_abs_diff", "atol", "rows"}` of two logit vectors `(n,)`; ParityError when over `atol` (or NaN)."""
+    diff = float(np.max(np.abs(ref - got)))
+    if not diff <= atol:  # also catches NaN
+        raise ParityError(f"{what} differs from PyTorch by {diff:.3g} (> atol {atol}) on {len(ref)} rows"
+                          + (f": {hint}" if hint else ""))
+    return {"max_abs_diff": diff, "atol": atol, "rows": len(ref)}
+
+
 def fp32_parity(model_dir: str, onnx_dir: str, texts: list[str], *, atol: float = 1e-4, max_length: int = 128,
                 batch_size: int = 64, intra_op_threads: int | None = None) -> dict[str, Any]:
     """Max |Δ logit| between PyTorch and the FP32 ONNX graph on `texts`; raises ParityError over `atol`."""
@@ -69,12 +78,8 @@ def fp32_parity(model_dir: str, onnx_dir: str, texts: list[str], *, atol: float 
         raise ValueError("fp32_parity: no texts to compare on")
     ref = torch_logits(model_dir, texts, max_length, batch_size)
     got = onnx_logits(onnx_dir, "fp32", texts, batch_size, intra_op_threads)
-    diff = float(np.max(np.abs(ref - got)))
-    result = {"max_abs_diff": diff, "atol": atol, "rows": len(texts)}
-    if not diff <= atol:  # also catches NaN
-        raise ParityError(f"FP32 ONNX differs from PyTorch by {diff:.3g} (> atol {atol}) on {len(texts)} rows: "
+    return compare_logits(ref, got, atol, "FP32 ONNX",
                           "the export is broken (check attention implementation and dynamic axes)")
-    return result
 
 
 def variant_probs(onnx_dir: str, variants: list[str], texts: list[str], *, batch_size: int = 64,
