@@ -73,10 +73,10 @@ def tree_memory_mb(root: int) -> tuple[float, float, float]:
     return rss_sum, pss_sum, biggest
 
 
-def run_demo(seed: int, run_dir: Path, log_path: Path) -> dict:
+def run_demo(seed: int, run_dir: Path, log_path: Path, overrides: list[str]) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "jobs.pipeline", "--config", "jobs/configs/demo.yaml",
-           f"run_dir={run_dir}", f"data.seed={seed}"]
+           f"run_dir={run_dir}", f"data.seed={seed}", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     peak = {"rss": 0.0, "pss": 0.0, "max": 0.0}
     t0 = time.perf_counter()
@@ -112,7 +112,7 @@ def run_demo(seed: int, run_dir: Path, log_path: Path) -> dict:
         "gate_int8": {k: gate.get(k) for k in ("passed", "auc_drop", "auc_drop_ci", "spearman", "flipped_pairs", "mean_abs_dp")},
         "latency_ms": report.get("latency_ms"), "size_mb": report.get("size_mb"),
         "serve": {k: (report.get("serve") or {}).get(k) for k in ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")},
-        "log": str(log_path),
+        "overrides": overrides, "log": str(log_path),
     }
 
 
@@ -121,13 +121,15 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs-dir", default="runs/bench-demo")
     parser.add_argument("--out", default="bench/demo_runs.jsonl")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, as `make demo ARGS=...` takes them (a trial, not the demo)")
     args = parser.parse_args()
     print(f"cpu: {cpu_summary()}", flush=True)
     runs_dir = (REPO / args.runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for seed in args.seeds:
-        r = run_demo(seed, runs_dir / f"seed{seed}", runs_dir / f"seed{seed}.log")
+        r = run_demo(seed, runs_dir / f"seed{seed}", runs_dir / f"seed{seed}.log", args.overrides)
         r["cpu"] = cpu_info()
         results.append(r)
         with open(REPO / args.out, "a", encoding="utf-8") as f:
