@@ -1,7 +1,8 @@
 """python -m jobs.check_report runs/demo/report.json [--allow-null]
 
-Exits non-zero, naming each key, when a finished run's report.json lacks a key of DESIGN.md's contract
-(or holds null for it: a figure some stage did not measure). CI runs it after `make demo`.
+Exits non-zero, naming each key, when a finished run's report.json lacks a key of the report contract
+(`distillery.pipeline_stages.DESIGN_KEYS`) or holds null for it (a figure some stage did not measure).
+CI runs it after `make demo`.
 """
 
 import argparse
@@ -13,7 +14,7 @@ from distillery.pipeline_stages import missing_design_keys
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="check report.json against DESIGN.md's keys")
+    parser = argparse.ArgumentParser(description="check report.json against the report contract's keys")
     parser.add_argument("report")
     parser.add_argument("--allow-null", action="store_true", help="a null figure (with its reason) counts as present")
     args = parser.parse_args()

@@ -270,7 +270,7 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
     return {"html": path}
 
 
-# report.json keys that other tools read (DESIGN.md); `timings_s.<stage>` for every stage that ran.
+# report.json keys that other tools read (the project design's report contract); `timings_s.<stage>` for every stage that ran.
 DESIGN_KEYS = (
     *(f"quality.{m}.{k}" for m in ("teacher", "student", "student_direct", "student_int8") for k in ("auc", "logloss", "ece")),
     "quality.oracle_auc", "quality.distillation_efficiency",
@@ -282,7 +282,7 @@ DESIGN_KEYS = (
 
 
 def missing_design_keys(report: dict[str, Any], stages: tuple[str, ...] = (), allow_null: bool = False) -> list[str]:
-    """DESIGN.md keys absent from `report` (or null, unless `allow_null`), plus `timings_s.<stage>`
+    """DESIGN_KEYS absent from `report` (or null, unless `allow_null`), plus `timings_s.<stage>`
     for each of `stages`. Empty when the report is complete."""
     missing = []
     for key in (*DESIGN_KEYS, *(f"timings_s.{s}" for s in stages)):
@@ -309,7 +309,7 @@ _REQUIRED = {
 
 
 def _fill_nulls(run_dir: str, report: dict[str, Any]) -> None:
-    """Every DESIGN.md key exists; a figure no stage measured is null with a reason beside it."""
+    """Every key of DESIGN_KEYS exists; a figure no stage measured is null with a reason beside it."""
     from distillery.evaluate import merge_report
 
     path = io.join(run_dir, "report.json")

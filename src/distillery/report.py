@@ -2,7 +2,7 @@
 
     python -c "from distillery.report import write_report; print(write_report('runs/demo'))"
 
-Reads `<run_dir>/report.json` (DESIGN.md keys; any figure may be null, explained by a sibling
+Reads `<run_dir>/report.json` (the keys of `pipeline_stages.DESIGN_KEYS`; any figure may be null, explained by a sibling
 `<name>_reason` or a `null_reasons` dict) and, when present, `<run_dir>/plots/predictions.parquet`
 (test split: `click` 0/1 plus one probability column per model). Writes `<run_dir>/report.html`
 and a copy of each chart as `<run_dir>/plots/<chart>.svg`.
@@ -195,7 +195,7 @@ def _lift_key(report: dict[str, Any]) -> str:
 
 def _rows(report: dict[str, Any], section: str, labels: dict[str, str], required: tuple[str, ...] = ()
           ) -> list[tuple[str, list[str]]]:
-    """One table row per `labels` key that the section has, or that DESIGN.md requires (then a
+    """One table row per `labels` key that the section has, or that `pipeline_stages.DESIGN_KEYS` requires (then a
     missing one shows why)."""
     part = _node(report, section.split(".")) or {}
     return [(label, [f"{section}.{k}"]) for k, label in labels.items() if k in part or k in required]

@@ -41,7 +41,7 @@ def _num(value: Any) -> float | None:
 
 
 def quality_models(report: dict[str, Any]) -> list[str]:
-    """The four DESIGN.md models (present or not, so a missing one shows its reason), then any
+    """The four models of `pipeline_stages.DESIGN_KEYS` (present or not, so a missing one shows its reason), then any
     other model entry under `quality` (a dict holding an auc)."""
     q = report.get("quality") or {}
     known = ["teacher", "student", "student_direct", "student_fp32", "student_int8"]

@@ -4,7 +4,7 @@ with the reason, where torch sees no CUDA device.
     PYTHONPATH=src python -m pytest tests/gpu -q        # on the GPU machine
 
 The bare GPU image lacks pydantic (distillery's configs need it): tests that build a teacher from
-its config skip with that reason; bench/BENCHMARKS.gpu.md says how to carry the wheels.
+its config skip with that reason; BENCHMARKS.md ("GPU") says how to carry the wheels.
 """
 
 from __future__ import annotations

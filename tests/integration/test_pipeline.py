@@ -38,7 +38,7 @@ def test_pipeline_end_to_end_then_skips(local_ray, tmp_path, tiny_bert, capsys):
     cfg = load_config(PipelineConfig, "jobs/configs/demo.yaml", _tiny_overrides(run_dir, tiny_bert, 17531))
     report = run(cfg)
     stages = ("data", "teacher", "label", "student", "student_direct", "compress", "evaluate", "serve")
-    assert missing_design_keys(report, stages) == []  # every DESIGN.md key holds a measured value
+    assert missing_design_keys(report, stages) == []  # every DESIGN_KEYS key holds a measured value
     assert report["compress"]["quality_gate"]["variants"]["int8"]["auc_drop_ci"]
     q = report["quality"]
     for model in ("teacher", "student", "student_direct", "student_int8"):

@@ -25,7 +25,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 # ------------------------------------------------------------------------------ sample run dir
 
 def sample_report(predictions: pa.Table | None = None) -> dict:
-    """A report.json with realistic figures, every DESIGN.md key, the optional extras and three
+    """A report.json with realistic figures, every `DESIGN_KEYS` key, the optional extras and three
     kinds of null-with-reason (sibling `_reason`, section `null_reasons`, root `null_reasons`).
     With `predictions`, the quality figures are computed from them (as the evaluate stage does)."""
     rng = np.random.default_rng(0)
