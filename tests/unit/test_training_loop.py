@@ -7,21 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tinymodels import make_tiny_run, save_tiny_bert
 from distillery.training.data import DataSection, build_training_table
 from distillery.training.init import ModelInit, build_model
 from distillery.training.loop import (InjectedFailure, LoopConfig, latest_local_checkpoint, load_checkpoint,
                                       local_hooks, train)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("run"), rows_train=240, rows_unlabeled=160, rows_test=50)
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("bert"), num_layers=2, hidden=32, seed=1)
 
 
 def test_table_skips_not_kept_rows_and_hides_unlabeled_clicks(run_dir):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinymodels import REPO, make_tiny_run, save_tiny_bert
+from tinymodels import REPO
 from distillery.compress.export_two_tower import export_two_tower, two_tower_parity, two_tower_variant_probs
 from distillery.compress.gate import GateThresholds
 from distillery.compress.quantize import quantize_int8
@@ -22,16 +22,6 @@ from distillery.training.data import DataSection, build_training_table
 from distillery.training.init import ModelInit, build_model
 from distillery.training.loop import LoopConfig, load_checkpoint, local_hooks, save_checkpoint, score_texts, train
 from distillery.training.two_tower_student import TwoTowerRows, collate_two_tower, load_two_tower
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("run"), rows_train=240, rows_unlabeled=160, rows_test=300)
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("bert"), num_layers=2, hidden=32, seed=1)
 
 
 @pytest.fixture(scope="module")
