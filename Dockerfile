@@ -29,6 +29,9 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_IN
 # Dependencies before sources, so editing code does not re-download the world.
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users src ./src
+# Before the install: the package carries serve/serve_config.yaml (src/distillery/serving/serve_config.yaml
+# links to it; the wheel gets a copy), its serving defaults.
+COPY --chown=ray:users serve ./serve
 RUN pip install --no-cache-dir . \
     && python -c "import distillery, ray; assert ray.__version__.startswith('2.60'), ray.__version__"
 
@@ -42,7 +45,6 @@ RUN python -c "import sys; from distillery.serving.ingress import haproxy_binary
     || echo "WARNING: no runnable HAProxy: Serve falls back to its Python proxy (~15 ms more per request)"
 
 COPY --chown=ray:users jobs ./jobs
-COPY --chown=ray:users serve ./serve
 
 # Run directories: a shared volume is mounted here on a cluster (cluster/kuberay/storage.yaml).
 RUN mkdir -p /home/ray/distillery/runs

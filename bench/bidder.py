@@ -77,9 +77,9 @@ def two_tower_onnx(work: Path) -> Path:
 
 def model_mb(folder: Path, variant: str) -> float:
     """Size of what a replica loads: the variant's graph, the two-tower head, the tokenizer."""
-    card = json.loads((folder / "model_card.json").read_text())
-    files = [folder / (card["variants"][variant]["file"] if isinstance(card["variants"][variant], dict)
-                       else card["variants"][variant])]
+    from distillery.onnx_model.card import ModelCard
+
+    files = [folder / ModelCard.read(str(folder)).variants[variant]]
     files += [p for p in folder.iterdir() if p.suffix == ".npz" or p.name.startswith("tokenizer") or p.name == "vocab.txt"]
     return round(sum(p.stat().st_size for p in files if p.exists()) / 1e6, 2)
 
@@ -178,9 +178,9 @@ def direct_ports(env: dict[str, str], app_prefix: str) -> list[int]:
 
 def app_config(model_root: Path, model_dir: Path, catalog: Path, port: int, args) -> dict:
     """serve/serve_config.yaml with the bench's model, catalog, port and one replica."""
-    import yaml
+    from distillery.serving.config import load_serve_config
 
-    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
+    config = load_serve_config()
     config.pop("controller_options", None)  # the bench starts Serve itself, once per path
     config["http_options"] = {"host": "127.0.0.1", "port": port, "request_timeout_s": 120}
     app = config["applications"][0]
@@ -339,7 +339,8 @@ def main() -> None:
 
     from distillery.hardware import cpu_info
     from distillery.serving.ingress import controller_options, ingress_env
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.card import ModelCard
+    from distillery.onnx_model.scorer import OnnxScorer
 
     cpu = cpu_info()
     print(f"cpu: {cpu['model']}, {cpu['cores']} cores, isa {cpu['isa']}, flags {' '.join(cpu['flags'])}", flush=True)
@@ -435,10 +436,10 @@ def main() -> None:
             swapped["applications"][0]["deployments"][0]["user_config"] = {
                 "model_dir": str(two_tower_dir.relative_to(model_root)), "variant": args.variant}
             deploy(swapped)  # hot swap: the replica encodes the 1,024 catalog ads once
-            tt_card = json.loads((two_tower_dir / "model_card.json").read_text())
+            tt_version = ModelCard.read(str(two_tower_dir)).version
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
-                if served_version(base) == tt_card["version"]:
+                if served_version(base) == tt_version:
                     break
                 time.sleep(1.0)
             else:

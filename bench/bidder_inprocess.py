@@ -79,7 +79,7 @@ def bid_ms(cross_dir: str | None, two_tower_dir: str | None, variant: str = "int
     from distillery.data.synthetic import SyntheticConfig, generate
     from distillery.data.text import to_text
     from distillery.serving.cross_candidates import CrossCandidateScorer
-    from distillery.serving.two_tower import TwoTowerScorer
+    from distillery.onnx_model.two_tower import TwoTowerScorer
 
     contexts = [{k: r[k] for k in ("query", "site_category", "device", "os", "hour")}
                 for r in generate(SyntheticConfig(seed=7, rows_test=500), "test").to_pylist()]

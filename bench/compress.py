@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from distillery.compress.validate import interleaved_latency
     from distillery.data.synthetic import SyntheticConfig, generate
     from distillery.models import default_backbone
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     p.add_argument("--teacher", default=None, help="teacher HF folder (default: MiniLM-L6 + a classification head)")

@@ -257,7 +257,7 @@ def ort_cuda_scorer(student_dir: str, workdir: str) -> tuple[Any | None, str]:
     try:
         from distillery.compress.export import export_onnx
         from distillery.compress.quantize import apply_preset
-        from distillery.serving.scorer import OnnxScorer
+        from distillery.onnx_model.scorer import OnnxScorer
 
         onnx_dir = os.path.join(workdir, "onnx")
         export_onnx(student_dir, onnx_dir, max_length=128)

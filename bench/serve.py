@@ -155,9 +155,9 @@ def raw_latency_ms(scorer, texts: list[str], n: int = 300) -> tuple[float, float
 
 def serve_config(model_dir: Path, args, max_replicas: int) -> dict:
     """serve/serve_config.yaml with the bench's model, port and batching; `max_replicas` 1 pins one replica."""
-    import yaml
+    from distillery.serving.config import load_serve_config
 
-    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
+    config = load_serve_config()
     config["http_options"] = {"host": "127.0.0.1", "port": args.port}
     app = config["applications"][0]
     app["args"].update(model_root=str(model_dir.parent), model={"model_dir": model_dir.name, "variant": args.variant},
@@ -239,7 +239,7 @@ def main() -> None:
     singles = [[g[0]] for g in groups]
     print(f"model {model_dir} ({args.variant}), {os.cpu_count()} cores visible, ORT threads {args.threads}", flush=True)
 
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     scorer = OnnxScorer(str(model_dir), variant=args.variant, intra_op_threads=args.threads)
     raw_p50, raw_p99 = raw_latency_ms(scorer, [s[0] for s in singles])

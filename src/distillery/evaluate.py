@@ -3,7 +3,7 @@
     python -m jobs.evaluate --config jobs/configs/evaluate.yaml run_dir=runs/demo
 
 Scores each published model folder (teacher, student, student_direct) through its teacher backend
-(`hf-classifier`, or `two-tower` for a folder holding two_tower.json), and each ONNX variant through `distillery.serving.scorer.OnnxScorer`, on the
+(`hf-classifier`, or `two-tower` for a folder holding two_tower.json), and each ONNX variant through `distillery.onnx_model.scorer.OnnxScorer`, on the
 same test rows, and merges into `<run_dir>/report.json`:
 
     quality.<model>.{auc, logloss, ece, rows, mean_prob}
@@ -30,6 +30,7 @@ from pydantic import Field
 from distillery import io
 from distillery.config import Section
 from distillery.evaluate_ci import BootstrapSection
+from distillery.onnx_model.card import CARD_FILE
 
 __all__ = ["EvaluateConfig", "run", "roc_auc", "logloss", "ece", "evaluate_predictions", "merge_report"]
 
@@ -198,7 +199,7 @@ def _score_two_tower_student(path: str, texts: list[str], cfg: EvaluateConfig) -
 
 
 def _score_onnx(model_dir: str, variant: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    from distillery.serving.two_tower import open_scorer  # OnnxScorer, or TwoTowerScorer by the card
+    from distillery.onnx_model.two_tower import open_scorer  # OnnxScorer, or TwoTowerScorer by the card
 
     scorer = open_scorer(model_dir, variant=variant, provider="cpu", intra_op_threads=cfg.num_threads)
     out = [scorer.predict_proba(texts[i: i + cfg.batch_size]) for i in range(0, len(texts), cfg.batch_size)]
@@ -243,7 +244,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         quality[name]["seconds"] = time.perf_counter() - t
         log.info("%s: %s", name, quality[name])
     onnx_dir = cfg.resolve(cfg.onnx_dir)
-    if "://" not in onnx_dir and io.exists(io.join(onnx_dir, "model_card.json")):
+    if "://" not in onnx_dir and io.exists(io.join(onnx_dir, CARD_FILE)):
         for name, variant in cfg.onnx_variants.items():
             t = time.perf_counter()
             try:

@@ -120,7 +120,8 @@ def measure_latency(predict, texts: list[str], repeats: int = 200, warmup: int =
 
 
 def _latency_and_size(cfg: PipelineConfig, texts: list[str]) -> tuple[dict, dict]:
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.card import ModelCard
+    from distillery.onnx_model.scorer import OnnxScorer
     from distillery.teachers.base import build_teacher, folder_teacher_config
     from distillery.teachers.two_tower import is_two_tower_folder, weights_dir
 
@@ -134,14 +135,14 @@ def _latency_and_size(cfg: PipelineConfig, texts: list[str]) -> tuple[dict, dict
     teacher = build_teacher(folder_teacher_config(teacher_dir, **runtime))
     latency["teacher"] = measure_latency(teacher.predict_proba, texts)
     del teacher
-    card = io.read_json(io.join(onnx_dir, "model_card.json"))
+    variants = ModelCard.read(onnx_dir).variants
     for key, variant in (("student_fp32", "fp32"), ("student_int8", "int8")):
-        if variant in card.get("variants", {}):
+        if variant in variants:
             scorer = OnnxScorer(onnx_dir, variant=variant, provider="cpu")
             latency[key] = measure_latency(scorer.predict_proba, texts)
     size = {"teacher": _dir_mb(weights_dir(teacher_dir), (".safetensors", ".bin"))}
     for key, variant in (("student_fp32", "fp32"), ("student_int8", "int8")):
-        name = card.get("variants", {}).get(variant)
+        name = variants.get(variant)
         path = os.path.join(onnx_dir, name) if name else None
         size[key] = round(os.path.getsize(path) / 1e6, 2) if path and os.path.exists(path) else None
     return latency, size
@@ -197,14 +198,14 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     from ray import serve
 
     from distillery.loadtest import openrtb_bodies, percentiles, predict_bodies, run_load
-    import yaml
 
     from distillery.config import validate_config
-    from distillery.serving.app import AppArgs, bind_app, deployment_options
+    from distillery.serving.app import bind_app
+    from distillery.serving.config import AppArgs, app_args as shipped_args, deployment_options, load_serve_config
 
     s = cfg.serve
-    serve_yaml = yaml.safe_load(open("serve/serve_config.yaml")) if os.path.exists("serve/serve_config.yaml") else {}
-    base_args = dict(((serve_yaml.get("applications") or [{}])[0]).get("args") or {})
+    serve_yaml = load_serve_config()  # the shipped serve/serve_config.yaml, whatever the cwd
+    base_args = shipped_args(serve_yaml)
     onnx_dir = os.path.abspath(io.join(cfg.run_dir, "onnx"))
     app_args = {**base_args, **s.app, "model_root": os.path.dirname(onnx_dir),
                 "model": {**(base_args.get("model") or {}), **(s.app.get("model") or {}), "model_dir": onnx_dir}}

@@ -94,7 +94,7 @@ def test_ort_cuda_fp16_student_or_clear_refusal(bench, models, tmp_path):
     pytest.importorskip("pyarrow", reason="distillery.compress.export writes through distillery.io (pyarrow)")
     from distillery.compress.export import export_onnx
     from distillery.compress.quantize import apply_preset
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     folders, texts = models
     export_onnx(folders["student"], str(tmp_path), max_length=64)

@@ -68,7 +68,7 @@ def models(tiny_bert, tmp_path_factory):
     root = tmp_path_factory.mktemp("model_root")
     _export(tiny_bert, root / "a")
     _export(save_tiny_bert(tmp_path_factory.mktemp("bert_b"), seed=1), root / "b")
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     scorers = {name: OnnxScorer(str(root / name), variant="int8", intra_op_threads=1) for name in ("a", "b")}
     assert scorers["a"].version != scorers["b"].version
@@ -546,7 +546,7 @@ def test_metrics_are_exported_to_prometheus(server, shared_data):
 
 def test_path_escaping_the_model_root_is_refused():
     from distillery.config import ConfigError
-    from distillery.serving.app import resolve_model_dir
+    from distillery.serving.config import resolve_model_dir
 
     with pytest.raises(ConfigError, match="outside model_root"):
         resolve_model_dir("/srv/models", "../etc")
@@ -613,7 +613,7 @@ def test_distillery_serve_cli(models, tmp_path):
 def test_shipped_serve_config_validates():
     from ray.serve.schema import ServeDeploySchema
 
-    from distillery.serving.app import AppArgs, deployment_options
+    from distillery.serving.config import AppArgs, deployment_options
 
     config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
     ServeDeploySchema.model_validate(copy.deepcopy(config))

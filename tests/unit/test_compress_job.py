@@ -10,13 +10,14 @@ import pytest
 import yaml
 
 from tinymodels import REPO, save_tiny_bert
-from distillery.compress.export import CARD_FILE, export_onnx
+from distillery.compress.export import export_onnx
 from distillery.compress.job import CompressConfig, run
 from distillery.compress.quantize import quantize_int8
 from distillery.compress.gate import GateThresholds
 from distillery.compress.validate import (ParityError, QualityGateError, fp32_parity, onnx_logits, quality_gate,
                                           raise_if_failed, variant_probs)
 from distillery.config import ConfigError, load_config
+from distillery.onnx_model.card import CARD_FILE
 from distillery.data.synthetic import SyntheticConfig, generate
 from distillery.data.text import to_text
 

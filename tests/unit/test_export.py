@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tinymodels import save_tiny_bert
-from distillery.compress.export import CARD_FILE, FP32_FILE, export_onnx, load_for_export
+from distillery.compress.export import FP32_FILE, export_onnx, load_for_export
 from distillery.compress.quantize import apply_preset, quantize_int8
-from distillery.serving.scorer import OnnxScorer, sigmoid
+from distillery.onnx_model.card import CARD_FILE
+from distillery.onnx_model.scorer import OnnxScorer, sigmoid
 
 TEXTS = [
     "query: running shoes | site: sports | device: mobile | ad: trail runner",

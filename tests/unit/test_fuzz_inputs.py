@@ -216,7 +216,7 @@ def test_label_config_overrides_validate_or_name_the_field(values):
 @FUZZ
 @given(st.text(max_size=200) | JSON.map(yaml.safe_dump))
 def test_any_yaml_file_loads_or_gets_a_config_error(tmp_path_factory, text):
-    from distillery.serving.app import AppArgs
+    from distillery.serving.config import AppArgs
 
     path = tmp_path_factory.mktemp("cfg") / "serve.yaml"
     path.write_text(text, encoding="utf-8")
@@ -228,14 +228,14 @@ def test_any_yaml_file_loads_or_gets_a_config_error(tmp_path_factory, text):
 
 @pytest.mark.parametrize("model_dir", ["../outside", "/etc", "a/../../outside", "~/x"])
 def test_model_dir_cannot_escape_the_model_root(tmp_path, model_dir):
-    from distillery.serving.app import AppArgs
+    from distillery.serving.config import AppArgs
 
     with pytest.raises(ConfigError, match="outside model_root"):
         load_config(AppArgs, None, [f"model_root={tmp_path / 'root'}", f"model.model_dir={model_dir}"])
 
 
 def test_symlink_out_of_the_model_root_is_refused(tmp_path):
-    from distillery.serving.app import resolve_model_dir
+    from distillery.serving.config import resolve_model_dir
 
     (tmp_path / "root").mkdir()
     (tmp_path / "secret").mkdir()
@@ -262,7 +262,7 @@ def test_any_oip_shape_parses_or_gets_a_4xx_whose_message_renders(shape):
 def test_a_bad_input_fails_only_its_own_request_in_a_batch():
     import numpy as np
 
-    from distillery.serving.scorer import score_batch
+    from distillery.serving.batch import score_batch
 
     def predict(texts):
         check = [t.encode("utf-8") for t in texts]  # what a tokenizer does with a lone surrogate
@@ -276,7 +276,8 @@ def test_a_bad_input_fails_only_its_own_request_in_a_batch():
 
 @pytest.mark.parametrize("file", ["/etc/passwd", "../outside.onnx", "sub/../../x.onnx", "link/x.onnx", "", None])
 def test_model_card_variant_paths_cannot_leave_the_model_folder(tmp_path, file):
-    from distillery.serving.scorer import OnnxScorer, variant_path
+    from distillery.onnx_model.card import variant_path
+    from distillery.onnx_model.scorer import OnnxScorer
 
     model = tmp_path / "model"
     model.mkdir()
@@ -294,7 +295,7 @@ def test_model_card_variant_paths_cannot_leave_the_model_folder(tmp_path, file):
     ("auto", "127.0.0.1", False), ("auto", "::1", False), ("auto", "0.0.0.0", True), ("auto", None, True),
     ("required", "127.0.0.1", True), ("disabled", "0.0.0.0", False)])
 def test_auth_fails_closed_unless_loopback_or_explicitly_disabled(policy, host, required):
-    from distillery.serving.app import auth_required
+    from distillery.serving.config import auth_required
 
     assert auth_required(policy, host) is required
 
@@ -305,7 +306,7 @@ def test_distillery_serve_refuses_exposure_without_a_token_and_a_missing_variant
     model = tmp_path / "onnx"
     model.mkdir()
     (model / "model_card.json").write_text(json.dumps({"variants": {"fp32": "student.fp32.onnx"}}))
-    monkeypatch.chdir(tmp_path)  # no serve/serve_config.yaml here: the defaults apply
+    monkeypatch.chdir(tmp_path)  # no serve/ here: the shipped serve_config.yaml is found from the package
     monkeypatch.delenv("DISTILLERY_SERVE_TOKEN", raising=False)
     assert main(["serve", "--model-dir", str(model)]) == 2
     err = capsys.readouterr().err

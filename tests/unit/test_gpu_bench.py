@@ -57,7 +57,7 @@ def test_ray_free_imports():
     helpers also import with pyarrow and pydantic blocked (the GPU machine has neither)."""
     ray_blocked = (
         "import sys; sys.modules['ray'] = None\n"
-        "import distillery.teachers, distillery.teachers.hf_classifier, distillery.serving.scorer, "
+        "import distillery.teachers, distillery.teachers.hf_classifier, distillery.onnx_model.scorer, "
         "distillery.compress.export, distillery.compress.quantize\n"
         "import importlib.util as u; s = u.spec_from_file_location('g', sys.argv[1]); m = u.module_from_spec(s); "
         "s.loader.exec_module(m)\n"
@@ -189,7 +189,7 @@ def onnx_dir(tiny_bert, tmp_path_factory):
 
 
 def test_io_binding_matches_plain_run(onnx_dir):
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     plain = OnnxScorer(str(onnx_dir), variant="fp32", intra_op_threads=1)
     bound = OnnxScorer(str(onnx_dir), variant="fp32", intra_op_threads=1, io_binding=True)
@@ -200,14 +200,14 @@ def test_io_binding_matches_plain_run(onnx_dir):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 @pytest.mark.parametrize("provider,variant", [("cuda", "fp16"), ("tensorrt", "fp32")])
 def test_gpu_providers_refuse_a_silent_cpu_fallback(onnx_dir, provider, variant):
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     with pytest.raises(RuntimeError, match=f"provider='{provider}' requested.*refusing to run on CPU"):
         OnnxScorer(str(onnx_dir), variant=variant, provider=provider)
 
 
 def test_provider_options_follow_the_card(tmp_path):
-    from distillery.serving.scorer import PROVIDERS, TRT_MAX_BATCH, provider_options
+    from distillery.onnx_model.scorer import PROVIDERS, TRT_MAX_BATCH, provider_options
 
     trt, cuda, cpu = provider_options("tensorrt", 1, str(tmp_path), "int8_static", 128, ["input_ids", "attention_mask"])
     assert len(PROVIDERS["tensorrt"]) == 3 and cpu == {} and cuda["device_id"] == 1
@@ -220,9 +220,9 @@ def test_provider_options_follow_the_card(tmp_path):
 
 
 def test_int8_static_for_tensorrt_is_symmetric_qdq(onnx_dir):
-    from distillery.compress.export import read_card
     from distillery.compress.quantize import apply_preset
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.card import ModelCard
+    from distillery.onnx_model.scorer import OnnxScorer
 
     path = apply_preset(str(onnx_dir), "int8-static", calibration_texts=TEXTS * 4, tensorrt=True)
     graph = onnx.load(path).graph
@@ -231,7 +231,7 @@ def test_int8_static_for_tensorrt_is_symmetric_qdq(onnx_dir):
     assert any(n.op_type == "QuantizeLinear" for n in qnodes)
     zero_points = [inits[n.input[2]] for n in qnodes if len(n.input) > 2 and n.input[2] in inits]
     assert zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
-    assert read_card(str(onnx_dir))["presets"]["int8_static"]["tensorrt"] is True
+    assert ModelCard.read(str(onnx_dir)).presets["int8_static"]["tensorrt"] is True
     fp32 = OnnxScorer(str(onnx_dir), variant="fp32", intra_op_threads=1).predict_proba(TEXTS)
     q = OnnxScorer(str(onnx_dir), variant="int8_static", intra_op_threads=1).predict_proba(TEXTS)
     assert np.abs(q - fp32).max() < 0.05  # runs on ORT's CPU too, close to FP32

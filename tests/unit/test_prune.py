@@ -10,7 +10,7 @@ import transformers as T
 from tinymodels import _tokenizer
 from distillery.compress.export import export_onnx
 from distillery.compress.prune import layer_counts, load_pruned, prune_ffn, prune_heads, prune_layers, spread
-from distillery.serving.scorer import OnnxScorer
+from distillery.onnx_model.scorer import OnnxScorer
 
 V = 30522  # the MiniLM tokenizer's vocabulary, so pruned models export with a real tokenizer
 TEXTS = ["query: running shoes | ad: trail runner", "query: cheap flights to lisbon | site: travel | ad: fly for less"]

@@ -135,20 +135,20 @@ def test_int8_passes_the_paired_gate_and_a_damaged_one_fails(onnx_dir, tmp_path)
 
 
 def test_serving_scorer_matches_pytorch_on_rows(trained, onnx_dir):
-    from distillery.serving.two_tower import TwoTowerScorer, open_scorer
+    from distillery.onnx_model.two_tower import TwoTowerScorer, open_scorer
 
     model, tok = load_two_tower(str(trained[0]))
     rows = generate(SyntheticConfig(rows_test=64, seed=5), "test").to_pylist()
     ref = score_texts(model, tok, [to_text(r) for r in rows], 48)
     scorer = open_scorer(str(onnx_dir), "fp32", intra_op_threads=1)
-    assert isinstance(scorer, TwoTowerScorer) and scorer.card["student_kind"] == "two_tower"
+    assert isinstance(scorer, TwoTowerScorer) and scorer.card.student_kind == "two_tower"
     np.testing.assert_allclose(scorer.predict_rows(rows), ref, atol=1e-5)
     np.testing.assert_allclose(scorer.predict_proba([to_text(r) for r in rows]), ref, atol=1e-5)
 
 
 def test_per_bid_tower_calls_do_not_grow_with_candidates(onnx_dir):
     from distillery.serving.catalog import load_catalog
-    from distillery.serving.two_tower import open_scorer
+    from distillery.onnx_model.two_tower import open_scorer
 
     scorer = open_scorer(str(onnx_dir), "int8", intra_op_threads=1)
     ads = [a.row_fields() for a in load_catalog().candidates()]

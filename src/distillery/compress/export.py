@@ -25,24 +25,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distillery import io
+from distillery.onnx_model.card import ModelCard
 
 __all__ = [
     "FP32_FILE",
-    "CARD_FILE",
     "OUTPUT_NAME",
     "export_onnx",
     "load_for_export",
     "model_input_names",
-    "read_card",
-    "write_card",
     "file_sha256",
 ]
 
 log = logging.getLogger(__name__)
 
 FP32_FILE = "student.fp32.onnx"
-CARD_FILE = "model_card.json"
 OUTPUT_NAME = "logits"
 _SAMPLE_TEXTS = [
     "query: running shoes | site: sports | device: mobile | ad: trail runner sale",
@@ -119,17 +115,6 @@ def file_sha256(path: str, n: int = 12) -> str:
     return h.hexdigest()[:n]
 
 
-def read_card(out_dir: str) -> dict[str, Any]:
-    path = io.join(str(out_dir), CARD_FILE)
-    if not io.exists(path):
-        raise FileNotFoundError(f"{path}: no model card (run export_onnx first)")
-    return io.read_json(path)
-
-
-def write_card(out_dir: str, card: dict[str, Any]) -> None:
-    io.write_json(io.join(str(out_dir), CARD_FILE), card)
-
-
 def export_onnx(
     model_dir: str,
     out_dir: str,
@@ -140,7 +125,8 @@ def export_onnx(
     lineage: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write `student.fp32.onnx`, the tokenizer and `model_card.json` into `out_dir`; return the card.
+    """Write `student.fp32.onnx`, the tokenizer and `model_card.json` into `out_dir`; return the card
+    (its JSON form, `ModelCard.to_dict()`).
 
     `model_dir` is a local `save_pretrained` folder holding a sequence classifier (num_labels 1 or
     2) and its tokenizer. `max_length` is the truncation length (tokens) the scorer applies.
@@ -178,7 +164,7 @@ def export_onnx(
     export_s = time.perf_counter() - t0
     tokenizer.save_pretrained(out_dir)
 
-    card = {
+    card = ModelCard.from_dict({
         "name": name,
         "version": file_sha256(path),
         "max_length": int(max_length),
@@ -194,7 +180,7 @@ def export_onnx(
         "lineage": dict(lineage or {}, source_model=str(Path(model_dir).resolve())),
         "metrics": dict(metrics or {}),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_card(out_dir, card)
-    log.info("exported %s (%.1f MB, %.1fs) inputs=%s", path, card["size_mb"]["fp32"], export_s, input_names)
-    return card
+    })
+    card.write(out_dir)
+    log.info("exported %s (%.1f MB, %.1fs) inputs=%s", path, card.size_mb["fp32"], export_s, input_names)
+    return card.to_dict()

@@ -10,7 +10,7 @@ sizes and the paired quality gate apply unchanged:
     student.fp32.onnx   the tower: int64 input_ids, attention_mask (batch, sequence) → float32
                         `embedding` (batch, d), norm √d. Request and ad towers share the weights,
                         so one graph serves both (half the file, one session per replica)
-    two_tower_head.npz  the interaction head (float32; `serving.two_tower.NumpyHead`)
+    two_tower_head.npz  the interaction head (float32; `onnx_model.two_tower.NumpyHead`)
     tokenizer files, model_card.json with `student_kind: two_tower` and the towers' `two_tower` spec
 
 Quantization touches the tower only: the head is ~50k weights and per-candidate, where float32 is
@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from distillery.compress.export import CARD_FILE, FP32_FILE, file_sha256, write_card
+from distillery.compress.export import FP32_FILE, file_sha256
+from distillery.onnx_model.card import CARD_FILE, ModelCard
+from distillery.onnx_model.two_tower import HEAD_FILE, KIND
 
 __all__ = ["EMBEDDING_OUTPUT", "export_two_tower", "head_arrays", "torch_two_tower_logits", "two_tower_parity",
            "two_tower_variant_probs"]
@@ -39,7 +41,7 @@ _SAMPLE = ["query: running shoes | site: sports | device: mobile", "advertiser: 
 
 
 def head_arrays(model) -> dict[str, np.ndarray]:
-    """The `InteractionHead` of a `TwoTowerStudent` as float32 arrays (`serving.two_tower.NumpyHead` names)."""
+    """The `InteractionHead` of a `TwoTowerStudent` as float32 arrays (`onnx_model.two_tower.NumpyHead` names)."""
     h = model.classifier
     t = lambda x: x.detach().cpu().float().numpy()  # noqa: E731
     return {"dense_w": t(h.dense.weight), "dense_b": t(h.dense.bias), "skip_w": t(h.skip.weight).reshape(-1),
@@ -52,7 +54,6 @@ def export_two_tower(model_dir: str, out_dir: str, *, opset: int = 17, max_lengt
     """Write the tower graph, the head, the tokenizer and `model_card.json` into `out_dir`; return the card."""
     import torch
 
-    from distillery.serving.two_tower import HEAD_FILE, KIND
     from distillery.training.two_tower_student import load_two_tower
 
     if max_length < 8:
@@ -80,7 +81,7 @@ def export_two_tower(model_dir: str, out_dir: str, *, opset: int = 17, max_lengt
     np.savez(os.path.join(out_dir, HEAD_FILE), **head_arrays(model))
     tokenizer.save_pretrained(out_dir)
     dim = int(model.config.hidden_size)
-    card = {
+    card = ModelCard.from_dict({
         "name": name, "version": file_sha256(path) + "-" + file_sha256(os.path.join(out_dir, HEAD_FILE), 6),
         "student_kind": KIND, "two_tower": model.spec.model_dump(mode="json"), "head": HEAD_FILE,
         "max_length": int(max_length), "inputs": ["input_ids", "attention_mask"], "output": EMBEDDING_OUTPUT,
@@ -89,10 +90,10 @@ def export_two_tower(model_dir: str, out_dir: str, *, opset: int = 17, max_lengt
         "size_mb": {"fp32": round(os.path.getsize(path) / 1e6, 3), "head": round(os.path.getsize(os.path.join(out_dir, HEAD_FILE)) / 1e6, 3)},
         "lineage": dict(lineage or {}, source_model=str(Path(model_dir).resolve())), "metrics": {},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_card(out_dir, card)
-    log.info("exported two-tower %s (%.1f MB, %.1fs) → %s", path, card["size_mb"]["fp32"], time.perf_counter() - t0, CARD_FILE)
-    return card
+    })
+    card.write(out_dir)
+    log.info("exported two-tower %s (%.1f MB, %.1fs) → %s", path, card.size_mb["fp32"], time.perf_counter() - t0, CARD_FILE)
+    return card.to_dict()
 
 
 def torch_two_tower_logits(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
@@ -105,7 +106,7 @@ def torch_two_tower_logits(model_dir: str, texts: list[str], max_length: int, ba
 
 
 def _onnx_logits(onnx_dir: str, variant: str, texts: list[str], batch_size: int, intra_op_threads: int | None) -> np.ndarray:
-    from distillery.serving.two_tower import TwoTowerScorer
+    from distillery.onnx_model.two_tower import TwoTowerScorer
 
     # caches off: every row goes through the tower, so the figure is the graph's, not a cache's
     scorer = TwoTowerScorer(onnx_dir, variant, provider="cpu", intra_op_threads=intra_op_threads,

@@ -150,40 +150,40 @@ def _prune(cfg: CompressConfig, src: str, dst: str, texts: list[str]) -> dict[st
 
 def _choose_fusion(out_dir: str, cfg: CompressConfig, texts: list[str]) -> dict[str, Any]:
     """Build fused FP32+INT8 graphs; point the card at them only if INT8 batch-1 p50 is ≥5% faster."""
-    from distillery.compress.export import read_card, write_card
     from distillery.compress.quantize import FUSED_SUFFIX, fuse_transformer, quantize_file
     from distillery.compress.validate import interleaved_latency
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.card import ModelCard
+    from distillery.onnx_model.scorer import OnnxScorer
 
     fused = fuse_transformer(out_dir, "fp32")
     if fused is None:
         return {"chosen": "plain", "reason": "no ORT fusion for this model type"}
-    card = read_card(out_dir)
-    int8_fused = os.path.join(out_dir, card["variants"]["int8"][: -len(".onnx")] + FUSED_SUFFIX + ".onnx")
-    quantize_file(fused, int8_fused, cfg.per_channel,
-                  card.get("presets", {}).get("int8", {}).get("reduce_range") or False)
-    card["variants"]["_int8_fused"] = os.path.basename(int8_fused)
-    write_card(out_dir, card)
+    card = ModelCard.read(out_dir)
+    int8_fused = os.path.join(out_dir, card.variants["int8"][: -len(".onnx")] + FUSED_SUFFIX + ".onnx")
+    quantize_file(fused, int8_fused, cfg.per_channel, card.presets.get("int8", {}).get("reduce_range") or False)
+    card.variants["_int8_fused"] = os.path.basename(int8_fused)
+    card.write(out_dir)
     threads = cfg.validation.num_threads or 1
     plain = OnnxScorer(out_dir, "int8", intra_op_threads=threads)
     fast = OnnxScorer(out_dir, "_int8_fused", intra_op_threads=threads)
     lat = interleaved_latency({"plain": plain.predict_proba, "fused": fast.predict_proba}, texts, calls=150)
-    card = read_card(out_dir)
-    del card["variants"]["_int8_fused"]
+    card = ModelCard.read(out_dir)
+    del card.variants["_int8_fused"]
     chosen = "fused" if lat["fused"]["p50"] < 0.95 * lat["plain"]["p50"] else "plain"
     if chosen == "fused":
         for variant, path in (("fp32", fused), ("int8", int8_fused)):
-            os.replace(path, os.path.join(out_dir, card["variants"][variant]))
+            os.replace(path, os.path.join(out_dir, card.variants[variant]))
     else:
         for path in (fused, int8_fused):
             os.remove(path)
-    write_card(out_dir, card)
+    card.write(out_dir)
     return {"chosen": chosen, "int8_batch1_ms": lat, "rule": "fused only if p50 >= 5% faster, interleaved"}
 
 
 def run(cfg: CompressConfig) -> dict[str, Any]:
     """Prune, export, quantize and validate; returns the model card (also in `<run_dir>/<out>/model_card.json`)."""
-    from distillery.compress.export import export_onnx, read_card, write_card
+    from distillery.compress.export import export_onnx
+    from distillery.onnx_model.card import ModelCard
     from distillery.compress.quantize import PRESET_VARIANT, apply_preset
     from distillery.compress.gate import GateThresholds
     from distillery.compress.validate import (QualityGateError, batch1_latency, fp32_parity, quality_gate,
@@ -220,9 +220,9 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
             export_two_tower(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
         else:
             export_onnx(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
-        card = read_card(out_dir)
-        card["lineage"]["source_model"] = lineage.get("pruned_checkpoint", student_path)  # not the temp folder
-        write_card(out_dir, card)
+        card = ModelCard.read(out_dir)
+        card.lineage["source_model"] = lineage.get("pruned_checkpoint", student_path)  # not the temp folder
+        card.write(out_dir)
         rows, source = _rows(cfg, v.split, v.rows)
         texts = [to_text(r) for r in rows]
         clicks = np.asarray([r.get("click") for r in rows], dtype=np.float64)
@@ -241,12 +241,12 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
             fusion = {"chosen": "plain", "reason": "not tried for a two-tower student"}
         else:
             fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
-        card = read_card(out_dir)
-        for variant, file in card["variants"].items():  # fusion may have replaced files
-            card["size_mb"][variant] = round(os.path.getsize(os.path.join(out_dir, file)) / 1e6, 3)
-        card["version"] = card["version"] if fusion["chosen"] == "plain" else f"{card['version']}-fused"
-        print(f"[compress] quality gate: {len(texts)} rows, {int(clicks.sum())} clicks, variants {sorted(card['variants'])}", flush=True)
-        probs = probs_fn(out_dir, list(card["variants"]), texts, batch_size=v.batch_size,
+        card = ModelCard.read(out_dir)
+        for variant, file in card.variants.items():  # fusion may have replaced files
+            card.size_mb[variant] = round(os.path.getsize(os.path.join(out_dir, file)) / 1e6, 3)
+        card.version = card.version if fusion["chosen"] == "plain" else f"{card.version}-fused"
+        print(f"[compress] quality gate: {len(texts)} rows, {int(clicks.sum())} clicks, variants {sorted(card.variants)}", flush=True)
+        probs = probs_fn(out_dir, list(card.variants), texts, batch_size=v.batch_size,
                          intra_op_threads=v.num_threads)
         thresholds = GateThresholds(max_auc_drop=v.max_auc_drop, confidence=v.confidence,
                                     min_spearman=v.min_spearman, max_mean_abs_dp=v.max_mean_abs_dp)
@@ -254,17 +254,17 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         aucs = {"fp32": roc_auc(clicks, probs["fp32"]), **{k: r["auc_variant"] for k, r in gate["variants"].items()}}
         latency = {}
         if v.latency_calls:
-            from distillery.serving.scorer import OnnxScorer
-            from distillery.serving.two_tower import TwoTowerScorer
+            from distillery.onnx_model.scorer import OnnxScorer
+            from distillery.onnx_model.two_tower import TwoTowerScorer
 
-            for variant in card["variants"]:
+            for variant in card.variants:
                 if two_tower:  # caches off: one row = one request-tower and one ad-tower pass, the cold path
                     scorer = TwoTowerScorer(out_dir, variant, intra_op_threads=v.num_threads or 1, ad_cache_size=0,
                                             request_cache_size=0)
                 else:
                     scorer = OnnxScorer(out_dir, variant, intra_op_threads=v.num_threads or 1)
                 latency[variant] = batch1_latency(scorer.predict_proba, texts, calls=v.latency_calls)
-        card["metrics"] = {
+        card.metrics = {
             "fp32_parity": parity, "auc": aucs, "auc_drop": {k: r["auc_drop"] for k, r in gate["variants"].items()},
             "validation_rows": len(texts), "validation_clicks": int(clicks.sum()), "validation_source": source,
             "calibration_source": calib_source, "batch1_latency_ms": latency, "graph_optimization": fusion,
@@ -272,8 +272,8 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         }
         _print_gate(gate)
         if not gate["passed"] and v.gate == "fail":  # a variant that failed the gate must not be servable
-            card["rejected_variants"] = {k: card["variants"].pop(k) for k in gate["failed"]}
-        write_card(out_dir, card)
+            card.rejected_variants = {k: card.variants.pop(k) for k in gate["failed"]}
+        card.write(out_dir)
         try:
             raise_if_failed(gate)
         except QualityGateError as err:
@@ -286,7 +286,7 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         if pruning:
             _upload(pruned_dir, io.join(cfg.run_dir, "student_pruned"))
     log.info("compress: %s in %.1fs; AUC %s", out_uri, time.perf_counter() - t0, {k: round(a, 4) for k, a in aucs.items()})
-    return card
+    return card.to_dict()
 
 
 def _is_two_tower(src: str, cfg: CompressConfig) -> bool:

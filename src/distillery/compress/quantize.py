@@ -27,7 +27,8 @@ from typing import Iterator
 
 import numpy as np
 
-from distillery.compress.export import FP32_FILE, read_card, write_card
+from distillery.compress.export import FP32_FILE
+from distillery.onnx_model.card import ModelCard
 
 __all__ = ["PRESETS", "PRESET_VARIANT", "LESS_AGGRESSIVE", "apply_preset", "quantize_int8", "quantize_file",
            "fuse_transformer", "TextCalibrationReader", "quiet_ort_tools"]
@@ -126,8 +127,8 @@ def apply_preset(
         reduce_range = not has_vnni()
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
-    card = read_card(out_dir)
-    src = os.path.join(out_dir, card["variants"].get("fp32", FP32_FILE))
+    card = ModelCard.read(out_dir)
+    src = os.path.join(out_dir, card.variants.get("fp32", FP32_FILE))
     if not os.path.exists(src):
         raise FileNotFoundError(f"{src}: FP32 model missing (run export_onnx first)")
     dst = os.path.join(out_dir, PRESET_FILE[preset])
@@ -142,7 +143,7 @@ def apply_preset(
         elif preset == "int8-static":
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-            reader = TextCalibrationReader(out_dir, calibration_texts, card["inputs"], card["max_length"])
+            reader = TextCalibrationReader(out_dir, calibration_texts, card.inputs, card.max_length)
             extra = {"DefaultTensorType": 1}
             if tensorrt:
                 # TensorRT runs symmetric int8 only and wants biases float (it fuses them itself).
@@ -159,16 +160,16 @@ def apply_preset(
             onnx.save(convert_float_to_float16(onnx.load(src), keep_io_types=True), dst)
 
     variant = PRESET_VARIANT[preset]
-    card["variants"][variant] = os.path.basename(dst)
-    card.setdefault("size_mb", {})[variant] = round(os.path.getsize(dst) / 1e6, 3)
+    card.variants[variant] = os.path.basename(dst)
+    card.size_mb[variant] = round(os.path.getsize(dst) / 1e6, 3)
     from distillery.hardware import cpu_info
 
-    card.setdefault("presets", {})[variant] = {"preset": preset, "per_channel": per_channel if preset != "fp16" else None,
+    card.presets[variant] = {"preset": preset, "per_channel": per_channel if preset != "fp16" else None,
                                                "tensorrt": tensorrt,
                                                "reduce_range": reduce_range if preset == "int8-dynamic" else None,
                                                "quantized_on": {k: cpu_info()[k] for k in ("model", "isa", "vnni")}}
-    write_card(out_dir, card)
-    log.info("%s -> %s (%.1f MB)", preset, dst, card["size_mb"][variant])
+    card.write(out_dir)
+    log.info("%s -> %s (%.1f MB)", preset, dst, card.size_mb[variant])
     return dst
 
 
@@ -187,13 +188,13 @@ FUSED_SUFFIX = ".fused"
 def fuse_transformer(out_dir: str, variant: str = "fp32") -> str | None:
     """Write ORT's transformer-fused copy of a variant (`student.fp32.fused.onnx`); None when the
     model type has no fusion support. Callers keep it only where it measures faster."""
-    card = read_card(out_dir)
-    kind = _FUSION_MODEL_TYPE.get(card.get("model_type", ""))
+    card = ModelCard.read(out_dir)
+    kind = _FUSION_MODEL_TYPE.get(card.model_type or "")
     if kind is None:
         return None
     from onnxruntime.transformers.optimizer import optimize_model
 
-    src = os.path.join(out_dir, card["variants"][variant])
+    src = os.path.join(out_dir, card.variants[variant])
     dst = src[: -len(".onnx")] + FUSED_SUFFIX + ".onnx"
     # opt_level=0: fusions only; ORT's own session-level optimisations still run at load time.
     with quiet_ort_tools():

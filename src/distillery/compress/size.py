@@ -83,7 +83,7 @@ def _build_student(cand: dict[str, int], path: str, tokenizer, seed: int) -> int
 def measure_candidate(onnx_dir: str, variant: str, provider: str, batch: int, seq_len: int,
                       calls: int, warmup: int, threads: int | None, seed: int = 0) -> dict[str, float]:
     """p50/p99 (ms) of `session.run` on (batch, seq_len) int64 inputs of the real ORT session."""
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     scorer = OnnxScorer(onnx_dir, variant=variant, provider=provider, intra_op_threads=threads)
     rng = np.random.default_rng(seed)
@@ -133,9 +133,9 @@ def size_table(cfg: SizeConfig, batch: int, seq_len: int, provider: str = "cpu")
 
 
 def _variant_file(onnx_dir: str, variant: str) -> str:
-    from distillery.compress.export import read_card
+    from distillery.onnx_model.card import ModelCard
 
-    return read_card(onnx_dir)["variants"][variant]
+    return ModelCard.read(onnx_dir).variants[variant]
 
 
 def format_table(rows: list[dict[str, Any]], pick: dict[str, Any] | None, budget_ms: float, stat: str) -> str:

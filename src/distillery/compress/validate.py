@@ -55,7 +55,7 @@ def torch_logits(model_dir: str, texts: list[str], max_length: int, batch_size: 
 def onnx_logits(onnx_dir: str, variant: str, texts: list[str], batch_size: int = 64,
                 intra_op_threads: int | None = None) -> np.ndarray:
     """Click logits of one ONNX variant through the serving scorer, float64 (n,)."""
-    from distillery.serving.scorer import OnnxScorer
+    from distillery.onnx_model.scorer import OnnxScorer
 
     scorer = OnnxScorer(onnx_dir, variant=variant, provider="cpu", intra_op_threads=intra_op_threads)
     out = [scorer.logits(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]

@@ -5,7 +5,7 @@
     request_text, ad_text, position, slot = tower_inputs_from_fields(row, spec)   # same result, no parsing
 
 Pure functions without torch, shared by training (`training.two_tower_student`) and serving
-(`serving.two_tower`): both towers read `to_text` of their fields (fields in `TEXT_FIELDS` order,
+(`onnx_model.two_tower`): both towers read `to_text` of their fields (fields in `TEXT_FIELDS` order,
 so the text path and the row path give the same strings); position and slot size become bucket ids
 for the head's embeddings.
 """

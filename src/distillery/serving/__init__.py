@@ -1,12 +1,15 @@
-"""Online serving: the Ray-free scorer and bidder, and the Ray Serve app around them.
+"""Online serving: the Ray-free bidder and request handling, and the Ray Serve app around them.
+The model a replica runs (its card, OnnxScorer, TwoTowerScorer) lives below, in `distillery.onnx_model`.
 
-    scorer.py      OnnxScorer: ONNX Runtime session + tokenizer + to_text (Ray-free)
+    config.py      the Serve YAML (load_serve_config), AppArgs and its sections, model_root checks
     catalog.py     campaigns and creatives the bidder can buy for (demo_catalog.yaml ships)
     bidder.py      OpenRTB 2.5/2.6: eligibility, one scoring batch per request, auction
     oip.py         Open Inference Protocol (KServe V2) payloads, JSON and binary tensors
     predict.py     /predict bodies (rows or texts)
     limits.py      edge guards: body size, UTF-8, JSON depth, bearer token
-    app.py         AppArgs, build_app (serve run / serve deploy / RayService), `distillery serve`
+    cross_candidates.py  cross-encoder bids: each catalog ad tokenised once
+    batch.py       one @serve.batch call scored, a bad input failing only its own request
+    app.py         build_app (serve run / serve deploy / RayService), `distillery serve`
     deployment.py  the Serve deployment (FastAPI ingress, @serve.batch, hot swap)
     metrics.py     replica metrics beside Serve's own
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from distillery.data.schema import AD_FIELDS, CONTEXT_FIELDS, TEXT_FIELDS
 from distillery.data.text import to_text
-from distillery.serving.scorer import OnnxScorer, sigmoid
+from distillery.onnx_model.scorer import OnnxScorer, sigmoid
 
 __all__ = ["CandidateTokens", "CrossCandidateScorer", "exact_for"]
 

@@ -31,17 +31,18 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from distillery.onnx_model.two_tower import open_scorer
 from distillery.serving import oip
-from distillery.serving.app import (DEPLOYMENT_NAME, AppArgs, ModelSection, auth_required, missing_token_message,
-                                    resolve_model_dir)
 from distillery.serving.arrival import arrival_time
+from distillery.serving.batch import score_batch
 from distillery.serving.bidder import BidPlan, BidRequestError, decide_bids, deadline_budget_ms, plan_bids
 from distillery.serving.catalog import load_catalog
+from distillery.serving.config import (DEPLOYMENT_NAME, AppArgs, BatchSection, ModelSection, app_args, auth_required,
+                                       decorator_options, load_serve_config, missing_token_message, resolve_model_dir)
 from distillery.serving.limits import (BadRequest, check_bearer, check_content_length, is_authorized, load_token,
                                        parse_json_body, read_body)
 from distillery.serving.metrics import ServingMetrics
 from distillery.serving.predict import predict_texts
-from distillery.serving.scorer import score_batch
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="distillery", docs_url=None, redoc_url=None, openapi_url=None)
@@ -138,9 +139,13 @@ class _LastGood:
             log.warning("could not record the last good model: %s", err)
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=64, max_queued_requests=256,
-                  ray_actor_options={"num_cpus": 0.5}, graceful_shutdown_wait_loop_s=1.0,
-                  graceful_shutdown_timeout_s=10.0, health_check_period_s=5.0)
+# Defaults from the shipped serve/serve_config.yaml (its CTRServer entry and app args); a deploy's
+# own config overrides them, and __init__ resets the batch from the args the replica gets.
+_SHIPPED = load_serve_config()
+_SHIPPED_BATCH = BatchSection.model_validate(app_args(_SHIPPED).get("batch") or {})
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, **decorator_options(_SHIPPED))
 @serve.ingress(api)
 class CTRServer:
     """One replica: scorer, catalog, limits; `reconfigure` hot-swaps the model from `user_config`."""
@@ -168,10 +173,9 @@ class CTRServer:
                  self._scorer.variant, self._scorer.providers, "on" if self._token else "off")
 
     def _load(self, model: ModelSection):
-        from distillery.serving.two_tower import open_scorer  # OnnxScorer, or TwoTowerScorer when the card says two_tower
-
         path = resolve_model_dir(self.args.model_root, model.model_dir)
-        # OnnxScorer raises if provider=cuda and ORT did not really get CUDA: the replica refuses to start.
+        # OnnxScorer, or TwoTowerScorer when the card says two_tower. OnnxScorer raises if provider=cuda
+        # and ORT did not really get CUDA: the replica refuses to start.
         scorer = open_scorer(path, variant=self.args.variant(model), provider=self.args.provider,
                              intra_op_threads=self.args.intra_op_threads)
         if hasattr(scorer, "warm_ads"):  # two-tower: every catalog ad through the ad tower now (start, hot swap), not per bid
@@ -231,7 +235,8 @@ class CTRServer:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0005, batch_size_fn=_rows)  # reset from config in __init__
+    @serve.batch(max_batch_size=_SHIPPED_BATCH.max_batch_rows, batch_size_fn=_rows,  # reset from the args in __init__
+                 batch_wait_timeout_s=_SHIPPED_BATCH.batch_wait_timeout_ms / 1000.0)
     async def _score(self, items: list[list[str]]) -> list[tuple[np.ndarray | Exception, str]]:
         """One ORT call for every text of the queued requests; sizes are in rows (`_rows`). An input
         the model cannot take fails only its own request (`score_batch`), never the batch."""

@@ -17,31 +17,25 @@ an ORT call per bid. `tower_calls` counts tower passes (tests assert the per-bid
 
 from __future__ import annotations
 
-import json
-import os
 from collections import OrderedDict
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from distillery.config import validate_config
 from distillery.data.tower_inputs import TwoTowerSpec, tower_inputs, tower_inputs_from_fields
-from distillery.serving.scorer import OnnxScorer, sigmoid
+from distillery.onnx_model.card import ModelCard, variant_path
+from distillery.onnx_model.scorer import OnnxScorer, sigmoid
 
-__all__ = ["KIND", "HEAD_FILE", "NumpyHead", "TwoTowerScorer", "open_scorer", "student_kind"]
+__all__ = ["KIND", "HEAD_FILE", "NumpyHead", "TwoTowerScorer", "open_scorer"]
 
 KIND = "two_tower"
 HEAD_FILE = "two_tower_head.npz"
 
 
-def student_kind(model_dir: str) -> str:
-    """`two_tower` or `cross` from an ONNX folder's `model_card.json` (`student_kind`, default cross)."""
-    with open(os.path.join(model_dir, "model_card.json")) as f:
-        return json.load(f).get("student_kind", "cross")
-
-
 def open_scorer(model_dir: str, variant: str = "int8", **kwargs):
     """The scorer the card asks for: `TwoTowerScorer` for a two-tower student, else `OnnxScorer`."""
-    if student_kind(model_dir) == KIND:
+    if ModelCard.read(model_dir).student_kind == KIND:
         return TwoTowerScorer(model_dir, variant, **kwargs)
     return OnnxScorer(model_dir, variant, **kwargs)
 
@@ -104,15 +98,14 @@ class TwoTowerScorer:
                  request_cache_size: int = 4096, tower_batch_size: int = 64, **kwargs: Any):
         self.tower = OnnxScorer(model_dir, variant, **kwargs)
         self.card = self.tower.card
-        if self.card.get("student_kind") != KIND:
+        if self.card.student_kind != KIND:
             raise ValueError(f"model_dir {model_dir!r}: model_card.json student_kind is "
-                             f"{self.card.get('student_kind', 'cross')!r}, not {KIND!r}")
-        head_file = self.card.get("head", HEAD_FILE)
-        from distillery.serving.scorer import variant_path
-
-        with np.load(variant_path(model_dir, "head", head_file)) as arrays:
+                             f"{self.card.student_kind!r}, not {KIND!r}")
+        if self.card.two_tower is None:
+            raise ValueError(f"{model_dir}/model_card.json: two_tower: missing; a two-tower card needs the towers' spec")
+        with np.load(variant_path(model_dir, "head", self.card.head or HEAD_FILE)) as arrays:
             self.head = NumpyHead(dict(arrays))
-        self.spec = TwoTowerSpec.model_validate(self.card["two_tower"])
+        self.spec = validate_config(TwoTowerSpec, self.card.two_tower, f"{model_dir}/model_card.json: two_tower")
         self.name, self.version, self.variant = self.tower.name, self.tower.version, variant
         self.providers, self.max_length, self.provider = self.tower.providers, self.tower.max_length, self.tower.provider
         self.tokenizer = self.tower.tokenizer

@@ -4,8 +4,8 @@
     probs = scorer.predict_proba(["query: shoes | ad: trail runner sale"])   # (1,) float64
     probs = scorer.predict_rows([{"id": "1", "query": "shoes", "ad_title": "trail runner"}])
 
-Ray Serve replicas wrap one of these; it is also what benchmarks and validation time, so the
-numbers they report are the serving path's. Texts are padded to the batch's longest and truncated
+Ray Serve replicas wrap one of these; it is also what compression, evaluation, benchmarks and
+validation time, so the numbers they report are the serving path's. Texts are padded to the batch's longest and truncated
 to the model card's `max_length`.
 
 On a GPU: `provider="cuda"` with `variant="fp16"` (CUDA execution provider), or
@@ -18,13 +18,14 @@ skips ORT's per-run staging of inputs, which is where a small batch's copy time 
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["OnnxScorer", "sigmoid", "variant_path", "score_batch", "PROVIDERS"]
+from distillery.onnx_model.card import ModelCard
+
+__all__ = ["OnnxScorer", "sigmoid", "provider_options", "PROVIDERS", "TRT_MAX_BATCH"]
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -65,49 +66,6 @@ def provider_options(provider: str, device_id: int, model_dir: str, variant: str
     return [{}]
 
 
-def variant_path(model_dir: str, variant: str, file: Any) -> str:
-    """`model_dir/file` for a card's `variants[variant]`, refusing a path that leaves the folder
-    (absolute, `../`, or a symlink out): a tampered card must not load a file elsewhere."""
-    where = f"{model_dir}/model_card.json: variants.{variant}"
-    if not isinstance(file, str) or not file.strip():
-        raise ValueError(f"{where}: expected a file name inside the model folder, got {file!r}")
-    if os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
-        raise ValueError(f"{where}: {file!r} points outside the model folder; expected a file name inside it")
-    root = os.path.realpath(model_dir)
-    path = os.path.realpath(os.path.join(root, file))
-    if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"{where}: {file!r} resolves to {path}, outside the model folder {root}")
-    return path
-
-
-def score_batch(predict_proba: Callable[[list[str]], np.ndarray],
-                items: list[list[str]]) -> list[np.ndarray | Exception]:
-    """Probabilities for each item (a request's texts) of a batch, in one `predict_proba` call.
-
-    If that call raises, every item is scored alone, so one input the model or tokenizer cannot
-    take fails only its own request: its slot holds the exception, the others their (n,) arrays.
-    Never raises.
-    """
-    texts = [t for texts in items for t in texts]
-    try:
-        probs = np.asarray(predict_proba(texts))
-    except Exception as err:  # noqa: BLE001 - isolated below, per item
-        if len(items) == 1:
-            return [err]
-        out: list[np.ndarray | Exception] = []
-        for item in items:
-            try:
-                out.append(np.asarray(predict_proba(item)))
-            except Exception as err:  # noqa: BLE001 - this item's own answer
-                out.append(err)
-        return out
-    out, start = [], 0
-    for item in items:
-        out.append(probs[start:start + len(item)])
-        start += len(item)
-    return out
-
-
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic in float64 (no overflow warnings for large |x|)."""
     x = np.asarray(x, dtype=np.float64)
@@ -136,14 +94,10 @@ class OnnxScorer:
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        card_path = os.path.join(model_dir, "model_card.json")
-        if not os.path.exists(card_path):
-            raise FileNotFoundError(f"model_dir {model_dir!r}: no model_card.json (not an exported ONNX folder)")
-        with open(card_path) as f:
-            self.card: dict[str, Any] = json.load(f)
-        variants = self.card.get("variants", {})
-        if variant not in variants:
-            raise ValueError(f"variant {variant!r}: not in {model_dir}/model_card.json (has {sorted(variants)})")
+        self.card = ModelCard.read(model_dir)
+        self.card.require_variant(model_dir, variant)
+        if self.card.max_length is None:
+            raise ValueError(f"{model_dir}/model_card.json: max_length: missing; the scorer needs the truncation length")
         if provider not in PROVIDERS:
             raise ValueError(f"provider {provider!r}: expected one of {sorted(PROVIDERS)}")
         if intra_op_threads is not None and intra_op_threads < 1:
@@ -161,13 +115,13 @@ class OnnxScorer:
             opts.intra_op_num_threads = intra_op_threads
         # One request at a time per session: extra inter-op threads only contend for the cores.
         opts.inter_op_num_threads = 1
-        self.model_path = variant_path(model_dir, variant, variants[variant])
+        self.model_path = self.card.variant_path(model_dir, variant)
         if device_id < 0:
             raise ValueError(f"device_id={device_id}: must be >= 0")
         self.session = ort.InferenceSession(
             self.model_path, sess_options=opts, providers=PROVIDERS[provider],
-            provider_options=provider_options(provider, device_id, model_dir, variant, int(self.card["max_length"]),
-                                              list(self.card.get("inputs", ["input_ids", "attention_mask"]))))
+            provider_options=provider_options(provider, device_id, model_dir, variant, self.card.max_length,
+                                              list(self.card.inputs)))
         self.providers: list[str] = list(self.session.get_providers())
         required = _REQUIRED.get(provider)
         if required is not None and required not in self.providers:
@@ -179,10 +133,10 @@ class OnnxScorer:
         self.device_id = device_id
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.card.get("output", "logits")
-        self.max_length = int(self.card["max_length"])
-        self.name: str = self.card.get("name", "ctr")
-        self.version: str = str(self.card.get("version", "0"))
+        self.output_name = self.card.output
+        self.max_length = self.card.max_length
+        self.name: str = self.card.name
+        self.version: str = self.card.version
         self.variant = variant
         self.provider = provider
 
