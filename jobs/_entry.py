@@ -1,25 +1,32 @@
-"""The shared shell of every job: `python -m jobs.<name> --config FILE [key=value ...]`."""
+"""The shared shell of every job: `python -m jobs.<name> --config FILE [key=value ...]`.
+
+`<name>` is an entry of `distillery.stages.JOBS`, which says its config class and run function; the
+arguments are those of `distillery <name>`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from typing import Any, Callable
 
-from distillery.config import ConfigError, load_config
+from distillery.cli import add_job_arguments, load_job_config
+from distillery.config import ConfigError
+from distillery.stages import JOBS, load
 
 
-def run_job(config_cls: type, run: Callable[[Any], Any], argv: list[str] | None = None, doc: str = "") -> int:
+def run_job(name: str, argv: list[str] | None = None, doc: str = "") -> int:
+    job = JOBS[name]
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0] if doc else None)
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=64")
+    add_job_arguments(parser, job)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(config_cls, args.config, args.overrides)
+        cfg = load_job_config(job, args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    run(cfg)
+    result = job.run_function()(cfg)
+    if job.summary:
+        print(load(job.summary)(result), flush=True)
     return 0

@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from distillery.pipeline import STAGES
 from distillery.pipeline_stages import missing_design_keys
+from distillery.stages import STAGES
 
 
 def main() -> int:

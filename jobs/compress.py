@@ -7,8 +7,7 @@ Ray needed); on a cluster: `ray job submit --working-dir . -- python -m jobs.com
 
 import sys
 
-from distillery.compress.job import CompressConfig, run
 from jobs._entry import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job(CompressConfig, run, doc=__doc__))
+    sys.exit(run_job("compress", doc=__doc__))

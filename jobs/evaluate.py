@@ -6,8 +6,7 @@ the held-out test split; oracle AUC and distillation efficiency; merged into <ru
 
 import sys
 
-from distillery.evaluate import EvaluateConfig, run
 from jobs._entry import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job(EvaluateConfig, run, doc=__doc__))
+    sys.exit(run_job("evaluate", doc=__doc__))

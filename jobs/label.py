@@ -6,8 +6,7 @@ cluster: `ray job submit --working-dir . -- python -m jobs.label --config jobs/c
 
 import sys
 
-from distillery.labeling import LabelConfig, run
 from jobs._entry import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job(LabelConfig, run, doc=__doc__))
+    sys.exit(run_job("label", doc=__doc__))

@@ -8,7 +8,7 @@ Also runs on a cluster: `ray job submit --working-dir . -- python -m jobs.pipeli
 
 import sys
 
-from distillery.pipeline import main
+from jobs._entry import run_job
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job("pipeline", doc=__doc__))

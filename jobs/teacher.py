@@ -8,8 +8,7 @@ Train loop the students use; publishes a Hugging Face folder at <run_dir>/teache
 
 import sys
 
-from distillery.training.job import TeacherJobConfig, run_teacher
 from jobs._entry import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job(TeacherJobConfig, run_teacher, doc=__doc__))
+    sys.exit(run_job("teacher", doc=__doc__))

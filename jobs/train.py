@@ -8,8 +8,7 @@ embedded Ray when none is running, or on a cluster:
 
 import sys
 
-from distillery.training.job import TrainJobConfig, run
 from jobs._entry import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job(TrainJobConfig, run, doc=__doc__))
+    sys.exit(run_job("train", doc=__doc__))

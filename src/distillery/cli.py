@@ -12,40 +12,40 @@
     distillery serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--config FILE] [--ingress auto|haproxy|proxy]
     distillery pipeline --config jobs/configs/demo.yaml [--force] [key=value ...]
 
-Each job subcommand loads one typed config (YAML + overrides) and calls the stage's `run(cfg)`.
+Each job subcommand (`distillery.stages.JOBS`) loads one typed config (YAML + overrides) and calls
+the job's `run(cfg)`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 
 from distillery.config import ConfigError, load_config
+from distillery.stages import JOBS, Job
 
-__all__ = ["main"]
+__all__ = ["main", "add_job_arguments", "load_job_config"]
 
-# subcommand -> (module, config class name, run function name)
-JOBS = {
-    "teacher": ("distillery.training.job", "TeacherJobConfig", "run_teacher"),
-    "label": ("distillery.labeling", "LabelConfig", "run"),
-    "train": ("distillery.training.job", "TrainJobConfig", "run"),
-    "evaluate": ("distillery.evaluate", "EvaluateConfig", "run"),
-    "compress": ("distillery.compress.job", "CompressConfig", "run"),
-    "pipeline": ("distillery.pipeline", "PipelineConfig", "run"),
-}
+
+def add_job_arguments(parser: argparse.ArgumentParser, job: Job) -> None:
+    """`--config FILE [--force] [key=value ...]`: the arguments of a job, here and in `python -m jobs.<name>`."""
+    parser.add_argument("--config", required=True, help="YAML config file")
+    if job.force_flag:
+        parser.add_argument("--force", action="store_true", help="re-run stages whose outputs are complete")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=64")
+
+
+def load_job_config(job: Job, args: argparse.Namespace):
+    """The job's typed config from `--config` and the overrides (`--force` is the override force=true)."""
+    overrides = list(args.overrides) + (["force=true"] if getattr(args, "force", False) else [])
+    return load_config(job.config_class(), args.config, overrides)
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    module_name, cls_name, fn_name = JOBS[args.command]
-    module = importlib.import_module(module_name)
-    overrides = list(args.overrides)
-    if getattr(args, "force", False):
-        overrides.append("force=true")
-    cfg = load_config(getattr(module, cls_name), args.config, overrides)
-    result = getattr(module, fn_name)(cfg)
+    job = JOBS[args.command]
+    result = job.run_function()(load_job_config(job, args))
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0
@@ -146,19 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
     data.set_defaults(func=_data)
 
-    for name, help_text in [
-        ("teacher", "fine-tune the teacher on the train split's clicks (Ray Train)"),
-        ("label", "label logs with teacher actors (Ray Data)"),
-        ("train", "distill a student, or train the click-only baseline (Ray Train)"),
-        ("evaluate", "AUC, logloss, calibration on the test split; writes report.json"),
-        ("compress", "prune, export to ONNX, quantize, validate"),
-        ("pipeline", "the whole flow, stage by stage, skipping completed stages"),
-    ]:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", required=True, help="YAML config file")
-        if name == "pipeline":
-            p.add_argument("--force", action="store_true", help="re-run stages whose outputs are complete")
-        p.add_argument("overrides", nargs="*", help="key=value overrides")
+    for job in JOBS.values():
+        p = sub.add_parser(job.name, help=job.help)
+        add_job_arguments(p, job)
         p.set_defaults(func=_run_job)
 
     size = sub.add_parser("size", help="largest student whose measured latency fits a budget")

@@ -4,7 +4,8 @@
 
 Every job has one pydantic model with `extra="forbid"`, so a misspelt or misplaced key fails at
 once with a message that names the field (`ConfigError: label.yaml: actors.num_cpu: extra inputs are
-not permitted`).
+not permitted`). A job config that works in one run directory derives from `RunSection`: `{run_dir}`
+in its paths is replaced once, as the config is built, so no job substitutes it again.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["Section", "ConfigError", "load_config", "parse_overrides", "config_hash"]
+__all__ = ["Section", "RunSection", "AbsolutePath", "ConfigError", "load_config", "validate_config", "parse_overrides",
+           "substitute_run_dir", "config_hash"]
 
 
 class Section(BaseModel):
@@ -28,6 +30,54 @@ class Section(BaseModel):
 
 class ConfigError(ValueError):
     """A config that cannot work; the message names the offending field."""
+
+
+def _absolute(path: str) -> str:
+    from distillery import io  # pyarrow: loaded when a config is validated, not by `distillery --help`
+
+    return io.absolute(path)
+
+
+# A local path made absolute when the config is built (Ray workers do not run in the driver's cwd);
+# a URI is kept as written.
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+
+
+def substitute_run_dir(value: Any, run_dir: str) -> Any:
+    """`value` with `{run_dir}` replaced in every string in it (lists, dicts' values, nested configs);
+    the same object where there is nothing to replace."""
+    if isinstance(value, str):
+        return value.replace("{run_dir}", run_dir) if "{run_dir}" in value else value
+    if isinstance(value, (list, tuple)):
+        items = [substitute_run_dir(v, run_dir) for v in value]
+        return type(value)(items) if any(a is not b for a, b in zip(items, value)) else value
+    if isinstance(value, dict):
+        items = {k: substitute_run_dir(v, run_dir) for k, v in value.items()}
+        return items if any(items[k] is not v for k, v in value.items()) else value
+    if isinstance(value, BaseModel):
+        changed = {name: new for name in type(value).model_fields
+                   if (new := substitute_run_dir(old := getattr(value, name), run_dir)) is not old}
+        return value.model_copy(update=changed) if changed else value
+    return value
+
+
+class RunSection(Section):
+    """Base of a job config that works in one run directory. `{run_dir}` in any of its strings
+    (nested sections, lists and dicts too) is replaced by `run_dir`, without a trailing slash, once,
+    as the config is built: a job reads finished paths and never substitutes again."""
+
+    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+    # True: `{run_dir}` becomes the absolute run directory, for jobs whose workers run in another cwd
+    absolute_paths: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _substitute_run_dir(self) -> "RunSection":
+        run_dir = (_absolute(self.run_dir) if self.absolute_paths else self.run_dir).rstrip("/")
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if (new := substitute_run_dir(value, run_dir)) is not value:
+                setattr(self, name, new)
+        return self
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from distillery import io
-from distillery.config import Section
+from distillery.config import RunSection
 from distillery.evaluate_ci import BootstrapSection
 from distillery.onnx_model.card import CARD_FILE
 
@@ -103,8 +103,7 @@ def evaluate_predictions(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10,
 
 # ------------------------------------------------------------------------------------------ job
 
-class EvaluateConfig(Section):
-    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+class EvaluateConfig(RunSection):
     test_split: str = Field("test", description="split under <run_dir>/data with true clicks")
     max_rows: int | None = Field(None, ge=1, description="score at most this many test rows")
     models: dict[str, str] = Field(
@@ -124,9 +123,6 @@ class EvaluateConfig(Section):
     bootstrap: BootstrapSection = Field(default_factory=BootstrapSection, description="confidence intervals of AUCs, efficiency and lift")
     predictions: str | None = Field("{run_dir}/plots/predictions.parquet",
                                     description="test clicks and every model's probabilities (ROC/calibration plots); null: not written")
-
-    def resolve(self, template: str) -> str:
-        return template.replace("{run_dir}", self.run_dir.rstrip("/"))
 
 
 def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray | None, dict[str, Any]]:
@@ -233,8 +229,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
                                "oracle_auc": roc_auc(clicks, oracle) if oracle is not None else None, **notes}
     skipped = []
     scored: dict[str, np.ndarray] = {}
-    for name, template in cfg.models.items():
-        path = cfg.resolve(template)
+    for name, path in cfg.models.items():
         if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path) or _is_two_tower_student(path)):
             skipped.append(name)
             continue
@@ -243,7 +238,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         quality[name] = evaluate_predictions(clicks, scored[name], cfg.ece_bins, cfg.ece_strategy)
         quality[name]["seconds"] = time.perf_counter() - t
         log.info("%s: %s", name, quality[name])
-    onnx_dir = cfg.resolve(cfg.onnx_dir)
+    onnx_dir = cfg.onnx_dir
     if "://" not in onnx_dir and io.exists(io.join(onnx_dir, CARD_FILE)):
         for name, variant in cfg.onnx_variants.items():
             t = time.perf_counter()
@@ -267,10 +262,10 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     _null_non_finite(quality)
     quality["skipped"] = skipped
     if cfg.predictions:
-        _write_predictions(cfg.resolve(cfg.predictions), clicks, scored)
-    merge_report(cfg.resolve(cfg.report), "quality", quality)
-    merge_report(cfg.resolve(cfg.report), "timings_s", {"evaluate": time.perf_counter() - t0})
-    return {"quality": quality, "report": cfg.resolve(cfg.report)}
+        _write_predictions(cfg.predictions, clicks, scored)
+    merge_report(cfg.report, "quality", quality)
+    merge_report(cfg.report, "timings_s", {"evaluate": time.perf_counter() - t0})
+    return {"quality": quality, "report": cfg.report}
 
 
 def _write_predictions(path: str, clicks: np.ndarray, scored: dict[str, np.ndarray]) -> None:

@@ -31,7 +31,6 @@ path relative to `run_dir` (`label_store.input_name`), so `runs/demo` and `/abs/
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import time
 import uuid
@@ -44,7 +43,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from distillery import io
-from distillery.config import Section, config_hash
+from distillery.config import RunSection, Section, config_hash
 from distillery.data.schema import ID, row_problem
 from distillery.data.text import to_text
 from distillery.filters import FilterConfig, apply_filters, clip_probs
@@ -58,7 +57,7 @@ from distillery.label_store import (
     label_file_key,
 )
 from distillery.ray_runtime import RaySection, ensure_ray
-from distillery.teachers.base import TeacherConfig, check_teacher_sources, parse_teacher_config
+from distillery.teachers.base import TeacherConfig, check_teacher_sources
 
 __all__ = ["ActorConfig", "LabelConfig", "run", "label_file_key", "LABEL_SCHEMA", "REJECT_SCHEMA"]
 
@@ -82,8 +81,7 @@ class ActorConfig(Section):
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor (e.g. {accelerator_type:T4: 0.01})")
 
 
-class LabelConfig(Section):
-    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+class LabelConfig(RunSection):
     inputs: list[str] = Field(default_factory=lambda: ["{run_dir}/data/train", "{run_dir}/data/unlabeled"],
                               description="log files/folders/URIs to label; {run_dir} is substituted")
     format: str = Field("auto", description="input format: auto|parquet|csv|tsv|jsonl|criteo|avazu|openrtb")
@@ -105,9 +103,6 @@ class LabelConfig(Section):
         if v not in formats:
             raise ValueError(f"unknown format {v!r}; expected one of {sorted(formats)}")
         return v
-
-    def resolve(self, template: str) -> str:
-        return template.replace("{run_dir}", self.run_dir.rstrip("/"))
 
 
 # ---------------------------------------------------------------- read stage (Ray tasks)
@@ -209,7 +204,7 @@ def _input_files(cfg: LabelConfig) -> list[str]:
     """Absolute paths (or URIs) of the files to label, in input order: `inputs` as configured, each sorted."""
     files: list[str] = []
     for spec in cfg.inputs:
-        path = io.absolute(cfg.resolve(spec))
+        path = io.absolute(spec)
         found = io.list_files(path)
         if not found:
             raise FileNotFoundError(f"inputs: {path} holds no files")
@@ -350,10 +345,10 @@ def _warn_orphans(out: str, keys: set[str]) -> None:
 
 def run(cfg: LabelConfig) -> dict[str, Any]:
     """Label every input file not yet done; returns the manifest (also in `<output>/_MANIFEST.json`)."""
-    out = io.absolute(cfg.resolve(cfg.output))
+    out = io.absolute(cfg.output)
     # Fail before any work: a missing input, model folder or index names its field.
     files = _input_files(cfg)
-    teacher_cfg = parse_teacher_config(json.loads(cfg.resolve(json.dumps(cfg.teacher.model_dump(mode="json")))))
+    teacher_cfg = cfg.teacher
     check_teacher_sources(teacher_cfg)
     started = time.perf_counter()
     io.makedirs(out)

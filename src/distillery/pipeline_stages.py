@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from distillery import io
-from distillery.pipeline import PipelineConfig
+from distillery.pipeline_config import PipelineConfig
 
 log = logging.getLogger(__name__)
 

@@ -404,17 +404,14 @@ def test_rayjob_runs_the_local_entrypoint_and_config(job):
 
 def _check_overrides_validate(job: str, config: Path, overrides: list[str]) -> None:
     """The RayJob's config plus its overrides must pass the job's own typed config."""
-    import importlib
-
-    from distillery.cli import JOBS as CLI_JOBS
+    from distillery import stages
     from distillery.config import load_config
 
-    module_name, cls_name, _ = CLI_JOBS[job]
     try:
-        module = importlib.import_module(module_name)
+        config_class = stages.JOBS[job].config_class()
     except ModuleNotFoundError as err:
-        pytest.skip(f"{module_name} not importable yet: {err}")
-    load_config(getattr(module, cls_name), config, overrides)
+        pytest.skip(f"{stages.JOBS[job].config} not importable yet: {err}")
+    load_config(config_class, config, overrides)
 
 
 def test_images_and_ray_versions_agree():

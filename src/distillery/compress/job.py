@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from distillery import io
-from distillery.config import Section, config_hash
+from distillery.config import RunSection, Section, config_hash
 
 __all__ = ["CompressConfig", "ValidationSection", "run"]
 
@@ -51,8 +51,7 @@ class ValidationSection(Section):
     num_threads: int | None = Field(None, ge=1, description="ORT intra-op threads during validation (None = ORT default)")
 
 
-class CompressConfig(Section):
-    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+class CompressConfig(RunSection):
     student: str = Field("student", description="student checkpoint: folder name under run_dir, or a path")
     out: str = Field("onnx", description="output folder name under run_dir")
     name: str = Field("ctr", description="model name in the card (served under this name)")

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distillery import io
-from distillery.config import Section, config_hash
+from distillery.config import RunSection, config_hash
 from distillery.ray_runtime import RaySection, ensure_ray
 from distillery.teachers.two_tower import TwoTowerFit, fit_two_tower
 from distillery.training.data import DataSection
@@ -38,8 +38,8 @@ __all__ = ["TrainJobConfig", "TeacherJobConfig", "run", "run_teacher", "publish_
 log = logging.getLogger(__name__)
 
 
-class TrainJobConfig(Section):
-    run_dir: str = Field("runs/demo", description="run directory (local path or URI)")
+class TrainJobConfig(RunSection):
+    absolute_paths = True  # {run_dir} paths are read by Ray Train workers, which do not run in the driver's cwd
     output: str = Field("student", description="folder under run_dir for the trained model: student | student_direct | teacher | …")
     init: ModelInit = Field(default_factory=lambda: ModelInit(kind="layer_subset", source="{run_dir}/teacher", layers=[0, 5]),
                             description="student initialisation ({run_dir} is substituted in source)")
@@ -61,9 +61,6 @@ class TrainJobConfig(Section):
         if self.scaling.use_gpu is False and self.scaling.backend == "nccl":
             raise ValueError("scaling.backend: nccl needs use_gpu=true")
         return self
-
-    def resolve(self, template: str) -> str:
-        return template.replace("{run_dir}", self.run_dir.rstrip("/"))
 
 
 class TeacherJobConfig(TrainJobConfig):
@@ -121,12 +118,10 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     name = cfg.output.replace("/", "_")
     if not cfg.checkpoint.resume and "://" not in storage:
         shutil.rmtree(os.path.join(os.path.abspath(storage), name), ignore_errors=True)
-    init = cfg.init.model_copy(update={"source": cfg.resolve(cfg.init.source)})
-    data = cfg.data.model_copy(update={"labels_dir": cfg.resolve(cfg.data.labels_dir) if cfg.data.labels_dir else None})
     marker = None
     if cfg.loop.fail_once_at_epoch is not None and "://" not in storage:
         marker = os.path.join(os.path.abspath(storage), name, "_injected_failure")
-    spec = TrainSpec(run_dir=cfg.run_dir, init=init, data=data, loop=cfg.loop, failure_marker=marker)
+    spec = TrainSpec(run_dir=cfg.run_dir, init=cfg.init, data=cfg.data, loop=cfg.loop, failure_marker=marker)
     result = fit(spec, cfg.scaling, cfg.checkpoint, cfg.failure, storage, name)
     if result.error is not None:
         raise result.error
@@ -138,7 +133,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         history = _history(latest_dir)
     best_metrics = dict(result.best_checkpoints[0][1]) if result.best_checkpoints else dict(result.metrics or {})
     summary = {
-        "output": cfg.output, "loss": cfg.loop.loss, "init": init.model_dump(mode="json"),
+        "output": cfg.output, "loss": cfg.loop.loss, "init": cfg.init.model_dump(mode="json"),
         "splits": cfg.data.splits, "reveal_hidden_clicks": cfg.data.reveal_hidden_clicks,
         "workers": cfg.scaling.num_workers, "config_hash": config_hash(cfg), "history": history,
         "best": best_metrics, "best_checkpoint": best.path, "latest_checkpoint": latest.path,
