@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from distillery import report_svg as svg
+from distillery.stages import STAGES
 
 __all__ = ["roc_points", "roc_area", "reliability_bins", "latency_histogram", "build_charts", "label",
            "quality_models", "stage_order", "MODEL_LABELS"]
@@ -20,7 +21,6 @@ __all__ = ["roc_points", "roc_area", "reliability_bins", "latency_histogram", "b
 MODEL_LABELS = {"teacher": "Teacher", "student": "Distilled student", "student_direct": "Click-only student",
                 "student_fp32": "Distilled student, ONNX FP32", "student_int8": "Distilled student, ONNX INT8"}
 _DASH = {"student_fp32": "6 3", "student_int8": "2 3"}
-_STAGES = ("data", "teacher", "label", "student", "student_direct", "compress", "evaluate", "serve", "report")
 
 Predictions = tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], list[str]]
 
@@ -52,7 +52,7 @@ def quality_models(report: dict[str, Any]) -> list[str]:
 def stage_order(report: dict[str, Any]) -> list[str]:
     """Keys of `timings_s` in pipeline order, unknown stages after, `total` last."""
     t = report.get("timings_s") or {}
-    names = [s for s in _STAGES if s in t] + [s for s in t if s not in _STAGES and s != "total"
+    names = [s for s in STAGES if s in t] + [s for s in t if s not in STAGES and s != "total"
                                               and not s.endswith("_reason") and s != "null_reasons"]
     return names + (["total"] if "total" in t else [])
 
