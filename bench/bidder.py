@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from distillery.metrics import percentiles
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -283,7 +285,7 @@ def paired_overhead(scorer, base: str, texts: list[str], n: int) -> dict:
             inproc.append((t1 - t0) * 1000)
             served.append((t2 - t1) * 1000)
     conn.close()
-    a, b = _pct(inproc), _pct(served)
+    a, b = percentiles(inproc), percentiles(served)
     return {"inprocess": a, "http": b, "overhead_p50": round(b["p50"] - a["p50"], 3),
             "overhead_p99": round(b["p99"] - a["p99"], 3), "requests": n}
 
@@ -305,12 +307,6 @@ def saturation(base: str, scorer, groups: list[list[str]], slices: int, slice_s:
     return {"raw_rows_per_s": round(raw_best, 1), "serve_rows_per_s": round(serve_rows, 1),
             "serve_vs_raw": round(serve_rows / raw_best, 3),
             "statuses": [r["statuses"] for r in served]}
-
-
-def _pct(values: list[float]) -> dict:
-    import numpy as np
-
-    return {"p50": round(float(np.percentile(values, 50)), 3), "p99": round(float(np.percentile(values, 99)), 3)}
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -363,7 +359,6 @@ def main() -> None:
     singles = [[g[0]] for g in groups]
     scorer = OnnxScorer(str(cross_dir), variant=args.variant, intra_op_threads=1)
     inproc = bench_serve.raw_latency_ms(scorer, [s[0] for s in singles], n=args.light_requests)
-    inproc = {"p50": round(inproc[0], 3), "p99": round(inproc[1], 3)}
     print(f"in process, 1 text: p50 {inproc['p50']:.2f} ms  p99 {inproc['p99']:.2f} ms", flush=True)
 
     floors = {"asgi_noop": asgi_floor(args.light_requests)}

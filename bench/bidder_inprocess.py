@@ -33,6 +33,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # t
 
 import numpy as np  # noqa: E402
 
+from distillery.metrics import percentiles  # noqa: E402
+
 COUNTS = (1, 8, 32, 128, 512, 1024)
 
 
@@ -70,7 +72,7 @@ def _time(fn, calls: int, warmup: int = 2) -> dict[str, float]:
         t0 = time.perf_counter()
         fn(i)
         t[i] = (time.perf_counter() - t0) * 1000
-    return {"p50": round(float(np.percentile(t, 50)), 3), "p99": round(float(np.percentile(t, 99)), 3), "calls": calls}
+    return {**percentiles(t), "calls": calls}
 
 
 def bid_ms(cross_dir: str | None, two_tower_dir: str | None, variant: str = "int8", counts=COUNTS,

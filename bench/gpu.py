@@ -35,6 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from distillery.metrics import percentiles  # noqa: E402
+
 EXIT_NO_CUDA = 2
 MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
                     max_position_embeddings=512, vocab_size=30522)
@@ -108,7 +110,8 @@ def latency_summary(seconds: list[float] | np.ndarray) -> dict[str, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     if ms.size == 0:
         raise ValueError("latency_summary: no samples")
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+    pct = percentiles(ms)
+    return {"p50_ms": pct["p50"], "p99_ms": pct["p99"], "mean_ms": float(ms.mean())}
 
 
 def bucket_for(length: int, buckets: tuple[int, ...] = GRAPH_BUCKETS) -> int | None:

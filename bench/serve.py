@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from distillery.metrics import percentiles
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -75,14 +77,10 @@ async def _client(spec: dict) -> dict:
         t_start = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(spec["concurrency"])))
         elapsed = time.perf_counter() - max(t_start, warmup_until)
-    lat = sorted(latencies)
-
-    def pct(q: float) -> float:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else float("nan")
-
-    return {"requests": len(lat), "statuses": {str(k): v for k, v in statuses.items()},
-            "rows_per_s": round(rows / elapsed, 1), "requests_per_s": round(len(lat) / elapsed, 1),
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": round(lat[-1], 3) if lat else None}
+    pct = percentiles(latencies)
+    return {"requests": len(latencies), "statuses": {str(k): v for k, v in statuses.items()},
+            "rows_per_s": round(rows / elapsed, 1), "requests_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": pct["p50"], "p99_ms": pct["p99"], "max_ms": round(max(latencies), 3) if latencies else None}
 
 
 def run_client(spec: dict) -> dict:
@@ -140,17 +138,15 @@ def raw_throughput(scorer, groups: list[list[str]], batch: int, seconds: float) 
     return rows / (time.perf_counter() - start), (time.process_time() - cpu0) * 1000 / rows
 
 
-def raw_latency_ms(scorer, texts: list[str], n: int = 300) -> tuple[float, float]:
-    """In-process p50 / p99 of one text per call, ms."""
-    import numpy as np
-
+def raw_latency_ms(scorer, texts: list[str], n: int = 300) -> dict[str, float | None]:
+    """In-process `{"p50", "p99"}` of one text per call, ms."""
     lat = []
     for i in range(n + 20):
         t0 = time.perf_counter()
         scorer.predict_proba([texts[i % len(texts)]])
         if i >= 20:
             lat.append((time.perf_counter() - t0) * 1000)
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    return percentiles(lat)
 
 
 def serve_config(model_dir: Path, args, max_replicas: int) -> dict:
@@ -242,8 +238,8 @@ def main() -> None:
     from distillery.onnx_model.scorer import OnnxScorer
 
     scorer = OnnxScorer(str(model_dir), variant=args.variant, intra_op_threads=args.threads)
-    raw_p50, raw_p99 = raw_latency_ms(scorer, [s[0] for s in singles])
-    print(f"raw ORT in-process, batch   1: p50 {raw_p50:.2f} ms  p99 {raw_p99:.2f} ms", flush=True)
+    raw_b1 = raw_latency_ms(scorer, [s[0] for s in singles])  # `raw` is taken below: rows/s by batch
+    print(f"raw ORT in-process, batch   1: p50 {raw_b1['p50']:.2f} ms  p99 {raw_b1['p99']:.2f} ms", flush=True)
 
     import ray
     from ray import serve
@@ -336,7 +332,7 @@ def main() -> None:
     result = {
         "raw_rows_per_s": round(raw_best, 1),
         "raw_rows_per_s_by_batch": {str(b): round(v, 1) for b, v in raw.items()},
-        "raw_p50_ms_batch1": round(raw_p50, 3), "raw_p99_ms_batch1": round(raw_p99, 3),
+        "raw_p50_ms_batch1": raw_b1["p50"], "raw_p99_ms_batch1": raw_b1["p99"],
         "serve_rows_per_s": round(serve_rows, 1),
         "serve_vs_raw": round(serve_rows / raw_best, 3),
         "serve_rows_per_s_slices": [r["rows_per_s"] for r in serve_runs],

@@ -96,7 +96,7 @@ def _position_effect(cols: dict) -> np.ndarray:
 
 
 def stage_oracle(args) -> None:
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
 
     train, test = _splits(args.seed, args.rows_train, args.rows_test)
     y = np.asarray(test["click"], dtype=float)
@@ -126,7 +126,7 @@ def _fit_lr(x_tr, y_tr, x_te, c: float = 1.0):
 
 
 def stage_zeroshot(args) -> None:
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
 
     train, test = _splits(args.seed, args.rows_train, args.rows_test)
     enc = _encoder()
@@ -175,7 +175,7 @@ def _frozen_features(texts: list[str], max_length: int) -> tuple[np.ndarray, np.
 
 
 def stage_probe(args) -> None:
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
 
     train, test = _splits(args.seed, args.rows_train, args.rows_test)
     t0 = time.perf_counter()
@@ -195,7 +195,7 @@ def stage_probe(args) -> None:
 def stage_finetune(args) -> None:
     import torch
 
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
     from distillery.training.data import TrainingTable, is_validation_id
     from distillery.training.init import ModelInit, build_model
     from distillery.training.loop import LoopConfig, score_texts, train

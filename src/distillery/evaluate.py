@@ -15,7 +15,7 @@ same test rows, and merges into `<run_dir>/report.json`:
     quality.distillation_efficiency_student  student.auc / teacher.auc
     quality.lift_auc                         student.auc − student_direct.auc
 
-The metric functions are pure numpy and used by the training loop's validation too.
+The metrics themselves live in `distillery.metrics`.
 """
 
 from __future__ import annotations
@@ -30,75 +30,12 @@ from pydantic import Field
 from distillery import io
 from distillery.config import RunSection
 from distillery.evaluate_ci import BootstrapSection
+from distillery.metrics import evaluate_predictions, roc_auc
 from distillery.onnx_model.card import CARD_FILE
 
-__all__ = ["EvaluateConfig", "run", "roc_auc", "logloss", "ece", "evaluate_predictions", "merge_report"]
+__all__ = ["EvaluateConfig", "run", "merge_report"]
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------- metrics
-
-def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a random positive > a random negative), ties count ½.
-
-    `y_true: (n,)` 0/1, `score: (n,)` any monotone score (probabilities or logits). NaN when the
-    labels hold a single class (no pair to rank).
-    """
-    from scipy.stats import rankdata
-
-    y = np.asarray(y_true, dtype=np.float64).ravel()
-    s = np.asarray(score, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"roc_auc: y_true {y.shape} and score {s.shape} differ in shape")
-    pos = int((y == 1).sum())
-    neg = len(y) - pos
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(s)  # average ranks for ties: the Mann-Whitney U statistic
-    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def logloss(y_true: np.ndarray, prob: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy in nats; probabilities are clipped to [eps, 1 − eps]."""
-    y = np.asarray(y_true, dtype=np.float64).ravel()
-    p = np.clip(np.asarray(prob, dtype=np.float64).ravel(), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-
-
-def ece(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10,
-        strategy: Literal["quantile", "uniform"] = "quantile") -> float:
-    """Expected calibration error: Σ_bins (n_b / n)·|mean(p) − mean(y)| over `n_bins` bins.
-
-    `quantile` bins hold equal numbers of rows, which suits click rates of a few percent (with
-    `uniform` bins over [0, 1] nearly every row lands in the first bin).
-    """
-    y = np.asarray(y_true, dtype=np.float64).ravel()
-    p = np.asarray(prob, dtype=np.float64).ravel()
-    if len(p) == 0:
-        return float("nan")
-    if strategy == "uniform":
-        bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    elif strategy == "quantile":
-        order = np.argsort(p, kind="stable")
-        bins = np.empty(len(p), dtype=int)
-        bins[order] = np.arange(len(p)) * n_bins // len(p)
-    else:
-        raise ValueError(f"ece strategy {strategy!r}: expected 'quantile' or 'uniform'")
-    total = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            total += sel.sum() / len(p) * abs(p[sel].mean() - y[sel].mean())
-    return float(total)
-
-
-def evaluate_predictions(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10,
-                         strategy: Literal["quantile", "uniform"] = "quantile") -> dict[str, float]:
-    """`{auc, logloss, ece, rows, mean_prob}` of click probabilities `prob: (n,)` against clicks `(n,)`."""
-    prob = np.asarray(prob, dtype=np.float64)
-    return {"auc": roc_auc(y_true, prob), "logloss": logloss(y_true, prob), "ece": ece(y_true, prob, n_bins, strategy),
-            "rows": int(len(prob)), "mean_prob": float(prob.mean()) if len(prob) else float("nan")}
 
 
 # ------------------------------------------------------------------------------------------ job

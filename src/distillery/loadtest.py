@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-import numpy as np
-
-__all__ = ["LoadResult", "run_load", "predict_bodies", "openrtb_bodies", "percentiles"]
+__all__ = ["LoadResult", "run_load", "predict_bodies", "openrtb_bodies"]
 
 _CONTEXT = ("query", "site_category", "device", "os", "hour", "position", "slot_size")
 _AD = ("advertiser", "ad_title", "ad_description", "ad_category")
@@ -34,13 +32,6 @@ class LoadResult:
     @property
     def requests(self) -> int:
         return sum(self.statuses.values())
-
-
-def percentiles(latencies_ms: list[float]) -> dict[str, float | None]:
-    if not latencies_ms:
-        return {"p50": None, "p99": None}
-    arr = np.asarray(latencies_ms)
-    return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3)}
 
 
 def predict_bodies(rows: list[dict[str, Any]], candidates: int) -> Iterator[tuple[str, bytes, int]]:

@@ -11,10 +11,10 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from distillery import io
+from distillery.metrics import percentiles
 from distillery.pipeline_config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def measure_latency(predict, texts: list[str], repeats: int = 200, warmup: int =
         t0 = time.perf_counter()
         predict([texts[i % len(texts)]])
         times.append((time.perf_counter() - t0) * 1000)
-    arr = np.asarray(times)
-    return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3)}
+    return percentiles(times)
 
 
 def _latency_and_size(cfg: PipelineConfig, texts: list[str]) -> tuple[dict, dict]:
@@ -197,7 +196,7 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
 
     from ray import serve
 
-    from distillery.loadtest import openrtb_bodies, percentiles, predict_bodies, run_load
+    from distillery.loadtest import openrtb_bodies, predict_bodies, run_load
 
     from distillery.config import validate_config
     from distillery.serving.app import bind_app

@@ -1,4 +1,4 @@
-"""The run report: one self-contained `report.html` (inline SVG, no external resources) from a run dir.
+"""The run report: one self-contained `report.html` (inline SVG charts, no external resources) from a run dir.
 
     python -c "from distillery.report import write_report; print(write_report('runs/demo'))"
 
@@ -22,11 +22,8 @@ import numpy as np
 
 from distillery import io
 from distillery import report_charts as charts
-from distillery.report_charts import latency_histogram, reliability_bins, roc_area, roc_points
-from distillery.report_svg import standalone
 
-__all__ = ["write_report", "render_html", "format_value", "lookup", "flatten", "roc_points", "roc_area",
-           "reliability_bins", "latency_histogram", "load_predictions"]
+__all__ = ["write_report", "render_html", "format_value", "lookup", "flatten", "load_predictions"]
 
 _FOUR_DECIMALS = ("auc", "logloss", "ece", "efficiency", "lift", "fraction", "rate", "mean_prob")
 _COUNTS = ("errors", "max_replicas", "requests", "concurrency", "candidates_per_request", "replicas")
@@ -159,9 +156,10 @@ def write_report(run_dir: str) -> str:
         predictions, notes["predictions"] = None, str(err)
     figures = charts.build_charts(report, predictions, notes)
     for name, svg in figures.items():
-        io.write_bytes(io.join(run_dir, "plots", f"{name}.svg"), standalone(svg).encode())
+        io.write_bytes(io.join(run_dir, "plots", f"{name}.svg"), svg.encode())
+    inline = {name: charts.inline(svg) for name, svg in figures.items()}
     out = io.join(run_dir, "report.html")
-    io.write_bytes(out, render_html(report, figures, notes, run_dir).encode())
+    io.write_bytes(out, render_html(report, inline, notes, run_dir).encode())
     return out
 
 
@@ -290,7 +288,8 @@ _SECTIONS = (("quality", "Quality on the held-out test split", _quality),
 
 
 def render_html(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str], run_dir: str) -> str:
-    """The whole page as one string: CSS inline, charts inline, no external references."""
+    """The whole page as one string: CSS inline, charts inline (`figures`: {name: inline <svg>}),
+    no external references."""
     body = "".join(f'<section id="{sid}"><h2>{html.escape(heading)}</h2>{build(report, figures, notes)}</section>'
                    for sid, heading, build in _SECTIONS)
     everything = [(key, [key]) for key in flatten(report)]

@@ -21,7 +21,8 @@ import pytest
 import requests
 import yaml
 
-from distillery.loadtest import percentiles, run_load
+from distillery.loadtest import run_load
+from distillery.metrics import percentiles
 from distillery.serving.ingress import controller_options, ingress_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -61,7 +61,7 @@ def test_pipeline_end_to_end_then_skips(local_ray, tmp_path, tiny_bert, capsys):
     # the report's curves come from the same test predictions the AUCs were computed on
     import pyarrow.parquet as pq
 
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
 
     preds = pq.read_table(run_dir / "plots" / "predictions.parquet").to_pandas()
     assert len(preds) == 200

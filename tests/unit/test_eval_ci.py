@@ -9,7 +9,8 @@ import pytest
 from test_report import sample_predictions, sample_report, write_run
 
 from distillery.config import ConfigError
-from distillery.evaluate import EvaluateConfig, roc_auc, run
+from distillery.evaluate import EvaluateConfig, run
+from distillery.metrics import roc_auc
 from distillery.evaluate_ci import BootstrapSection, bootstrap_aucs, confidence_intervals
 from distillery.report import format_value, write_report
 from distillery.teachers.two_tower import TwoTowerFit, check_fields

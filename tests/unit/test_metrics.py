@@ -1,11 +1,11 @@
-"""Metric functions against hand-computed values."""
+"""distillery.metrics against hand-computed values."""
 
 import math
 
 import numpy as np
 import pytest
 
-from distillery.evaluate import ece, evaluate_predictions, logloss, roc_auc
+from distillery.metrics import calibration_bins, ece, evaluate_predictions, logloss, percentiles, roc_auc, roc_points
 
 
 def test_auc_hand_computed_with_ties():
@@ -22,6 +22,30 @@ def test_auc_perfect_inverted_and_single_class():
     assert math.isnan(roc_auc(np.zeros(3), np.arange(3.0)))
     with pytest.raises(ValueError, match="shape"):
         roc_auc(y, np.zeros(3))
+
+
+def test_auc_of_infinite_and_nan_scores():
+    y = np.array([0, 1, 0, 1])
+    assert roc_auc(y, np.array([-np.inf, np.inf, 0.0, 2.0])) == 1.0  # logits of 0 and 1 still rank
+    assert math.isnan(roc_auc(y, np.array([0.1, np.nan, 0.2, 0.3])))
+
+
+def test_roc_points_hand_computed_with_ties():
+    # thresholds 0.8, 0.4 (one positive and one negative tie), 0.2, 0.1
+    fpr, tpr = roc_points([1, 1, 0, 0, 0], [0.8, 0.4, 0.4, 0.2, 0.1])
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 1, 1, 1])
+
+
+def test_roc_points_rejects_bad_input():
+    with pytest.raises(ValueError, match="both clicks and non-clicks"):
+        roc_points([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="shape"):
+        roc_points([0, 1], [0.1])
+    with pytest.raises(ValueError, match="NaN"):
+        roc_points([0, 1], [0.1, float("nan")])
+    with pytest.raises(ValueError, match="0/1"):
+        roc_points([0, 2], [0.1, 0.2])
 
 
 def test_logloss_hand_computed_and_clipped():
@@ -41,6 +65,26 @@ def test_ece_hand_computed():
     assert ece(y, np.array([0.0, 0.0, 1.0, 1.0]), n_bins=2) == 0.0
 
 
+def test_calibration_bins_hand_computed():
+    b = calibration_bins([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], n_bins=2)
+    np.testing.assert_allclose(b["mean_pred"], [0.2, 0.7])
+    np.testing.assert_allclose(b["frac_pos"], [0, 1])
+    assert b["count"].tolist() == [2, 2]
+    np.testing.assert_allclose(b["lo"], [0.1, 0.6])
+    np.testing.assert_allclose(b["hi"], [0.3, 0.8])
+    u = calibration_bins([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], n_bins=10, strategy="uniform")
+    assert u["count"].tolist() == [1, 1, 1, 1]  # empty bins are left out
+    with pytest.raises(ValueError, match="strategy"):
+        calibration_bins([0, 1], [0.1, 0.2], strategy="kmeans")
+
+
+def test_percentiles_hand_computed():
+    # linear interpolation: p50 of 1..100 is 50.5; p99 is 99.01
+    assert percentiles(np.arange(1, 101)) == {"p50": 50.5, "p99": 99.01}
+    assert percentiles([1.23456, 1.23456]) == {"p50": 1.235, "p99": 1.235}  # ms to the µs
+    assert percentiles([]) == {"p50": None, "p99": None}
+
+
 def test_evaluate_predictions_keys():
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 0.1, 1000)
@@ -48,25 +92,3 @@ def test_evaluate_predictions_keys():
     out = evaluate_predictions(y, p)
     assert set(out) >= {"auc", "logloss", "ece", "rows", "mean_prob"} and out["rows"] == 1000
     assert 0.5 < out["auc"] < 1.0 and out["ece"] < 0.05
-
-
-def test_evaluate_job_writes_design_report_keys(tmp_path):
-    import json
-
-    from tinymodels import make_tiny_run, save_tiny_bert
-    from distillery.evaluate import EvaluateConfig, run
-
-    run_dir = make_tiny_run(tmp_path / "run", rows_train=20, rows_unlabeled=0, rows_test=120)
-    save_tiny_bert(run_dir / "teacher", num_layers=1, hidden=32, seed=1)
-    save_tiny_bert(run_dir / "student", num_layers=1, hidden=32, seed=2)
-    (run_dir / "report.json").write_text(json.dumps({"labeling": {"rows_in": 5}, "quality": {"keep": 1}}))
-    out = run(EvaluateConfig(run_dir=str(run_dir), max_length=64))
-    report = json.loads((run_dir / "report.json").read_text())
-    q = report["quality"]
-    assert report["labeling"] == {"rows_in": 5} and q["keep"] == 1  # merged, nothing else lost
-    for name in ("teacher", "student"):
-        assert set(q[name]) >= {"auc", "logloss", "ece"} and q[name]["rows"] == 120
-    assert 0.5 < q["oracle_auc"] <= 1.0
-    assert q["distillation_efficiency"] == pytest.approx(q["student"]["auc"] / q["teacher"]["auc"])
-    assert "student_direct" in q["skipped"] and "student_int8" in q["skipped"]
-    assert out["quality"]["test_rows"] == 120

@@ -4,6 +4,7 @@ figures against report.json (every figure, formatted; nulls show their reason; n
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -14,10 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distillery import report_svg as svg
-from distillery.evaluate import ece, evaluate_predictions, roc_auc
-from distillery.report import (flatten, format_value, latency_histogram, lookup, reliability_bins, roc_area,
-                               roc_points, write_report)
+from distillery.metrics import evaluate_predictions, percentiles
+from distillery.report import flatten, format_value, lookup, write_report
+from distillery.report_charts import build_charts, inline, latency_histogram
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -46,8 +46,8 @@ def sample_report(predictions: pa.Table | None = None) -> dict:
                        "student_int8": {"p50": 1.8712, "p99": 3.6104}},
         "size_mb": {"teacher": 90.87, "student_fp32": 17.41, "student_int8": 4.62},
         "null_reasons": {"quality.strict_lift": "the unlabeled split holds no hidden clicks"},
-        "serve": {"p50_ms": round(float(np.percentile(latencies, 50)), 3),
-                  "p99_ms": round(float(np.percentile(latencies, 99)), 3), "rps": 310.512, "errors": 0,
+        "serve": {"p50_ms": percentiles(latencies)["p50"], "p99_ms": percentiles(latencies)["p99"],
+                  "rps": 310.512, "errors": 0,
                   "max_replicas": None, "max_replicas_reason": "serve.status() returned no replica counts",
                   "requests": 2000, "concurrency": 8, "candidates_per_request": 8, "statuses": {"200": 2000},
                   "openrtb": {"p50": 9.81, "p99": 30.2, "requests": 200},
@@ -125,58 +125,7 @@ def parse(html_text: str) -> _Figures:
 
 
 # ---------------------------------------------------------------------------------- chart data
-
-def test_roc_points_hand_computed_with_ties():
-    # thresholds 0.8, 0.4 (one positive and one negative tie), 0.2, 0.1
-    fpr, tpr = roc_points([1, 1, 0, 0, 0], [0.8, 0.4, 0.4, 0.2, 0.1])
-    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
-    np.testing.assert_allclose(tpr, [0, 0.5, 1, 1, 1])
-    assert roc_area(fpr, tpr) == pytest.approx(5.5 / 6)
-
-
-def test_roc_area_matches_rank_auc():
-    rng = np.random.default_rng(3)
-    y = (rng.random(500) < 0.2).astype(int)
-    p = np.round(rng.random(500) * 0.5 + 0.3 * y, 2)  # rounding makes many ties
-    fpr, tpr = roc_points(y, p)
-    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
-    assert (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
-    assert roc_area(fpr, tpr) == pytest.approx(roc_auc(y, p))
-
-
-def test_roc_points_rejects_bad_input():
-    with pytest.raises(ValueError, match="both clicks and non-clicks"):
-        roc_points([0, 0], [0.1, 0.2])
-    with pytest.raises(ValueError, match="shape"):
-        roc_points([0, 1], [0.1])
-    with pytest.raises(ValueError, match="NaN"):
-        roc_points([0, 1], [0.1, float("nan")])
-    with pytest.raises(ValueError, match="0/1"):
-        roc_points([0, 2], [0.1, 0.2])
-
-
-def test_reliability_bins_hand_computed():
-    b = reliability_bins([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], bins=2)
-    np.testing.assert_allclose(b["mean_pred"], [0.2, 0.7])
-    np.testing.assert_allclose(b["frac_pos"], [0, 1])
-    assert b["count"].tolist() == [2, 2]
-    np.testing.assert_allclose(b["lo"], [0.1, 0.6])
-    np.testing.assert_allclose(b["hi"], [0.3, 0.8])
-    u = reliability_bins([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], bins=10, strategy="uniform")
-    assert u["count"].tolist() == [1, 1, 1, 1]  # empty bins are left out
-    with pytest.raises(ValueError, match="strategy"):
-        reliability_bins([0, 1], [0.1, 0.2], strategy="kmeans")
-
-
-def test_reliability_bins_agree_with_ece():
-    rng = np.random.default_rng(1)
-    p = rng.beta(1, 8, 3000)
-    y = (rng.random(3000) < p * 1.3).astype(int)
-    b = reliability_bins(y, p, bins=10)
-    assert b["count"].sum() == 3000 and len(b["count"]) == 10
-    gap = float(np.sum(b["count"] / 3000 * np.abs(b["mean_pred"] - b["frac_pos"])))
-    assert gap == pytest.approx(ece(y, p, n_bins=10))
-
+# (ROC points, calibration bins and the AUC are distillery.metrics, tested in test_metrics.py)
 
 def test_latency_histogram_keeps_every_request():
     values = list(np.linspace(1, 20, 199)) + [500.0]
@@ -233,49 +182,30 @@ def test_flatten_skips_lists_and_reasons():
     assert "serve.latency_hist_ms" not in flat and "quality.skipped" not in flat
 
 
-# ------------------------------------------------------------------------------------------ SVG
+# ----------------------------------------------------------------------------------------- charts
 
-def _all_charts() -> list[str]:
-    x, y = svg.Axis("x <ms>", 0, 1), svg.Axis("y & more", 0, 1)
-    return [
-        svg.line_chart("ROC <test>", [svg.Series("a & b", [0, 0.5, 1], [0, 0.8, 1], markers=True),
-                                      svg.Series("step", [0, 1], [0, 1], step=True, dash="2 3")], x, y, diagonal=True),
-        svg.scatter_chart("scatter", [svg.Point("teacher", 90, 24, 41), svg.Point("int8", 4.6, 1.9)],
-                          svg.Axis("MB", 1, 200, log=True), svg.Axis("ms", 1, 100, log=True)),
-        svg.histogram_chart("hist", [0, 1, 2, 3], [5, 0, 2], svg.Axis("ms", 0, 3), "n", [("p50 1.00 ms", 1.0)]),
-        svg.bar_chart("bars", ["data", "teacher"], [3.2, 120.0], "s"),
-    ]
+def _model_predictions(table: pa.Table) -> tuple:
+    y = table["click"].to_numpy().astype(float)
+    return y, {m: (y, table[m].to_numpy()) for m in table.column_names if m != "click"}, []
 
 
-def test_svg_builders_emit_well_formed_xml():
-    for chart in _all_charts():
-        root = ET.fromstring(chart)
-        assert root.tag == "svg" and root.get("viewBox")
-        assert "http" not in chart
-        file_root = ET.fromstring(svg.standalone(chart).encode())
-        assert file_root.tag == "{http://www.w3.org/2000/svg}svg"
-    texts = "".join(ET.fromstring(_all_charts()[0]).itertext())
-    assert "ROC <test>" in texts and "a & b" in texts  # escaped in the markup, intact in the text
+def test_charts_are_deterministic_well_formed_svg():
+    predictions = sample_predictions(500)
+    first = build_charts(sample_report(), _model_predictions(predictions), {})
+    assert set(first) == {"roc", "reliability", "latency_size", "labeling", "serve_latency", "replicas", "timings"}
+    assert first == build_charts(sample_report(), _model_predictions(predictions), {})  # same input, same bytes
+    for svg_text in first.values():
+        assert ET.fromstring(svg_text.encode()).tag == "{http://www.w3.org/2000/svg}svg"
+        element = inline(svg_text)
+        assert element.startswith("<svg ") and "http" not in element and "xmlns" not in element
 
 
-def test_svg_rejects_what_cannot_be_drawn():
-    with pytest.raises(ValueError, match="lo < hi"):
-        svg.Axis("x", 1, 1)
-    with pytest.raises(ValueError, match="log axis"):
-        svg.Axis("x", 0, 10, log=True)
-    with pytest.raises(ValueError, match="series 'a'"):
-        svg.line_chart("t", [svg.Series("a", [0, 1], [0])], svg.Axis("x", 0, 1), svg.Axis("y", 0, 1))
-    with pytest.raises(ValueError, match="edges"):
-        svg.histogram_chart("t", [0, 1], [1, 2], svg.Axis("x", 0, 1), "n")
-
-
-def test_ticks_are_round_and_inside_the_range():
-    assert svg.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert svg.nice_ticks(0, 48.9)[-1] <= 48.9
-    assert svg.nice_ceiling(160 * 1.05) == 200 and svg.nice_ceiling(0.63) == pytest.approx(0.8)
-    assert svg.nice_ceiling(12.48) == 15 and svg.nice_ceiling(0.05) == pytest.approx(0.05)
-    assert svg.log_ticks(1, 100) == [1, 2, 5, 10, 20, 50, 100]
-    assert svg.log_ticks(0.5, 5000) == [1, 10, 100, 1000]
+def test_chart_text_is_text_and_escaped():
+    y = np.array([0, 1, 0, 1, 0, 0])
+    p = np.array([0.1, 0.8, 0.3, 0.6, 0.2, 0.4])
+    svgs = build_charts({}, (y, {"a & b <c>": (y, p)}, []), {})
+    texts = "".join(ET.fromstring(svgs["roc"].encode()).itertext())
+    assert "ROC on the test split" in texts and "a & b <c> (AUC 1.0000)" in texts  # escaped in the markup
 
 
 # ------------------------------------------------------------------------------------ the page
@@ -317,7 +247,9 @@ def test_report_shows_every_figure_of_report_json(tmp_path):
 
     # self-contained: nothing to fetch, no scripts, no stylesheets from elsewhere
     assert "http://" not in page and "https://" not in page
-    assert parsed.resources == [] and "url(" not in page and "@import" not in page
+    # the charts' only references are in-document ones (clip paths, markers: "#id")
+    assert all(r.startswith("#") for r in parsed.resources) and "@import" not in page
+    assert all(ref.startswith("url(#") for ref in re.findall(r"url\([^)]*", page))
     assert "script" not in parsed.tags and "link" not in parsed.tags
 
     expected = {"roc", "reliability", "latency_size", "labeling", "serve_latency", "replicas", "timings"}

@@ -42,7 +42,7 @@ def test_param_groups_split_lrs_and_skip_frozen(bert_dir):
 
 
 def test_probe_fits_a_head_that_ranks_a_learnable_target(bert_dir):
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
 
     model, tok = _load(bert_dir)
     rng = np.random.default_rng(0)

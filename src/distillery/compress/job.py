@@ -187,7 +187,7 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
     from distillery.compress.gate import GateThresholds
     from distillery.compress.validate import (QualityGateError, batch1_latency, fp32_parity, quality_gate,
                                               raise_if_failed, variant_probs)
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
     from distillery.data.text import to_text
 
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from distillery import io
 from distillery.config import Section, load_config
+from distillery.metrics import percentiles
 
 __all__ = ["SizeConfig", "pick_largest", "candidate_grid", "measure_candidate", "size_table", "format_table", "cli_main"]
 
@@ -99,8 +100,7 @@ def measure_candidate(onnx_dir: str, variant: str, provider: str, batch: int, se
         t0 = time.perf_counter()
         scorer.session.run(None, feeds)
         times[i] = (time.perf_counter() - t0) * 1000
-    return {"p50": round(float(np.percentile(times, 50)), 3), "p99": round(float(np.percentile(times, 99)), 3),
-            "providers": scorer.providers}
+    return {**percentiles(times), "providers": scorer.providers}
 
 
 def size_table(cfg: SizeConfig, batch: int, seq_len: int, provider: str = "cpu") -> list[dict[str, Any]]:

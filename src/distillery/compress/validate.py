@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from distillery.compress.gate import GateThresholds, gate_decision, paired_comparison
+from distillery.metrics import percentiles
 
 __all__ = ["QualityGateError", "ParityError", "torch_logits", "onnx_logits", "fp32_parity", "variant_probs",
            "quality_gate", "raise_if_failed", "batch1_latency", "interleaved_latency"]
@@ -142,7 +143,7 @@ def batch1_latency(predict, texts: list[str], *, calls: int = 200, warmup: int =
         t0 = time.perf_counter()
         predict([texts[i % len(texts)]])
         times[i] = (time.perf_counter() - t0) * 1000
-    return {"p50": round(float(np.percentile(times, 50)), 3), "p99": round(float(np.percentile(times, 99)), 3)}
+    return percentiles(times)
 
 
 def interleaved_latency(predicts: dict[str, Any], texts: list[str], *, calls: int = 200, warmup: int = 10,
@@ -162,5 +163,4 @@ def interleaved_latency(predicts: dict[str, Any], texts: list[str], *, calls: in
             t0 = time.perf_counter()
             fn(groups[i])
             times[k][i] = (time.perf_counter() - t0) * 1000
-    return {k: {"p50": round(float(np.percentile(t, 50)), 3), "p99": round(float(np.percentile(t, 99)), 3)}
-            for k, t in times.items()}
+    return {k: percentiles(t) for k, t in times.items()}

@@ -233,7 +233,7 @@ def fit_two_tower(run_dir: str, output: str, cfg: TwoTowerFit, splits: list[str]
 
     from distillery.data.schema import CLICK, ID
     from distillery.data.text import table_texts
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
     from distillery.teachers.retrieval import TextEncoder
     from distillery.training.data import is_validation_id, read_split
 

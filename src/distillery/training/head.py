@@ -106,7 +106,7 @@ def fit_head_probe(model: torch.nn.Module, loader, l2: float = 1.0, device: str 
         layer.weight.copy_(weight.reshape(layer.weight.shape))
         layer.bias.fill_(float(b - (w * mean / std).sum()))
     train_logits = (z @ w + b).detach().numpy()
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
 
     stats = {"rows": int(len(y)), "loss": loss, "train_auc": roc_auc(y.numpy(), train_logits),
              "weight_norm": float(weight.norm())}

@@ -258,7 +258,7 @@ def score_texts(model, tokenizer, texts: list[str], max_length: int = 64, batch_
 
 def validate(model, loader: DataLoader, rows: TokenizedRows, cfg: LoopConfig, device: str = "cpu") -> dict[str, float]:
     """`val_loss` (the training loss on held-out rows) and `val_auc` (against clicks where known)."""
-    from distillery.evaluate import roc_auc
+    from distillery.metrics import roc_auc
 
     logits = predict_logits(model, loader, device)
     batch = {k: torch.from_numpy(getattr(rows, k)) for k in ("target", "teacher_prob", "click")}
