@@ -145,7 +145,7 @@ def _throughput(args, run_dir: str, workers: int, threads: int) -> float:
 def _latency_ms(model_dir: str, texts: list[str], max_length: int) -> float:
     """Median in-process batch-1 latency of a published model folder (tokenizing included), ms, one
     torch thread, fp32. A two-tower teacher encodes both towers on every call (no embedding cache)."""
-    from distillery.teachers.base import build_teacher, folder_teacher_config
+    from distillery.teachers import build_teacher, folder_teacher_config
 
     runtime = {"batch_size": 1, "max_length": max_length, "device": "cpu", "num_threads": 1}
     cfg = folder_teacher_config(model_dir, **runtime)

@@ -26,7 +26,7 @@ def plain_loop(data_dir: str, teacher_cfg: dict, batch_size: int) -> tuple[int, 
     import pyarrow.parquet as pq
 
     from distillery.data.text import to_text
-    from distillery.teachers.base import build_teacher, score
+    from distillery.teachers import build_teacher, score
 
     start = time.perf_counter()
     teacher = build_teacher(teacher_cfg)

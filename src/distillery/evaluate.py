@@ -100,7 +100,7 @@ def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray |
 def _score_folder(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
     """Probabilities of a published model folder: a Hugging Face classifier, a two-tower head, or a
     two-tower student (`_score_two_tower_student`)."""
-    from distillery.teachers.base import build_teacher, folder_teacher_config
+    from distillery.teachers import build_teacher, folder_teacher_config
 
     if _is_two_tower_student(path):
         return _score_two_tower_student(path, texts, cfg)

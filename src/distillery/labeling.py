@@ -57,7 +57,7 @@ from distillery.label_store import (
     label_file_key,
 )
 from distillery.ray_runtime import RaySection, ensure_ray
-from distillery.teachers.base import TeacherConfig, check_teacher_sources
+from distillery.teachers import TeacherConfig, check_teacher_sources
 
 __all__ = ["ActorConfig", "LabelConfig", "run", "label_file_key", "LABEL_SCHEMA", "REJECT_SCHEMA"]
 
@@ -154,7 +154,7 @@ class TeacherActor:
     def __init__(self, teacher_cfg: dict, filter_cfg: dict, retries: int):
         import ray
 
-        from distillery.teachers.base import build_teacher, score_detailed
+        from distillery.teachers import build_teacher, score_detailed
 
         self.teacher = build_teacher(teacher_cfg)
         self.score = score_detailed

@@ -121,7 +121,7 @@ def measure_latency(predict, texts: list[str], repeats: int = 200, warmup: int =
 def _latency_and_size(cfg: PipelineConfig, texts: list[str]) -> tuple[dict, dict]:
     from distillery.onnx_model.card import ModelCard
     from distillery.onnx_model.scorer import OnnxScorer
-    from distillery.teachers.base import build_teacher, folder_teacher_config
+    from distillery.teachers import build_teacher, folder_teacher_config
     from distillery.teachers.two_tower import is_two_tower_folder, weights_dir
 
     run_dir = cfg.run_dir

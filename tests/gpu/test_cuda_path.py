@@ -68,7 +68,7 @@ def test_teacher_half_precision_on_cuda_matches_fp32_on_cpu(bench, models, dtype
 def test_hf_classifier_teacher_on_cuda_bf16(models):
     pytest.importorskip("pydantic", reason="distillery's teacher configs need pydantic (absent on the bare GPU image)")
     from distillery.teachers import build_teacher
-    from distillery.teachers.base import HFClassifierConfig
+    from distillery.teachers import HFClassifierConfig
 
     folders, texts = models
     teacher = build_teacher(HFClassifierConfig(model=folders["teacher"], device="cuda", dtype="bf16", batch_size=256))

@@ -169,7 +169,7 @@ def test_flaky_batch_is_retried_and_poison_batch_goes_to_rejects(local_ray, tmp_
 
 def test_python_teacher_errors_name_the_field(tmp_path):
     from distillery.config import ConfigError
-    from distillery.teachers.base import build_teacher, parse_teacher_config
+    from distillery.teachers import build_teacher, parse_teacher_config
 
     with pytest.raises(ConfigError, match="teacher.target: cannot import 'no_such_module:X'"):
         build_teacher({"kind": "python", "target": "no_such_module:X"})

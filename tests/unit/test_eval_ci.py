@@ -13,7 +13,7 @@ from distillery.evaluate import EvaluateConfig, run
 from distillery.metrics import roc_auc
 from distillery.evaluate_ci import BootstrapSection, bootstrap_aucs, confidence_intervals
 from distillery.report import format_value, write_report
-from distillery.teachers.two_tower import TwoTowerFit, check_fields
+from distillery.training.two_tower_teacher import TwoTowerFit, check_fields
 
 
 def _scores(n=2000, rate=0.02, seed=0):

@@ -11,8 +11,9 @@ from distillery.config import ConfigError, load_config
 from distillery.data.synthetic import SyntheticConfig, write_splits
 from distillery.data.text import from_text, to_text
 from distillery.teachers import build_teacher, folder_teacher_config, parse_teacher_config, score
-from distillery.teachers.base import HFClassifierConfig, TwoTowerConfig
-from distillery.teachers.two_tower import HEAD_FILE, TwoTowerFit, TwoTowerHead, fit_logistic, fit_two_tower, weights_dir
+from distillery.teachers import HFClassifierConfig, TwoTowerConfig
+from distillery.teachers.two_tower import HEAD_FILE, TwoTowerHead, weights_dir
+from distillery.training.two_tower_teacher import TwoTowerFit, fit_logistic, fit_two_tower
 
 
 _value = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=20)

@@ -7,29 +7,26 @@
 Backends (`kind`): `hf-classifier`, `hf-causal-lm`, `retrieval`, `two-tower`, `ensemble`, and `python` (a class
 of your own, `module:Class` + kwargs). Importing this package
 does not import torch or transformers; `build_teacher` loads them.
+
+Modules: `base` (the `Teacher` protocol, sigmoid/logit), `configs` (one config per kind),
+`registry` (kind → backend, `build_teacher`), `confidence` (`score`), then one module per backend.
+The two-tower teacher's click head is fitted by `distillery.training.two_tower_teacher`.
 """
 
-from distillery.teachers.base import (
+from distillery.teachers.base import Teacher
+from distillery.teachers.confidence import Scores, confidence, disagreement, score, score_detailed
+from distillery.teachers.configs import (
     CausalLMConfig,
     EnsembleConfig,
     HFClassifierConfig,
     PythonTeacherConfig,
     RetrievalConfig,
-    Scores,
-    TwoTowerConfig,
-    Teacher,
     TeacherConfig,
-    build_teacher,
-    folder_teacher_config,
-    check_teacher_sources,
-    confidence,
+    TwoTowerConfig,
     describe_errors,
-    disagreement,
     parse_teacher_config,
-    score,
-    score_detailed,
-    warm_caches,
 )
+from distillery.teachers.registry import build_teacher, check_teacher_sources, folder_teacher_config, warm_caches
 
 __all__ = [
     "Teacher",

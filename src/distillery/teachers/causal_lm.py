@@ -27,7 +27,8 @@ from distillery.teachers._hf import (
     pad_batch,
     setup_torch,
 )
-from distillery.teachers.base import CausalLMConfig, sigmoid
+from distillery.teachers.base import sigmoid
+from distillery.teachers.configs import CausalLMConfig
 
 __all__ = ["CausalLMTeacher"]
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from distillery.teachers.base import Teacher
+from distillery.teachers.configs import EnsembleConfig
 
 __all__ = ["EnsembleTeacher"]
 
 
 class EnsembleTeacher:
-    def __init__(self, members: list[Teacher], weights: list[float] | None = None):
+    def __init__(self, cfg: EnsembleConfig, members: list[Teacher]):
+        weights = cfg.weights
         if not members:
             raise ValueError("members: an ensemble needs at least one teacher")
         w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)

@@ -23,7 +23,8 @@ from distillery.teachers._hf import (
     model_label,
     setup_torch,
 )
-from distillery.teachers.base import HFClassifierConfig, sigmoid
+from distillery.teachers.base import sigmoid
+from distillery.teachers.configs import HFClassifierConfig
 
 __all__ = ["HFClassifierTeacher"]
 

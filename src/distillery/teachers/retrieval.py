@@ -37,7 +37,8 @@ from distillery.teachers._hf import (
     pad_batch,
     setup_torch,
 )
-from distillery.teachers.base import RetrievalConfig, Teacher, logit, sigmoid
+from distillery.teachers.base import Teacher, logit, sigmoid
+from distillery.teachers.configs import RetrievalConfig
 
 __all__ = [
     "TextEncoder",

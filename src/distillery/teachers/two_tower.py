@@ -8,7 +8,8 @@ all-MiniLM-L6-v2); the request is the row's `request_fields` (the query or page 
 field (a Criteo `C3`, an Avazu `site_id`): both are recovered from the canonical row text
 (`from_text`, extras included), so the teacher reads the same strings as every other backend. The head is an L2
 logistic regression over the cosine and one-hot categorical fields, fitted on the train split's
-clicks by `fit_two_tower` (the `distillery teacher` job with `kind: two-tower`).
+clicks by `distillery.training.two_tower_teacher.fit_two_tower` (the `distillery teacher` job with
+`kind: two-tower`).
 
 Why this teacher: with a few thousand logged clicks a fine-tuned cross-encoder has to discover a
 query-topic × ad-topic interaction from ~100 positives and stays near-constant (BENCHMARKS.md,
@@ -23,43 +24,23 @@ The teacher folder holds `two_tower.json` (the head and the encoder it was fitte
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from distillery import io
-from distillery.config import ConfigError, Section
+from distillery.config import ConfigError
 from distillery.data.text import from_text
-from distillery.teachers.base import Dtype, TwoTowerConfig, sigmoid
+from distillery.teachers.base import sigmoid
+from distillery.teachers.configs import TwoTowerConfig
 
-__all__ = ["HEAD_FILE", "TwoTowerFit", "TwoTowerHead", "TwoTowerTeacher", "fit_logistic", "fit_two_tower",
+__all__ = ["HEAD_FILE", "TwoTowerHead", "TwoTowerTeacher", "CachedEncoder", "cosines", "tower_texts",
            "is_two_tower_folder", "weights_dir"]
-
-log = logging.getLogger(__name__)
 
 HEAD_FILE = "two_tower.json"
 _FORMAT = 1
-
-
-class TwoTowerFit(Section):
-    """How `distillery teacher` (kind: two-tower) fits the click head."""
-
-    encoder: str = Field("minilm", description="sentence encoder: `minilm` (packaged all-MiniLM-L6-v2), a folder or URI")
-    request_fields: list[str] = Field(["query"], min_length=1, description="log columns forming the request tower's text (any column: query, site_id, C3, ...)")
-    ad_fields: list[str] = Field(["ad_title", "ad_description"], min_length=1, description="log columns forming the ad tower's text, joined by '. '")
-    categorical: list[str] = Field(["position"], description="log columns added to the head as one-hot features (first level is the reference)")
-    min_level_rows: int = Field(20, ge=1, description="categorical levels seen on fewer training rows share the reference weight")
-    l2: float = Field(1.0, ge=0.0, description="L2 penalty of the logistic regression on standardised features (bias not penalised)")
-    batch_size: int = Field(128, ge=1, description="texts per encoder forward pass")
-    max_length: int = Field(64, ge=8, description="encoder tokens per text")
-    dtype: Dtype = Field("fp32", description="encoder dtype while fitting")
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads while fitting")
 
 
 @dataclass
@@ -136,8 +117,8 @@ def tower_texts(rows: list[dict[str, str]], request_fields: list[str], ad_fields
     return [join(r, request_fields) for r in rows], [join(r, ad_fields) for r in rows]
 
 
-class _CachedEncoder:
-    """`TextEncoder` with an LRU cache of unit embeddings per distinct string."""
+class CachedEncoder:
+    """`TextEncoder` with an LRU cache of unit embeddings per distinct string (the teacher and its fit)."""
 
     def __init__(self, encoder: Any, cache_size: int):
         self.encoder, self.cache_size = encoder, cache_size
@@ -183,7 +164,7 @@ class TwoTowerTeacher:
         self.head = TwoTowerHead.load(cfg.model)
         encoder = TextEncoder(self.head.encoder, batch_size=cfg.batch_size, max_length=cfg.max_length or self.head.max_length,
                               dtype=cfg.dtype, device=cfg.device, num_threads=cfg.num_threads)
-        self.encoder = _CachedEncoder(encoder, cfg.cache_size)
+        self.encoder = CachedEncoder(encoder, cfg.cache_size)
         head_id = self.head.fit.get("fingerprint", "unfitted")
         suffix = encoder.dtype_suffix
         self.teacher_id = f"two-tower:{encoder.encoder_id}:{head_id}{suffix}"
@@ -196,139 +177,3 @@ class TwoTowerTeacher:
         rows = [from_text(t, extras=True) for t in texts]
         cos = cosines(self.encoder, rows, self.head.request_fields, self.head.ad_fields)
         return self.head.logits(self.head.features(cos, rows))
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50, tol: float = 1e-9) -> tuple[np.ndarray, float]:
-    """L2-penalised logistic regression by Newton's method: (weights (d,), intercept).
-
-    Minimises Σ BCE(y_i, σ(x_i·w + b)) + l2/2·|w|² (the bias is not penalised); x should be
-    standardised. The bias starts at logit(mean y), so a rare positive class converges in a few steps.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n, d = x.shape
-    if n == 0 or not 0 < y.mean() < 1:
-        raise ValueError(f"fit_logistic: need both classes among the rows (n={n}, positives={int(y.sum())})")
-    xb = np.column_stack([x, np.ones(n)])
-    theta = np.zeros(d + 1)
-    theta[-1] = np.log(y.mean() / (1 - y.mean()))
-    penalty = np.full(d + 1, l2)
-    penalty[-1] = 0.0
-    for _ in range(iters):
-        p = sigmoid(xb @ theta)
-        grad = xb.T @ (p - y) + penalty * theta
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(penalty) + 1e-9 * np.eye(d + 1)
-        step = np.linalg.solve(hess, grad)
-        theta -= step
-        if np.max(np.abs(step)) < tol:
-            break
-    return theta[:-1], float(theta[-1])
-
-
-def fit_two_tower(run_dir: str, output: str, cfg: TwoTowerFit, splits: list[str], val_fraction: float,
-                  seed: int = 0) -> dict[str, Any]:
-    """Fit the click head on `splits` of the run's data (rows with a known click), hold out
-    `val_fraction` of ids for a validation AUC, publish `<run_dir>/<output>/` atomically."""
-    import hashlib
-
-    from distillery.data.schema import CLICK, ID
-    from distillery.data.text import table_texts
-    from distillery.metrics import roc_auc
-    from distillery.teachers.retrieval import TextEncoder
-    from distillery.training.data import is_validation_id, read_split
-
-    t0 = time.perf_counter()
-    texts, clicks, ids = [], [], []
-    for split in splits:
-        table = read_split(run_dir, split)
-        if CLICK not in table.column_names:
-            raise ConfigError(f"data.splits: split {split!r} has no click column")
-        check_fields(cfg, table.column_names, split)
-        keep = [i for i, c in enumerate(table[CLICK].to_pylist()) if c is not None]
-        table = table.take(keep)
-        texts += table_texts(table)  # every column, as labeling renders it; the towers read theirs back
-        clicks += [float(c) for c in table[CLICK].to_pylist()]
-        ids += [str(i) for i in table[ID].to_pylist()]
-    y = np.asarray(clicks)
-    is_val = np.array([is_validation_id(i, val_fraction) for i in ids], dtype=bool)
-    if y[~is_val].sum() == 0:
-        raise ConfigError(f"data.splits: no clicks among the {int((~is_val).sum())} training rows of {splits}")
-    rows = [from_text(t, extras=True) for t in texts]
-    encoder = _CachedEncoder(TextEncoder(cfg.encoder, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                         dtype=cfg.dtype, device="cpu", num_threads=cfg.num_threads), cache_size=1 << 30)
-    t_enc = time.perf_counter()
-    cos = cosines(encoder, rows, cfg.request_fields, cfg.ad_fields)
-    encode_s = time.perf_counter() - t_enc
-    levels: dict[str, list[str]] = {}
-    for name in cfg.categorical:
-        values = [r.get(name) for r, v in zip(rows, is_val) if not v]
-        counts: dict[str, int] = {}
-        for v in values:
-            if v is not None:
-                counts[v] = counts.get(v, 0) + 1
-        ordered = sorted(counts, key=lambda v: (-counts[v], v))
-        levels[name] = sorted((v for v in ordered[1:] if counts[v] >= cfg.min_level_rows), key=_natural)
-    head = TwoTowerHead(encoder=cfg.encoder, request_fields=cfg.request_fields, ad_fields=cfg.ad_fields, levels=levels,
-                        mean=[], std=[], weights=[], intercept=0.0, max_length=cfg.max_length)
-    x = head.features(cos, rows)
-    mean, std = x[~is_val].mean(0), x[~is_val].std(0)
-    std[std < 1e-12] = 1.0
-    head.mean, head.std = mean.tolist(), std.tolist()
-    w, b = fit_logistic((x[~is_val] - mean) / std, y[~is_val], l2=cfg.l2)
-    head.weights, head.intercept = w.tolist(), b
-    logits = head.logits(x)
-    summary = {
-        "kind": "two-tower", "encoder": cfg.encoder, "splits": splits,
-        "train_rows": int((~is_val).sum()), "train_clicks": int(y[~is_val].sum()),
-        "val_rows": int(is_val.sum()), "val_clicks": int(y[is_val].sum()),
-        "train_auc": roc_auc(y[~is_val], logits[~is_val]),
-        "val_auc": roc_auc(y[is_val], logits[is_val]) if 0 < y[is_val].sum() < is_val.sum() else None,
-        "zero_shot_val_auc": roc_auc(y[is_val], cos[is_val]) if 0 < y[is_val].sum() < is_val.sum() else None,
-        "distinct_texts": encoder.misses, "encode_seconds": round(encode_s, 2),
-        "weights": dict(zip(head.feature_names, [round(v, 4) for v in head.weights])),
-        "seed": seed,
-    }
-    summary["fingerprint"] = hashlib.sha256(repr((head.weights, head.intercept, head.mean, head.std)).encode()).hexdigest()[:12]
-    head.fit = summary
-    dest = io.join(run_dir, output)
-    _publish(head, dest, {**summary, "seconds": round(time.perf_counter() - t0, 2)})
-    log.info("two-tower teacher: %s", summary)
-    return {"output": dest, "best": {"val_auc": summary["val_auc"], "train_auc": summary["train_auc"],
-                                     "train_rows": summary["train_rows"], "train_clicks": summary["train_clicks"]},
-            "summary": summary}
-
-
-def check_fields(cfg: TwoTowerFit, columns: list[str], split: str) -> None:
-    """Every tower and categorical field is a column of the log that reaches the model text; a
-    ConfigError names the field list and the column otherwise."""
-    from distillery.data.schema import is_text_column
-
-    for name in ("request_fields", "ad_fields", "categorical"):
-        for column in getattr(cfg, name):
-            if column not in columns:
-                raise ConfigError(f"two_tower.{name}: column {column!r} is not in split {split!r}; "
-                                  f"its columns are {[c for c in columns if is_text_column(c)]}")
-            if not is_text_column(column):
-                raise ConfigError(f"two_tower.{name}: column {column!r} is identity, time or a label, "
-                                  "never part of the model text")
-
-
-def _natural(value: str) -> tuple:
-    return (0, float(value), value) if value.replace(".", "", 1).lstrip("-").isdigit() else (1, 0.0, value)
-
-
-def _publish(head: TwoTowerHead, dest: str, summary: dict[str, Any]) -> None:
-    """Write the head and summary so a reader never sees a half-written folder (local: rename)."""
-    import shutil
-
-    if "://" in dest:
-        head.save(dest)
-        io.write_json(io.join(dest, "training_summary.json"), summary)
-        return
-    tmp = dest.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    head.save(tmp)
-    io.write_json(io.join(tmp, "training_summary.json"), summary)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)

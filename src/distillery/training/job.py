@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from distillery import io
 from distillery.config import RunSection, config_hash
 from distillery.ray_runtime import RaySection, ensure_ray
-from distillery.teachers.two_tower import TwoTowerFit, fit_two_tower
+from distillery.training.two_tower_teacher import TwoTowerFit, fit_two_tower
 from distillery.training.data import DataSection
 from distillery.training.init import ModelInit
 from distillery.training.loop import STATE_FILE, LoopConfig

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from distillery.config import Section
 from distillery.training.data import TrainingTable
-from distillery.training.head import fit_head_probe, param_groups
 from distillery.training.losses import LossName, compute_loss
 
 __all__ = [
@@ -57,9 +56,6 @@ class LoopConfig(Section):
     fail_once_at_epoch: int | None = Field(None, ge=0, description="testing: raise once at the start of this epoch (marker file in the checkpoint root)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (benchmarks, smoke runs)")
     init_bias_to_prior: bool = Field(True, description="fresh runs: set the output bias to logit(mean target), so steps learn ranking, not the base rate")
-    head_lr: float | None = Field(None, gt=0.0, description="learning rate of the head (pooler + classifier); None: lr (see training.head for why it may differ)")
-    head_init: Literal["random", "probe"] = Field("random", description="fresh runs: probe = fit the head as a logistic regression on the frozen encoder's features first (linear probe, then fine-tune)")
-    head_probe_l2: float = Field(1.0, ge=0.0, description="head_init=probe: L2 penalty of the logistic regression (on standardised features)")
 
 
 class InjectedFailure(RuntimeError):
@@ -301,14 +297,9 @@ def train(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks 
     val_rows = rows_for(model, tokenizer, table.subset(table.is_val), cfg.max_length)
     train_loader = hooks.prepare_loader(make_loader(train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed))
     val_loader = make_loader(val_rows, cfg.eval_batch_size, shuffle=False)  # every worker scores all of it
-    if cfg.head_init == "probe" and getattr(unwrap(model), "student_kind", None) == "two_tower":
-        raise ValueError("loop.head_init: probe is for a cross-encoder's linear head; the two-tower head starts random")
-    if cfg.head_init == "probe" and state.optimizer is None:
-        # every worker fits the same head on the same rows (all of them, unsharded): replicas stay identical
-        fit_head_probe(unwrap(model), make_loader(train_rows, cfg.eval_batch_size, shuffle=False), cfg.head_probe_l2, hooks.device)
     model = hooks.prepare_model(model)
     raw = unwrap(model)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(max(1, steps * cfg.epochs), cfg.warmup_fraction))
     if state.optimizer is not None:
