@@ -15,8 +15,10 @@ Does a student taught by the teacher beat the same student taught by clicks alon
 
 All three students start from the same weights (layers 0 and 5 of MiniLM-L6) with the same budget;
 only the labels differ. `--students two_tower` adds the two-tower student (jobs/configs/train_two_tower.yaml:
-the same MiniLM layers as shared request/ad towers + an interaction head, same labels, loss and budget)
-and its click-only twin (`student_two_tower_direct`, train clicks): efficiency, lift over the twin,
+the same MiniLM layers as shared request/ad towers reading the teacher's fields + an interaction head
+that starts as the teacher's click head; same labels, loss and budget) and its click-only twin
+(`student_two_tower_direct`: train clicks, its head started as the same logistic form fitted on
+them): efficiency, lift over the twin,
 logloss and ECE side by side with the cross-encoder's (`two_tower_*` keys). Then training throughput of the student with 2 Ray Train workers vs 1 (one
 torch thread per worker). Prints per-seed rows, mean ± std, and as its last line one JSON object.
 The default sizes are chosen to fit a 2-core machine in about 15-20 min; `--rows-*` change them
@@ -87,9 +89,12 @@ def _seed_run(args, seed: int) -> dict:
             students["student_direct_strict"] = ("jobs/configs/train_direct.yaml", [
                 "output=student_direct_strict", "data.splits=[train, unlabeled]", "data.reveal_hidden_clicks=true"])
     if "two_tower" in args.students:
-        students["student_two_tower"] = ("jobs/configs/train_two_tower.yaml", [])
+        # The student's head starts as the two-tower teacher's (init.head_from); its twin's as the same
+        # logistic form fitted on its own click rows (no teacher). A fine-tuned teacher has no such head.
+        fresh = ["init.head_from=null", "loop.init_bias_to_prior=true"]
+        students["student_two_tower"] = ("jobs/configs/train_two_tower.yaml", [] if args.teacher == "two-tower" else fresh)
         students["student_two_tower_direct"] = ("jobs/configs/train_two_tower.yaml", [  # its click-only twin
-            "output=student_two_tower_direct", "data.splits=[train]", "loop.loss=click"])
+            "init.head_from=clicks", "output=student_two_tower_direct", "data.splits=[train]", "loop.loss=click"])
     for name, (path, extra) in students.items():
         t = time.perf_counter()
         run(load_config(TrainJobConfig, path, [f"run_dir={run_dir}", f"loop.seed={seed}", f"init.seed={seed}",
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                      "student": f"layer_subset {STUDENT_LAYERS} of MiniLM-L6 (student and both baselines)",
                      "students": args.students, "skip_strict": args.skip_strict}
     for key in ("teacher_auc", "student_auc", "student_direct_auc", "student_direct_strict_auc", "oracle_auc",
-                "efficiency", "lift", "strict_lift", "student_ece", "two_tower_student_auc", "two_tower_student_direct_auc",
+                "efficiency", "lift", "strict_lift", "student_logloss", "student_ece", "two_tower_student_auc", "two_tower_student_direct_auc",
                 "two_tower_efficiency", "two_tower_lift", "two_tower_student_logloss", "two_tower_student_ece"):
         if key not in rows[0]:
             continue

@@ -41,6 +41,7 @@ class ModelInit(Section):
     seed: int = Field(0, description="seed of the randomly initialised parts (classifier head, fresh weights)")
     two_tower: TwoTowerSpec = Field(default_factory=TwoTowerSpec, description="two_tower: the towers' fields and the head's size (unused by other kinds)")
     trim_vocab_splits: list[str] = Field(default_factory=list, description="splits under <run_dir>/data whose texts define the vocabulary kept (training.vocab: the embedding table cut to the pieces they use); empty keeps the full vocabulary")
+    head_from: str | None = Field(None, description="two_tower: a two-tower teacher folder (two_tower.json) whose click head the student's head starts as ({run_dir}/teacher); 'clicks': that form fitted on the training rows' clicks; null: a fresh head")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelInit":

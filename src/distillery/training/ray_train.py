@@ -99,6 +99,12 @@ def worker_loop(config: dict[str, Any]) -> None:
         model, tokenizer = build_model(spec.init)
         if spec.init.trim_vocab_splits:
             model, tokenizer = _trim(model, tokenizer, spec, ctx.get_world_rank() == 0)
+        if spec.init.head_from and getattr(model, "student_kind", None) == "two_tower":
+            from distillery.training.two_tower_student import start_head_on_rows
+
+            start = start_head_on_rows(model, tokenizer, spec.init.head_from, table, spec.loop.max_length)
+            if ctx.get_world_rank() == 0:
+                print(f"[train] two-tower head start ({spec.init.head_from}) on training rows: {start}", flush=True)
         state = None
     hooks = Hooks(
         prepare_model=ray.train.torch.prepare_model,

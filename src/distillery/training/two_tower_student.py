@@ -15,7 +15,13 @@ ad embeddings (computed when the catalog loads) and the head per candidate:
     x = [ũ, ṽ, ũ⊙ṽ, cos(ũ, ṽ), E_pos[position], E_slot[slot]]
     logit = o · relu(W x + b) + o_b + s · x              (batch,)
 
-Position and slot size are per-candidate features of the head, not tower text. The inputs of both
+Position and slot size are per-candidate features of the head, not tower text. With
+`ModelInit.head_from` (a two-tower teacher folder) the head starts as the teacher's own click head
+over the student's cosine (`start_head_from_teacher`; Ray Train workers then standardise the
+student's own cosine on training rows, `start_head_on_rows`): the skip path holds the teacher's
+cosine and position weights and its intercept, the MLP branch starts at zero (`o = 0`), so the
+untrained student already scores like the teacher, up to the difference between the towers'
+cosines. The inputs of both
 towers are recovered from the canonical row text (`from_text`), so every stage that hands a
 cross-encoder `to_text(row)` hands this student the same string. A published folder holds the
 tokenizer, `two_tower_student.json` (spec + encoder config) and `two_tower_student.pt` (weights,
@@ -35,17 +41,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distillery.data.tower_inputs import TwoTowerSpec, tower_inputs, tower_inputs_from_fields
+from distillery.data.text import from_text
+from distillery.data.tower_inputs import TwoTowerSpec, head_bucket, tower_inputs, tower_inputs_from_fields
 
-__all__ = ["KIND", "CONFIG_FILE", "WEIGHTS_FILE", "TwoTowerSpec", "TwoTowerStudent", "InteractionHead",
+__all__ = ["KIND", "CONFIG_FILE", "WEIGHTS_FILE", "HEAD_FROM_CLICKS", "TwoTowerSpec", "TwoTowerStudent", "InteractionHead",
            "TwoTowerRows", "collate_two_tower", "tower_inputs", "tower_inputs_from_fields", "build_two_tower",
-           "load_two_tower", "is_two_tower_student", "mean_pool"]
+           "load_two_tower", "is_two_tower_student", "mean_pool", "start_head_from_teacher",
+           "start_head_on_rows"]
 
 log = logging.getLogger(__name__)
 
 KIND = "two_tower"
 CONFIG_FILE = "two_tower_student.json"
 WEIGHTS_FILE = "two_tower_student.pt"
+HEAD_FROM_CLICKS = "clicks"  # `ModelInit.head_from`: fit the head's start on the training rows' clicks (no teacher)
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `hidden: (batch, seq, d)` over the tokens `mask: (batch, seq)` marks; `(batch, d)`."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -171,9 +182,132 @@ def build_two_tower(init) -> tuple[TwoTowerStudent, Any]:
         keep_layers(encoder, init.layers)
     torch.manual_seed(init.seed)
     model = TwoTowerStudent(encoder, init.two_tower)
+    if init.head_from and init.head_from != HEAD_FROM_CLICKS:  # clicks: the training rows decide (start_head_on_rows)
+        from distillery.teachers.two_tower import TwoTowerHead
+
+        start = start_head_from_teacher(model.classifier, TwoTowerHead.load(init.head_from, "init.head_from"), init.two_tower)
+        log.info("two-tower student head from the teacher at %s: %s", init.head_from, start)
     log.info("two-tower student from %s layers %s: %.1fM parameters", source, init.layers,
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model, tokenizer
+
+
+def start_head_from_teacher(head: InteractionHead, teacher, spec: TwoTowerSpec,
+                            cosine_moments: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Set `head` (in place) to the two-tower teacher's click head over the student's own features.
+
+    The teacher (`teachers.two_tower.TwoTowerHead`) scores `b + Σ_i w_i (x_i − m_i) / s_i` over
+    x = [cosine, one-hot categorical levels]. The student's skip path gets the same function:
+
+        logit = c + (w_cos / s_cos) · cos(ũ, ṽ) + E_pos[bucket(position)]₀ + E_slot[bucket(slot)]₀
+        c = b − Σ_i w_i m_i / s_i              (over the features the head reads)
+
+    `cosine_moments` = (mean, std) of the *student's* cosine on training rows replaces the teacher's
+    (m_cos, s_cos): a cut tower's cosine has another mean and spread than the full encoder's (layers
+    [0, 5] of MiniLM-L6: std 0.085 against 0.147), and the head's few weights move by ~lr per step,
+    too little to rescale it in training; standardising the student's own cosine keeps the teacher's
+    logit spread and mean.
+
+    with column 0 of the position/slot embeddings holding `w_l / s_l` per level's bucket (0 for the
+    reference level and unknown values, as in the teacher) and a skip weight of 1 on it; the MLP
+    branch's output weights start at zero, so it adds nothing until training moves it. Categorical
+    fields other than position and slot_size have no place in the head: their terms are left out
+    (each has mean 0 over the teacher's training rows). Returns what was set, for the log.
+    """
+    d, fd = head.dim, spec.feature_dim
+    cos_at, pos_at, slot_at = 3 * d, 3 * d + 1, 3 * d + 1 + fd
+    names, w = teacher.feature_names, np.asarray(teacher.weights, dtype=np.float64)
+    mean, std = np.array(teacher.mean, dtype=np.float64), np.array(teacher.std, dtype=np.float64)
+    if cosine_moments is not None:
+        mean[0], std[0] = cosine_moments[0], max(cosine_moments[1], 1e-6)
+    scaled = w / std
+    tables = {"position": head.position, "slot_size": head.slot}
+    levels: dict[str, dict[int, list[float]]] = {"position": {}, "slot_size": {}}
+    constant = float(teacher.intercept) - scaled[0] * mean[0]
+    dropped = set()
+    for i, name in enumerate(names[1:], start=1):
+        field, _, level = name.partition("=")
+        if field not in tables:
+            dropped.add(field)
+            continue
+        constant -= scaled[i] * mean[i]
+        levels[field].setdefault(head_bucket(field, level, spec), []).append(float(scaled[i]))
+    with torch.no_grad():
+        head.skip.weight.zero_()
+        head.skip.weight[0, cos_at] = float(scaled[0])
+        for field, at in (("position", pos_at), ("slot_size", slot_at)):
+            table = tables[field].weight
+            table[:, 0] = 0.0
+            for bucket, values in levels[field].items():  # levels clipped or hashed into one bucket share their mean
+                table[bucket, 0] = float(np.mean(values))
+            head.skip.weight[0, at] = 1.0 if levels[field] else 0.0
+        head.out.weight.zero_()
+        head.out.bias.fill_(constant)
+    if dropped:
+        log.warning("init.head_from: teacher categorical fields %s have no place in the student's head; left out", sorted(dropped))
+    return {"cosine_weight": round(float(scaled[0]), 4), "cosine_mean": round(float(mean[0]), 4), "constant": round(float(constant), 4),
+            "position_levels": len(levels["position"]), "slot_levels": len(levels["slot_size"]), "dropped": sorted(dropped)}
+
+
+def start_head_on_rows(model: TwoTowerStudent, tokenizer, head_from: str, table, max_length: int,
+                       rows: int = 1024, batch_size: int = 128) -> dict[str, Any]:
+    """The head's start from training rows (`training.data.TrainingTable`; Ray Train workers given the
+    same table start alike), over the student's own cosine:
+
+    - `head_from` a teacher folder: `start_head_from_teacher` with the cosine standardised on up to
+      `rows` training rows (evenly spaced);
+    - `head_from` "clicks": the teacher's form (L2 logistic regression over the standardised cosine
+      and position one-hot, `fit_logistic`) fitted on the training rows' clicks instead: the
+      click-only twin's start, with no teacher in it.
+    """
+    from distillery.teachers.two_tower import TwoTowerHead
+
+    train = table.subset(~table.is_val)
+    if head_from == HEAD_FROM_CLICKS:
+        train = train.subset(np.isfinite(train.click))
+        picked = np.arange(len(train))
+    else:
+        picked = np.unique(np.linspace(0, len(train) - 1, min(rows, len(train))).astype(int)) if len(train) else []
+    texts = [train.texts[i] for i in picked]
+    if not texts:
+        raise ValueError(f"init.head_from={head_from!r}: no training rows to start the head on")
+    cos = _cosines(model, tokenizer, texts, max_length, batch_size)
+    if head_from != HEAD_FROM_CLICKS:
+        teacher = TwoTowerHead.load(head_from, "init.head_from")
+        return start_head_from_teacher(model.classifier, teacher, model.spec, (float(cos.mean()), float(cos.std())))
+    from distillery.training.two_tower_teacher import fit_logistic
+
+    fields = [from_text(t) for t in texts]
+    counts: dict[str, int] = {}
+    for f in fields:
+        if f.get("position") is not None:
+            counts[f["position"]] = counts.get(f["position"], 0) + 1
+    reference = max(counts, key=lambda v: (counts[v], v), default=None)  # the most common position: weight 0
+    levels = sorted(v for v in counts if v != reference and counts[v] >= 20)
+    head = TwoTowerHead(encoder="student", request_fields=model.spec.request_fields, ad_fields=model.spec.ad_fields,
+                        levels={"position": levels}, mean=[], std=[], weights=[], intercept=0.0)
+    x = head.features(cos, fields)
+    mean, std = x.mean(0), x.std(0)
+    std[std < 1e-12] = 1.0
+    w, b = fit_logistic((x - mean) / std, train.click[picked], l2=1.0)
+    head.mean, head.std, head.weights, head.intercept = mean.tolist(), std.tolist(), w.tolist(), b
+    return {**start_head_from_teacher(model.classifier, head, model.spec), "fitted_on_clicks": int(train.click[picked].sum())}
+
+
+def _cosines(model: TwoTowerStudent, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """cos(ũ, ṽ) of each text's towers, `(len(texts),)` float64, in eval mode (no dropout)."""
+    data = TwoTowerRows(tokenizer, texts, max_length, model.spec)
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = collate_two_tower([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            u = model.embed(batch["request_input_ids"], batch["request_attention_mask"])
+            v = model.embed(batch["ad_input_ids"], batch["ad_attention_mask"])
+            out.append(((u * v).sum(-1) / u.shape[-1]).double().numpy())
+    model.train(was_training)
+    return np.concatenate(out)
 
 
 class TwoTowerRows(Dataset):
