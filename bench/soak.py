@@ -6,14 +6,14 @@ Starts a local Ray (4 logical CPUs) and Serve on 127.0.0.1:19300 with two replic
 BERT exported to ONNX INT8, auth on; then, N times each: kill a replica under steady load (failed
 requests, time until Serve has replaced it), overload with many closed-loop clients (503 shed, p99 of
 accepted requests, recovery), hot swap under load (failed requests). Every load loop is bounded and
-targets 127.0.0.1 only. The scenario code is the test module's, so the bench and the tests measure
-the same thing. Prints one JSON line per trial and a summary; writes everything to --out.
+targets 127.0.0.1 only. The scenario code is the test module's (imported as pytest imports it, each
+scenario given this bench's port), so the bench and the tests measure the same thing. Prints one
+JSON line per trial and a summary; writes everything to --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -27,13 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 PORT = 19300
 
 
-def _module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=5, help="replica-kill trials")
@@ -45,24 +38,25 @@ def main() -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.path.insert(0, str(REPO))
-    conftest = _module("_distillery_root_conftest", REPO / "tests" / "conftest.py")
-    faults = _module("_distillery_faults_serving", REPO / "tests" / "integration" / "test_faults_serving.py")
-    faults.PORT, faults.URL = PORT, f"http://127.0.0.1:{PORT}"
+    # the folders pytest puts on sys.path for tests/integration (`pythonpath` and the test's own folder)
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
+    import test_faults_serving as faults
+    from helpers import RAY_ENV_VARS, deploy, export_int8, running_replicas, wait_for
+    from tinymodels import save_tiny_bert
 
     import ray
     from ray import serve
 
     work = Path(tempfile.mkdtemp(prefix="distillery-soak-"))
-    versions = {name: faults.export_model(conftest.save_tiny_bert(work / f"bert_{name}", seed=seed), work / "root" / name)
+    versions = {name: export_int8(save_tiny_bert(work / f"bert_{name}", seed=seed), work / "root" / name)
                 for name, seed in (("a", 0), ("b", 1))}
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+             runtime_env={"env_vars": dict(RAY_ENV_VARS)})
     trials: list[dict] = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        faults.deploy(faults.serve_config(work / "root"))
-        faults.wait_for(lambda: faults.running_replicas() == faults.REPLICAS and faults.served_version(), 180, "the app")
+        deploy(faults.serve_config(work / "root", port=PORT))
+        wait_for(lambda: running_replicas() == faults.REPLICAS and faults.served_version(PORT), 180, "the app")
 
         def record(kind: str, figures: dict) -> None:
             row = {"scenario": kind, **figures}
@@ -70,14 +64,14 @@ def main() -> int:
             print(json.dumps(row, default=str), flush=True)
 
         for _ in range(args.kills):
-            record("replica_kill", faults.kill_one_replica_under_load())
+            record("replica_kill", faults.kill_one_replica_under_load(port=PORT))
             time.sleep(2)
         for clients in (int(c) for c in args.clients.split(",")):
             for _ in range(args.overloads):
-                record("overload", faults.overload(clients=clients))
+                record("overload", faults.overload(clients=clients, port=PORT))
                 time.sleep(2)
         for _ in range(args.swaps):
-            record("hot_swap", faults.hot_swap_under_load(work / "root", versions))
+            record("hot_swap", faults.hot_swap_under_load(work / "root", versions, port=PORT))
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +36,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = "tests.integration.test_faults_labeling:ScriptedTeacher"
+# Ray workers import this module for ScriptedTeacher, without tests/integration on sys.path: `helpers`
+# is imported inside the fixture and the tests that use it, never at the top.
 PORT_RANGE = (29000, 29999)
 # The multi-node scenarios take about a minute each on a 2-core machine: `make soak` runs them.
 SOAK_ONLY = pytest.mark.skipif(not os.environ.get("DISTILLERY_SOAK"), reason="long fault scenario: run `make soak`")
@@ -182,104 +181,17 @@ def test_python_teacher_errors_name_the_field(tmp_path):
 # ------------------------------------------------------------------ multi-node: node loss, driver loss
 
 
-def _free_block(size: int) -> int:
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
-    starts = list(range(PORT_RANGE[0], PORT_RANGE[1] - size, size))
-    random.shuffle(starts)
-    for start in starts:
-        if all(free(p) for p in range(start, start + size)):
-            return start
-    raise RuntimeError(f"no {size} free ports in {PORT_RANGE}")
-
-
-NODE_PORTS = ("node_manager_port", "object_manager_port", "metrics_agent_port", "metrics_export_port",
-              "dashboard_agent_listen_port", "runtime_env_agent_port")
-WORKER_PORTS = 24
-PER_NODE = len(NODE_PORTS) + 1 + WORKER_PORTS
-
-
-def _node_args(base: int, **resources) -> dict:
-    args = {name: base + i for i, name in enumerate(NODE_PORTS)}
-    lo = base + len(NODE_PORTS) + 1
-    args.update(node_ip_address="127.0.0.1", min_worker_port=lo, max_worker_port=lo + WORKER_PORTS - 1,
-                object_store_memory=120 * 1024**2, **resources)
-    return args
-
-
-def _processes_naming(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmd:
-                pids.append(int(entry))
-    return pids
-
-
 @pytest.fixture()
 def cluster(monkeypatch):
-    """Head (4 CPUs, reads) + two workers (2 CPUs, 1 `teacher_slot` each). Yields (cluster, temp_dir, base port);
-    room for a third node at base + 3 * PER_NODE."""
-    import ray
-    import ray._private.ray_constants as ray_constants
-    from ray.cluster_utils import Cluster
+    """Head (4 CPUs, reads) + two workers (2 CPUs, 1 `teacher_slot` each). Yields (cluster, temp_dir)."""
+    from helpers import local_cluster
 
-    if ray.is_initialized():
-        ray.shutdown()
-    temp_dir = tempfile.mkdtemp(prefix="rfl", dir="/tmp")  # short: Ray's unix sockets live under it
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # keep the driver on 127.0.0.1
     monkeypatch.chdir(REPO)  # workers get the driver's cwd on sys.path: the teacher's module imports
     monkeypatch.syspath_prepend(str(REPO))
-    os.makedirs(os.path.join(temp_dir, "ray"))
-    base = _free_block(4 * PER_NODE)
-    head = _node_args(base, num_cpus=4, num_gpus=0, include_dashboard=False, temp_dir=os.path.join(temp_dir, "ray"))
-    head["gcs_server_port"] = base + len(NODE_PORTS)
-    c = Cluster(shutdown_at_exit=True)
-    try:
-        c.add_node(**head)
-        for i in (1, 2):
-            c.add_node(**_node_args(base + i * PER_NODE, num_cpus=2, resources={"teacher_slot": 1}))
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
-        yield c, temp_dir, base
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        for _ in range(20):
-            left = _processes_naming(temp_dir)
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    with local_cluster(monkeypatch, PORT_RANGE, "rfl", head={"num_cpus": 4, "num_gpus": 0},
+                       workers=[{"num_cpus": 2, "resources": {"teacher_slot": 1}}] * 2,
+                       object_store_mb=120) as (c, _, temp_dir):
+        yield c, temp_dir
 
 
 @pytest.mark.slow
@@ -287,8 +199,9 @@ def _wait(predicate, timeout_s: float, what: str):
 @SOAK_ONLY
 def test_worker_node_removed_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
     from distillery.labeling import run
+    from helpers import wait_for
 
-    c, _, _ = cluster
+    c, _ = cluster
     write_data(tmp_path, seed=7, rows_train=240, rows_unlabeled=480, files=6)
     log_dir = tmp_path / "calls"
     cfg = label_config(tmp_path, log_dir, files_per_round=12, teacher={"delay_s": 0.15},
@@ -303,7 +216,7 @@ def test_worker_node_removed_mid_run_loses_and_duplicates_nothing(cluster, tmp_p
 
     thread = threading.Thread(target=job, daemon=True)
     thread.start()
-    first = _wait(lambda: calls(log_dir, "ok"), 120, "the first labelled batch")
+    first = wait_for(lambda: calls(log_dir, "ok"), 120, "the first labelled batch")
     victim_id = first[0].split("-")[0]
     victim = next(n for n in c.list_all_nodes() if n.node_id == victim_id)
     assert victim is not c.head_node
@@ -336,8 +249,9 @@ run(LabelConfig.model_validate(json.loads(sys.argv[2])))
 @SOAK_ONLY
 def test_driver_killed_mid_run_resumes_without_relabelling_finished_files(cluster, tmp_path):
     from distillery.labeling import label_file_key, run
+    from helpers import wait_for
 
-    c, temp_dir, _ = cluster
+    c, temp_dir = cluster
     write_data(tmp_path, seed=9, rows_train=160, rows_unlabeled=320, files=4)  # 8 files, 2 per round
     log_dir = tmp_path / "calls"
     cfg = label_config(tmp_path, log_dir, teacher={"delay_s": 0.1},
@@ -347,7 +261,7 @@ def test_driver_killed_mid_run_resumes_without_relabelling_finished_files(cluste
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, c.address, cfg.model_dump_json()], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait(lambda: done_dir.exists() and len(os.listdir(done_dir)) >= 2, 180, "the first committed round")
+        wait_for(lambda: done_dir.exists() and len(os.listdir(done_dir)) >= 2, 180, "the first committed round")
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone: the cluster lives on
         driver.wait(timeout=30)
     finally:

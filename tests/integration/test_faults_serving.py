@@ -11,65 +11,46 @@ replica count restored, the model version served), never about wall time.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
-import yaml
 
 from distillery.loadtest import run_load
 from distillery.metrics import percentiles
-from distillery.serving.ingress import controller_options, ingress_env
+from helpers import (APP, deploy, export_int8, ingress, replica_actors, running_replicas, serve_config_for_test,
+                     wait_for)
+from tinymodels import save_tiny_bert
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 PORT = 19100
-# Serve's fast path (HAProxy + direct ingress) where an HAProxy binary runs, as shipped;
-# DISTILLERY_TEST_INGRESS=proxy runs the module through Serve's Python proxy instead.
-INGRESS_ENV, INGRESS = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
-INGRESS_OPTIONS = controller_options(INGRESS_ENV)
+_, _, INGRESS_OPTIONS = ingress()
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_SERVE_TOKEN"
 TOKEN = "fault-token-3c9e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-APP = "distillery"
 TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwear | ad category: sports"
 REPLICAS = 2  # queue settings are the shipped ones (serve/serve_config.yaml), so overload figures are real
 
 
-def export_model(hf_dir: Path, out_dir: Path) -> str:
-    from distillery.compress.export import export_onnx
-    from distillery.compress.quantize import quantize_int8
-
-    card = export_onnx(str(hf_dir), str(out_dir), max_length=64)
-    quantize_int8(str(out_dir))
-    return card["version"]
-
-
 @pytest.fixture(scope="module")
-def models(tiny_bert, tiny_factories, tmp_path_factory):
+def models(tiny_bert, tmp_path_factory):
     """`root/a`, `root/b` (two exported INT8 models) and `outside/c` (a model beyond the root)."""
-    _, save_tiny_bert = tiny_factories
     base = tmp_path_factory.mktemp("serve_faults")
-    versions = {"a": export_model(tiny_bert, base / "root" / "a")}
-    versions["b"] = export_model(save_tiny_bert(base / "bert_b", seed=1), base / "root" / "b")
-    versions["c"] = export_model(save_tiny_bert(base / "bert_c", seed=2), base / "outside" / "c")
+    versions = {"a": export_int8(tiny_bert, base / "root" / "a")}
+    versions["b"] = export_int8(save_tiny_bert(base / "bert_b", seed=1), base / "root" / "b")
+    versions["c"] = export_int8(save_tiny_bert(base / "bert_c", seed=2), base / "outside" / "c")
     (base / "root" / "escape").symlink_to(base / "outside" / "c")
     return base, versions
 
 
-def serve_config(root: Path, model: str = "a", **deployment) -> dict:
+def serve_config(root: Path, model: str = "a", port: int = PORT, **deployment) -> dict:
     """serve/serve_config.yaml with this test's port, model root, token, and two fixed small replicas."""
-    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": PORT, "request_timeout_s": 10}
+    config = serve_config_for_test(port, root, TOKEN_ENV, TOKEN, request_timeout_s=10)
     app = config["applications"][0]
-    app["runtime_env"]["env_vars"][TOKEN_ENV] = TOKEN
-    app["args"].update(model_root=str(root), model={"model_dir": "a", "variant": "int8"}, auth_token_env=TOKEN_ENV)
     app["args"]["limits"].update(max_body_bytes=100_000, max_rows=256)
     dep = app["deployments"][0]
     dep.pop("autoscaling_config", None)
@@ -79,51 +60,17 @@ def serve_config(root: Path, model: str = "a", **deployment) -> dict:
     return config
 
 
-def deploy(config: dict) -> None:
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
-
-
-def running_replicas() -> int:
-    from ray import serve
-
-    app = serve.status().applications.get(APP)
-    if app is None or "CTRServer" not in app.deployments:
-        return 0
-    return app.deployments["CTRServer"].replica_states.get("RUNNING", 0)
-
-
-def replica_actors() -> set[str]:
-    """Names of the live CTRServer replica actors (GCS directly: no dashboard runs in tests)."""
-    import ray
-
-    prefix = f"SERVE_REPLICA::{APP}#CTRServer#"
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
-
-
-def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def health() -> dict | None:
+def health(port: int = PORT) -> dict | None:
     """/healthz as the token holder sees it (anonymous callers get only the status)."""
     try:
-        r = requests.get(f"{URL}/healthz", headers=AUTH, timeout=2)
+        r = requests.get(f"http://127.0.0.1:{port}/healthz", headers=AUTH, timeout=2)
         return r.json() if r.status_code == 200 else None
     except requests.RequestException:
         return None
 
 
-def served_version() -> str | None:
-    return (health() or {}).get("model_version")
+def served_version(port: int = PORT) -> str | None:
+    return (health(port) or {}).get("model_version")
 
 
 def every_replica(predicate, timeout_s: float, what: str) -> dict[str, dict]:
@@ -165,13 +112,13 @@ def failed(statuses: dict[int, int]) -> int:
 
 
 def load_slices(stop: threading.Event, timeline: list, concurrency: int, rows: int = 1, slice_s: float = 0.5,
-                max_slices: int = 200) -> None:
+                max_slices: int = 200, port: int = PORT) -> None:
     """Steady load in short bounded slices until `stop` (at most `max_slices`); appends (t_end, LoadResult)."""
     gen = bodies(rows)
     for _ in range(max_slices):
         if stop.is_set():
             return
-        result = run_load(URL, gen, requests=10_000, concurrency=concurrency, max_seconds=slice_s, headers=AUTH)
+        result = run_load(f"http://127.0.0.1:{port}", gen, requests=10_000, concurrency=concurrency, max_seconds=slice_s, headers=AUTH)
         timeline.append((time.monotonic(), result))
 
 
@@ -189,13 +136,14 @@ def summarise(timeline: list) -> dict:
 # ------------------------------------------------------------------------------- replica killed
 
 
-def kill_one_replica_under_load(concurrency: int = 4) -> dict:
+def kill_one_replica_under_load(concurrency: int = 4, port: int = PORT) -> dict:
     """Kill a replica actor under steady load; returns the failure count and the recovery times."""
     import ray
 
     wait_for(lambda: running_replicas() == REPLICAS, 120, "all replicas running before the kill")
     stop, timeline = threading.Event(), []
-    loader = threading.Thread(target=load_slices, args=(stop, timeline, concurrency), daemon=True)
+    loader = threading.Thread(target=load_slices, args=(stop, timeline, concurrency), kwargs={"port": port},
+                              daemon=True)
     loader.start()
     try:
         wait_for(lambda: len(timeline) >= 4, 60, "steady load")
@@ -231,14 +179,16 @@ def test_replica_killed_under_steady_load_is_replaced_with_few_failures(server):
 # ------------------------------------------------------------------------------- overload
 
 
-def overload(clients: int = 150, capacity_s: float = 3.0, overload_s: float = 6.0, rows: int = 128) -> dict:
+def overload(clients: int = 150, capacity_s: float = 3.0, overload_s: float = 6.0, rows: int = 128,
+             port: int = PORT) -> dict:
     """Capacity: closed loop with 4 clients (enough to keep both replicas busy). Overload: `clients`
     closed-loop clients, whose shed requests come straight back, for `overload_s`. Then light load."""
-    base = run_load(URL, bodies(rows), requests=100_000, concurrency=4, max_seconds=capacity_s, headers=AUTH)
+    url = f"http://127.0.0.1:{port}"
+    base = run_load(url, bodies(rows), requests=100_000, concurrency=4, max_seconds=capacity_s, headers=AUTH)
     capacity_rps = base.statuses.get(200, 0) / base.seconds
-    flood = run_load(URL, bodies(rows), requests=200_000, concurrency=clients, max_seconds=overload_s, headers=AUTH)
+    flood = run_load(url, bodies(rows), requests=200_000, concurrency=clients, max_seconds=overload_s, headers=AUTH)
     time.sleep(1.0)
-    after = run_load(URL, bodies(rows), requests=40, concurrency=2, max_seconds=30, headers=AUTH)
+    after = run_load(url, bodies(rows), requests=40, concurrency=2, max_seconds=30, headers=AUTH)
     offered_rps = flood.requests / flood.seconds
     return {
         "capacity_rps": round(capacity_rps, 1), "capacity_p99_ms": percentiles(base.latencies_ms)["p99"],
@@ -263,18 +213,19 @@ def test_overload_is_shed_with_503_and_service_recovers(server):
 # ------------------------------------------------------------------------------- hot swap
 
 
-def hot_swap_under_load(root: Path, versions: dict[str, str], concurrency: int = 4) -> dict:
+def hot_swap_under_load(root: Path, versions: dict[str, str], concurrency: int = 4, port: int = PORT) -> dict:
     """Swap a <-> b through `user_config` under steady load; returns the load summary and the swap time."""
     stop, timeline = threading.Event(), []
     seen: list[str | None] = []
-    loader = threading.Thread(target=load_slices, args=(stop, timeline, concurrency), daemon=True)
+    loader = threading.Thread(target=load_slices, args=(stop, timeline, concurrency), kwargs={"port": port},
+                              daemon=True)
     loader.start()
     try:
         wait_for(lambda: len(timeline) >= 2, 60, "steady load")
-        target = "b" if served_version() == versions["a"] else "a"
+        target = "b" if served_version(port) == versions["a"] else "a"
         t0 = time.monotonic()
-        deploy(serve_config(root, model=target))
-        wait_for(lambda: seen.append(served_version()) or seen[-1] == versions[target], 60, "the new version")
+        deploy(serve_config(root, model=target, port=port))
+        wait_for(lambda: seen.append(served_version(port)) or seen[-1] == versions[target], 60, "the new version")
         swap_s = time.monotonic() - t0
         time.sleep(1.5)
     finally:

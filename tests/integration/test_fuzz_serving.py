@@ -8,8 +8,6 @@ actor is never replaced).
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,70 +15,39 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distillery.serving.ingress import controller_options, ingress_env
+from helpers import (APP, answers_health, deploy, export_int8, ingress, replica_actors, serve_config_for_test,
+                     wait_for)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 PORT = 19200
-# Serve's fast path (HAProxy + direct ingress) where an HAProxy binary runs, as shipped;
-# DISTILLERY_TEST_INGRESS=proxy runs the module through Serve's Python proxy instead.
-INGRESS_ENV, INGRESS = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
-INGRESS_OPTIONS = controller_options(INGRESS_ENV)
+_, _, INGRESS_OPTIONS = ingress()
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_SERVE_TOKEN"
 TOKEN = "fuzz-token-51d2"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-APP = "distillery"
 JSON_CT = {"Content-Type": "application/json"}
 POST_ROUTES = ["/predict", "/v2/models/ctr/infer", "/openrtb/2.5/bid", "/openrtb/2.6/bid"]
 HTTP = requests.Session()
 
 
-def replicas() -> set[str]:
-    import ray
-
-    prefix = f"SERVE_REPLICA::{APP}#CTRServer#"
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
-
-
 @pytest.fixture(scope="module")
 def server(local_ray, tiny_bert, tmp_path_factory):
     """One replica with auth on; yields its actor name (which must not change while fuzzing)."""
-    import time
-
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    from distillery.compress.export import export_onnx
-    from distillery.compress.quantize import quantize_int8
 
     root = tmp_path_factory.mktemp("fuzz_root")
-    export_onnx(str(tiny_bert), str(root / "a"), max_length=64)
-    quantize_int8(str(root / "a"))
-    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": PORT}
+    export_int8(tiny_bert, root / "a")
+    config = serve_config_for_test(PORT, root, TOKEN_ENV, TOKEN)
     app = config["applications"][0]
-    app["runtime_env"]["env_vars"][TOKEN_ENV] = TOKEN
-    app["args"].update(model_root=str(root), model={"model_dir": "a", "variant": "int8"}, auth_token_env=TOKEN_ENV)
     app["args"]["limits"].update(max_body_bytes=50_000, max_rows=64, max_text_chars=500)
     dep = app["deployments"][0]
     dep.pop("autoscaling_config", None)
     dep.update(num_replicas=1, ray_actor_options={"num_cpus": 0.25})
     serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if HTTP.get(f"{URL}/healthz", timeout=2).status_code == 200 and replicas():
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    else:
-        raise AssertionError("the app did not come up")
-    (replica,) = replicas()
+    deploy(config)
+    wait_for(lambda: answers_health(URL, HTTP) and replica_actors(), 180, "the app to come up", every_s=0.5)
+    (replica,) = replica_actors()
     yield replica
     serve.delete(APP)
     serve.shutdown()
@@ -219,7 +186,7 @@ def test_malformed_corpus_gets_no_5xx_and_the_replica_stays(server):
         assert_not_5xx(r, (name, value))
         sent += 1
     print(f"\ncorpus: {sent} malformed requests, 0 answered 5xx")
-    assert replicas() == {server}
+    assert replica_actors() == {server}
     assert HTTP.get(f"{URL}/healthz", timeout=5).status_code == 200
 
 
@@ -247,7 +214,7 @@ def test_property_based_bodies_get_no_5xx(server, path):
         assert_not_5xx(send("POST", path, json.dumps(body).encode(), JSON_CT), body)
 
     check()
-    assert replicas() == {server}
+    assert replica_actors() == {server}
 
 
 # ------------------------------------------------------------------------------- schemathesis (OIP spec)
@@ -292,4 +259,4 @@ def test_schemathesis_against_the_oip_spec(server, shared_data):
     print(f"\nschemathesis: {sum(counts.values())} cases over {len(counts)} OIP operations, 0 answered 5xx: {counts}; statuses {statuses}")
     assert len(counts) == 6
     assert statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0  # cases reached the handlers, good and bad
-    assert replicas() == {server}
+    assert replica_actors() == {server}

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,9 +30,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import REPO, free_port_block, kill_processes_naming, processes_naming
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 PORT_RANGE = (28000, 28999)
@@ -43,25 +42,6 @@ NAMED_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-ag
                "node-manager-port", "object-manager-port")
 WORKER_PORTS = 48
 JOB_TIMEOUT_S = 420
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port_block(size: int) -> int:
-    """First port of `size` consecutive free ports in PORT_RANGE (random start: parallel runs)."""
-    starts = list(range(PORT_RANGE[0], PORT_RANGE[1] - size, size))
-    random.shuffle(starts)
-    for start in starts:
-        if all(_port_free(p) for p in range(start, start + size)):
-            return start
-    raise RuntimeError(f"no {size} free ports in {PORT_RANGE}")
 
 
 @dataclass
@@ -102,7 +82,7 @@ class TokenHead:
 
 def _start_head(log_path: Path) -> TokenHead:
     token = secrets.token_hex(32)
-    base = _free_port_block(len(NAMED_PORTS) + WORKER_PORTS)
+    base = free_port_block(len(NAMED_PORTS) + WORKER_PORTS, PORT_RANGE)
     ports = {name: base + i for i, name in enumerate(NAMED_PORTS)}
     worker_lo = base + len(NAMED_PORTS)
     temp_dir = tempfile.mkdtemp(prefix="rjs", dir="/tmp")  # short: Ray's unix sockets live under it
@@ -147,31 +127,8 @@ def _stop_head(head: TokenHead) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    for _ in range(20):
-        stragglers = _processes_naming(head.temp_dir)
-        if not stragglers:
-            break
-        for pid in stragglers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
+    kill_processes_naming(head.temp_dir)
     shutil.rmtree(head.temp_dir, ignore_errors=True)
-
-
-def _processes_naming(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(entry))
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +138,7 @@ def token_head(tmp_path_factory):
         yield head
     finally:
         _stop_head(head)
-        assert not _processes_naming(head.temp_dir), "Ray processes outlived teardown"
+        assert not processes_naming(head.temp_dir), "Ray processes outlived teardown"
 
 
 @pytest.fixture(scope="module")

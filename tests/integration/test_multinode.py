@@ -11,110 +11,24 @@ address file live in this test's own temp dir, so no other Ray on the machine ca
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
-import signal
-import socket
-import tempfile
-import time
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import REPO, local_cluster
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 PORT_RANGE = (28000, 28999)
-NODE_PORTS = ("node_manager_port", "object_manager_port", "metrics_agent_port", "metrics_export_port",
-              "dashboard_agent_listen_port", "runtime_env_agent_port")
-WORKER_PORTS = 24
-PORTS_PER_NODE = len(NODE_PORTS) + 1 + WORKER_PORTS  # + the head's GCS port
-
-
-def _free_block(size: int) -> int:
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
-    starts = list(range(PORT_RANGE[0], PORT_RANGE[1] - size, size))
-    random.shuffle(starts)
-    for start in starts:
-        if all(free(p) for p in range(start, start + size)):
-            return start
-    raise RuntimeError(f"no {size} free ports in {PORT_RANGE}")
-
-
-def _node_args(base: int, **resources) -> dict:
-    args = {name: base + i for i, name in enumerate(NODE_PORTS)}
-    lo = base + len(NODE_PORTS) + 1
-    args.update(node_ip_address="127.0.0.1", min_worker_port=lo, max_worker_port=lo + WORKER_PORTS - 1,
-                object_store_memory=150 * 1024**2, **resources)
-    return args
-
-
-def _processes_naming(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                pids.append(int(entry))
-    return pids
 
 
 @pytest.fixture()
 def gpu_cluster(monkeypatch):
     """Head: 8 logical CPUs (read tasks want whole CPUs), no GPU. Two workers: 2 CPUs and 1 logical GPU each. Yields (cluster, worker node ids)."""
-    import ray
-    import ray._private.ray_constants as ray_constants
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    temp_dir = tempfile.mkdtemp(prefix="rmn", dir="/tmp")  # short: Ray's unix sockets live under it
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)  # the "current cluster" file goes here, not /tmp/ray
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    # Ray rewrites 127.0.0.1 to the machine's address when a driver connects; keep it on loopback.
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    os.makedirs(os.path.join(temp_dir, "ray"))  # Ray's default dir under RAY_TMPDIR
-    base = _free_block(3 * PORTS_PER_NODE)
-    head_args = _node_args(base, num_cpus=8, num_gpus=0, include_dashboard=False,
-                           temp_dir=os.path.join(temp_dir, "ray"))
-    head_args["gcs_server_port"] = base + len(NODE_PORTS)
-    cluster = Cluster(shutdown_at_exit=True)
-    try:
-        cluster.add_node(**head_args)
-        workers = [cluster.add_node(**_node_args(base + (i + 1) * PORTS_PER_NODE, num_cpus=2, num_gpus=1))
-                   for i in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    with local_cluster(monkeypatch, PORT_RANGE, "rmn", head={"num_cpus": 8, "num_gpus": 0},
+                       workers=[{"num_cpus": 2, "num_gpus": 1}] * 2, object_store_mb=150) as (cluster, workers, _):
         yield cluster, {w.node_id for w in workers}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for _ in range(20):
-            left = _processes_naming(temp_dir)
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -21,53 +21,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import yaml
 
-from distillery.serving.ingress import controller_options, ingress_env
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def save_tiny_bert(path: Path, seed: int) -> Path:
-    """tests/conftest.py's builder (a sibling conftest shadows the module name `conftest` here)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_distillery_root_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.save_tiny_bert(path, seed=seed)
+from helpers import (APP, answers_health, deploy, export_int8, ingress, running_replicas, serve_config_for_test,
+                     wait_for)
+from tinymodels import save_tiny_bert
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT = 18100
-# Serve's fast path (HAProxy + direct ingress) where an HAProxy binary runs, as shipped;
-# DISTILLERY_TEST_INGRESS=proxy runs the module through Serve's Python proxy instead.
-INGRESS_ENV, INGRESS = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
-INGRESS_OPTIONS = controller_options(INGRESS_ENV)
+INGRESS_ENV, INGRESS, INGRESS_OPTIONS = ingress()
 CLI_PORT = 18150
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_TEST_SERVE_TOKEN"
 TOKEN = "test-token-8b1f"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-APP = "distillery"
 TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwear | ad category: sports"
-
-
-def _export(hf_dir: Path, out_dir: Path) -> str:
-    from distillery.compress.export import export_onnx
-    from distillery.compress.quantize import quantize_int8
-
-    card = export_onnx(str(hf_dir), str(out_dir), max_length=64)
-    quantize_int8(str(out_dir))
-    return card["version"]
 
 
 @pytest.fixture(scope="module")
 def models(tiny_bert, tmp_path_factory):
     """Model root with two exported INT8 models of different weights: `a` and `b`."""
     root = tmp_path_factory.mktemp("model_root")
-    _export(tiny_bert, root / "a")
-    _export(save_tiny_bert(tmp_path_factory.mktemp("bert_b"), seed=1), root / "b")
+    export_int8(tiny_bert, root / "a")
+    export_int8(save_tiny_bert(tmp_path_factory.mktemp("bert_b"), seed=1), root / "b")
     from distillery.onnx_model.scorer import OnnxScorer
 
     scorers = {name: OnnxScorer(str(root / name), variant="int8", intra_op_threads=1) for name in ("a", "b")}
@@ -77,11 +53,8 @@ def models(tiny_bert, tmp_path_factory):
 
 def _config(root: Path, model: str = "a", **deployment) -> dict:
     """serve/serve_config.yaml with the test's port, model root, token and small resources."""
-    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": PORT}
+    config = serve_config_for_test(PORT, root, TOKEN_ENV, TOKEN)
     app = config["applications"][0]
-    app["runtime_env"]["env_vars"][TOKEN_ENV] = TOKEN
-    app["args"].update(model_root=str(root), model={"model_dir": "a", "variant": "int8"}, auth_token_env=TOKEN_ENV)
     app["args"]["limits"].update(max_body_bytes=200_000)
     app["args"]["bidder"].update(network_margin_ms=20.0)
     app["args"]["batch"].update(batch_wait_timeout_ms=3.0)  # > the 1 ms budget of the deadline test
@@ -95,47 +68,14 @@ def _config(root: Path, model: str = "a", **deployment) -> dict:
     return config
 
 
-def _deploy(config: dict) -> None:
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
-
-
-def _replicas() -> int:
-    from ray import serve
-
-    app = serve.status().applications.get(APP)
-    if app is None or "CTRServer" not in app.deployments:
-        return 0
-    return app.deployments["CTRServer"].replica_states.get("RUNNING", 0)
-
-
-def _wait(predicate, timeout_s: float, what: str, every_s: float = 0.25):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def _healthy() -> bool:
-    try:
-        return requests.get(f"{URL}/healthz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(local_ray, models):
     from ray import serve
 
     root, scorers = models
     serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
-    _deploy(_config(root))
-    _wait(_healthy, 120, "the app to answer /healthz")
+    deploy(_config(root))
+    wait_for(lambda: answers_health(URL), 120, "the app to answer /healthz")
     yield root, scorers
     serve.shutdown()
 
@@ -168,7 +108,7 @@ def test_requests_take_the_fast_path_where_haproxy_runs(server):
         lines = [ln.split() for cfg in work.rglob("haproxy.cfg") for ln in cfg.read_text().splitlines()]
         return [int(w[2].rsplit(":", 1)[1]) for w in lines if w[:1] == ["server"] and "backup" not in w]
 
-    ports = _wait(replica_ports, 60, "a replica's direct-ingress port in HAProxy's config")
+    ports = wait_for(replica_ports, 60, "a replica's direct-ingress port in HAProxy's config")
     assert all(lo <= p <= hi for p in ports), ports
     direct = ports[0]
     r = requests.post(f"http://127.0.0.1:{direct}/predict", json={"texts": [TEXT]}, timeout=10)
@@ -447,15 +387,15 @@ def test_cuda_required_but_absent_refuses_to_start(server):
     cuda.update(name="cuda-check", route_prefix="/cuda-check")
     cuda["args"]["provider"] = "cuda"
     cuda["deployments"][0].update(max_constructor_retry_count=1, autoscaling_config=None, num_replicas=1)
-    _deploy({**config, "applications": [config["applications"][0], cuda]})
+    deploy({**config, "applications": [config["applications"][0], cuda]})
     try:
-        status = _wait(lambda: (a := serve.status().applications.get("cuda-check")) and a.status == "DEPLOY_FAILED" and a,
+        status = wait_for(lambda: (a := serve.status().applications.get("cuda-check")) and a.status == "DEPLOY_FAILED" and a,
                        120, "the cuda app to fail")
         assert "refusing to run on CPU" in status.message + str(status.deployments)
         assert post("/predict", {"texts": [TEXT]}).status_code == 200
     finally:
-        _deploy(config)
-        _wait(lambda: "cuda-check" not in serve.status().applications, 60, "the cuda app to go away")
+        deploy(config)
+        wait_for(lambda: "cuda-check" not in serve.status().applications, 60, "the cuda app to go away")
 
 
 # -- operations -------------------------------------------------------------------------------
@@ -484,10 +424,10 @@ def test_hot_swap_under_load_fails_no_request(server):
     with ThreadPoolExecutor(4) as pool:
         for _ in range(4):
             pool.submit(_load, stop, results, {"texts": [TEXT]}, 3000)
-        _wait(lambda: len(results) >= 20, 30, "load to start")
-        _deploy(_config(root, model="b"))
-        swapped = _wait(lambda: next((t for t, _, v, _ in list(results) if v == vb), None), 60, "version b")
-        _wait(lambda: results[-1][0] > swapped + 1.0, 30, "a second of load after the swap")
+        wait_for(lambda: len(results) >= 20, 30, "load to start")
+        deploy(_config(root, model="b"))
+        swapped = wait_for(lambda: next((t for t, _, v, _ in list(results) if v == vb), None), 60, "version b")
+        wait_for(lambda: results[-1][0] > swapped + 1.0, 30, "a second of load after the swap")
         stop.set()
     statuses = [s for _, s, _, _ in results]
     assert statuses.count(200) == len(results), {s for s in statuses if s != 200}
@@ -503,14 +443,14 @@ def test_hot_swap_under_load_fails_no_request(server):
 def test_bad_swap_keeps_the_old_model_serving(server):
     root, scorers = server
     before = post("/predict", {"texts": [TEXT]}).json()["model_version"]
-    _deploy(_config(root, model="missing"))
+    deploy(_config(root, model="missing"))
     time.sleep(3)
     r = post("/predict", {"texts": [TEXT]})
     assert r.status_code == 200 and r.json()["model_version"] == before
     from ray import serve
 
-    _deploy(_config(root, model="a"))
-    _wait(lambda: post("/predict", {"texts": [TEXT]}).json()["model_version"] == scorers["a"].version, 60, "swap back")
+    deploy(_config(root, model="a"))
+    wait_for(lambda: post("/predict", {"texts": [TEXT]}).json()["model_version"] == scorers["a"].version, 60, "swap back")
     assert serve.status().applications[APP].status == "RUNNING"
 
 
@@ -534,7 +474,7 @@ def test_metrics_are_exported_to_prometheus(server, shared_data):
         return text if all(w in text for w in wanted) else None
 
     try:
-        text = _wait(scrape, 60, "distillery metrics on the Prometheus endpoint", every_s=2.0)
+        text = wait_for(scrape, 60, "distillery metrics on the Prometheus endpoint", every_s=2.0)
     except AssertionError:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         raise AssertionError(f"missing {[w for w in wanted if w not in text]}") from None
@@ -565,7 +505,7 @@ def test_overload_is_shed_with_503_not_500(server):
 
 
 def test_autoscaling_goes_to_two_replicas_under_load_and_back(server):
-    _wait(lambda: _replicas() == 1, 60, "one replica before the load")
+    wait_for(lambda: running_replicas() == 1, 60, "one replica before the load")
     stop, results = threading.Event(), []
     body = {"texts": [f"{TEXT} {i}" for i in range(64)]}
     timeline = []
@@ -573,11 +513,11 @@ def test_autoscaling_goes_to_two_replicas_under_load_and_back(server):
         for _ in range(12):
             pool.submit(_load, stop, results, body, 2000)
         try:
-            _wait(lambda: timeline.append(_replicas()) or timeline[-1] == 2, 60, "a second replica")
+            wait_for(lambda: timeline.append(running_replicas()) or timeline[-1] == 2, 60, "a second replica")
         finally:
             stop.set()
     assert {s for _, s, _, _ in results} <= {200}, {s for _, s, _, _ in results}
-    _wait(lambda: _replicas() == 1, 60, "scale back down to one replica")
+    wait_for(lambda: running_replicas() == 1, 60, "scale back down to one replica")
 
 
 def test_distillery_serve_cli(models, tmp_path):
@@ -614,8 +554,9 @@ def test_shipped_serve_config_validates():
     from ray.serve.schema import ServeDeploySchema
 
     from distillery.serving.config import AppArgs, deployment_options
+    from distillery.serving.config import load_serve_config
 
-    config = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
+    config = load_serve_config()
     ServeDeploySchema.model_validate(copy.deepcopy(config))
     args = AppArgs.model_validate(config["applications"][0]["args"])
     assert args.model.model_dir == "demo/onnx" and args.batch.max_batch_rows >= 8

@@ -30,6 +30,8 @@ import pytest
 import yaml
 from jsonschema import validators
 
+from distillery.serving.config import load_serve_config
+
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -465,7 +467,7 @@ def test_rayservice_serves_the_same_application_as_serve_config():
     """Drift test: serveConfigV2 carries the applications of serve/serve_config.yaml, unchanged."""
     if not SERVE_CONFIG.exists():
         pytest.skip("serve/serve_config.yaml not written yet (the serving stage owns it)")
-    local = yaml.safe_load(SERVE_CONFIG.read_text())
+    local = load_serve_config(SERVE_CONFIG)
     ((_, service),) = _ray_objects("RayService")
     cluster = yaml.safe_load(service["spec"]["serveConfigV2"])
     drift = _differences(_serve_applications(cluster), _serve_applications(local))
@@ -478,7 +480,7 @@ def test_rayservice_serves_the_same_application_as_serve_config():
 def test_rayservice_pods_take_serves_fast_path_as_serve_config_does():
     """HAProxy + direct ingress on every RayService pod, the same switches serve/serve_config.yaml's
     controller_options set (and serveConfigV2 carries them, see the drift test)."""
-    local = yaml.safe_load(SERVE_CONFIG.read_text())
+    local = load_serve_config(SERVE_CONFIG)
     wanted = local["controller_options"]["runtime_env"]["env_vars"]
     assert wanted["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and wanted["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     ((_, service),) = _ray_objects("RayService")
