@@ -8,11 +8,12 @@ catalog of N ads (synthetic log ads), positions and slot sizes varied.
 - `cross`: `plan.texts()` as the bidder renders them (`to_text` per candidate) → `OnnxScorer.predict_proba`:
   one transformer pass per candidate.
 - `cross_rows`: the same model, token ids assembled from each ad's tokens (once) and the request's
-  (`serving.cross_candidates.CrossCandidateScorer.predict_rows`, exactly the tokenizer's ids).
+  (`onnx_model.cross_candidates.CrossCandidateScorer.predict_rows`, exactly the tokenizer's ids).
 - `two_tower` (rows): `TwoTowerScorer.predict_rows(candidate rows)` after `warm_ads(catalog)` (timed
   apart, once): one request-tower pass + the head per candidate.
-- `two_tower_texts`: the same scorer through `predict_proba(plan.texts())`, the path today's
-  deployment bid route calls (rendering and re-parsing each candidate's text included).
+- `two_tower_texts`: the same scorer through `predict_proba(plan.texts())`, the path the
+  deployment's bid route took before it handed the model rows (rendering and re-parsing each
+  candidate's text included).
 
 `bid_ms(...)` is importable for `bench/bidder.py`. Prints the CPU (`distillery.hardware.cpu_summary()`)
 beside the figures and one JSON object as its last line.
@@ -80,7 +81,7 @@ def bid_ms(cross_dir: str | None, two_tower_dir: str | None, variant: str = "int
     """`{"two_tower": {"N": {"p50", "p99", "calls"}}, "two_tower_texts": …, "cross": …, "warm_ads_ms": …}`."""
     from distillery.data.synthetic import SyntheticConfig, generate
     from distillery.data.text import to_text
-    from distillery.serving.cross_candidates import CrossCandidateScorer
+    from distillery.onnx_model.cross_candidates import CrossCandidateScorer
     from distillery.onnx_model.two_tower import TwoTowerScorer
 
     contexts = [{k: r[k] for k in ("query", "site_category", "device", "os", "hour")}

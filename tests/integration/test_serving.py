@@ -454,6 +454,59 @@ def test_bad_swap_keeps_the_old_model_serving(server):
     assert serve.status().applications[APP].status == "RUNNING"
 
 
+def _two_tower_int8(hf_dir: Path, out_dir: Path) -> None:
+    """An (untrained) two-tower student on the tiny BERT's layers, exported to ONNX and quantized."""
+    from distillery.compress.export_two_tower import export_two_tower
+    from distillery.compress.quantize import quantize_int8
+    from distillery.training.init import ModelInit, build_model
+    from distillery.training.loop import TrainState, save_checkpoint
+
+    model, tokenizer = build_model(ModelInit(kind="two_tower", source=str(hf_dir), layers=[0, 1]))
+    save_checkpoint(str(out_dir.parent / "tt_student"), model, tokenizer, TrainState())
+    export_two_tower(str(out_dir.parent / "tt_student"), str(out_dir), max_length=48)
+    quantize_int8(str(out_dir))
+
+
+def test_a_two_tower_student_serves_predict_and_bids(server, tiny_bert):
+    """Hot swap to a two-tower student: /predict (texts and rows) and an OpenRTB bid answer exactly what
+    the in-process TwoTowerScorer and bidder decide; then back to the cross-encoder."""
+    from distillery.onnx_model.two_tower import TwoTowerScorer
+    from distillery.serving.bidder import decide_bids, plan_bids
+    from distillery.serving.catalog import load_catalog
+
+    root, scorers = server
+    _two_tower_int8(tiny_bert, root / "tt")
+    local = TwoTowerScorer(str(root / "tt"), "int8", intra_op_threads=1)
+    local.warm_ads(ad.row_fields() for ad in load_catalog().candidates())  # as the replica does: the same ad batches
+    deploy(_config(root, model="tt"))
+    wait_for(lambda: post("/predict", {"texts": [TEXT]}).headers.get("x-model-version") == local.version, 90, "the two-tower model")
+    rows = [{"query": "running shoes", "device": "mobile", "position": 1, "ad_title": "Trail runner", "ad_category": "sports"},
+            {"query": "cheap flights", "site_category": "travel", "position": 2, "ad_title": "Fares to Paris"}]
+    r = post("/predict", {"rows": rows})
+    assert r.status_code == 200, r.text
+    # dynamic INT8 scales each tower batch by its own range: an ad encoded in another batch moves p by ~1e-5
+    np.testing.assert_allclose(r.json()["probabilities"], local.predict_rows(rows), atol=1e-4)
+    r = post("/predict", {"texts": [TEXT]})
+    np.testing.assert_allclose(r.json()["probabilities"], local.predict_proba([TEXT]), atol=1e-4)
+
+    request = {"id": "tt-1", "tmax": 5000, "site": {"domain": "news.example", "cat": ["IAB17"]},
+               "device": {"devicetype": 4, "os": "ios"}, "cur": ["USD"],
+               "imp": [{"id": "1", "bidfloor": 0.0, "banner": {"w": 300, "h": 250}},
+                       {"id": "2", "bidfloor": 0.0, "banner": {"w": 728, "h": 90}}]}
+    r = post("/openrtb/2.6/bid", request)
+    assert r.status_code == 200, r.text
+    plan = plan_bids(request, load_catalog())
+    expected, _ = decide_bids(plan, local.predict([c.row for c in plan.candidates]), model_version=local.version, openrtb="2.6")
+    got = {b["impid"]: b for s in r.json()["seatbid"] for b in s["bid"]}
+    want = {b["impid"]: b for s in expected["seatbid"] for b in s["bid"]}
+    assert got.keys() == want.keys() and len(plan.candidates) > 2
+    for imp, bid in want.items():  # the same creative at the same price from the same pCTR
+        assert (got[imp]["crid"], got[imp]["price"]) == (bid["crid"], bid["price"])
+        assert got[imp]["ext"]["pctr"] == pytest.approx(bid["ext"]["pctr"], abs=1e-6)
+    deploy(_config(root, model="a"))
+    wait_for(lambda: post("/predict", {"texts": [TEXT]}).headers.get("x-model-version") == scorers["a"].version, 90, "swap back")
+
+
 def test_metrics_are_exported_to_prometheus(server, shared_data):
     """The replica's counters reach Ray's Prometheus endpoint with Serve's tags (runs after the swaps)."""
     import ray

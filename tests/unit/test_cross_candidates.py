@@ -9,7 +9,7 @@ from tinymodels import save_tiny_bert
 from distillery.data.synthetic import SyntheticConfig, generate
 from distillery.data.text import to_text
 from distillery.serving.catalog import load_catalog
-from distillery.serving.cross_candidates import CandidateTokens, CrossCandidateScorer, exact_for
+from distillery.onnx_model.cross_candidates import CandidateTokens, CrossCandidateScorer, exact_for
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,21 @@ def test_scorer_rows_match_texts_and_tokenise_each_ad_once(tmp_path, tokenizer):
     rows = [{"query": "running shoes", "device": "mobile", "position": 1, **ad} for ad in ads]
     np.testing.assert_allclose(scorer.predict_rows(rows), scorer.predict_proba([to_text(r) for r in rows]), atol=1e-6)
     assert scorer.pieces.tokenized - before == 1  # the request, once
+
+
+def test_mixed_texts_and_rows_score_as_their_texts(tmp_path):
+    """One serving batch holds /predict texts and bid rows together: `predict` scores each as its text."""
+    from distillery.compress.export import export_onnx
+    from distillery.onnx_model.scorer import OnnxScorer
+    from distillery.onnx_model.two_tower import open_scorer
+
+    export_onnx(str(save_tiny_bert(tmp_path / "bert", seed=0)), str(tmp_path / "onnx"), max_length=64)
+    rows = _rows()[:40]
+    mixed = [to_text(r) if i % 3 else r for i, r in enumerate(rows)]
+    scorer = open_scorer(str(tmp_path / "onnx"), "fp32", intra_op_threads=1)
+    assert isinstance(scorer, CrossCandidateScorer)  # a cross-encoder's card opens the piece-cache scorer
+    expected = scorer.predict_proba([to_text(r) for r in rows])
+    np.testing.assert_allclose(scorer.predict(mixed), expected, atol=1e-6)
+    np.testing.assert_allclose(OnnxScorer(str(tmp_path / "onnx"), "fp32", intra_op_threads=1).predict(mixed), expected, atol=1e-6)
+    with pytest.raises(TypeError, match=r"inputs\[1\]: expected a row text \(str\) or a row \(dict\), got int"):
+        scorer.predict(["query: a", 7])

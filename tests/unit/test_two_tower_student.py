@@ -144,6 +144,10 @@ def test_serving_scorer_matches_pytorch_on_rows(trained, onnx_dir):
     assert isinstance(scorer, TwoTowerScorer) and scorer.card.student_kind == "two_tower"
     np.testing.assert_allclose(scorer.predict_rows(rows), ref, atol=1e-5)
     np.testing.assert_allclose(scorer.predict_proba([to_text(r) for r in rows]), ref, atol=1e-5)
+    mixed = [to_text(r) if i % 2 else r for i, r in enumerate(rows)]  # /predict texts and bid rows in one batch
+    np.testing.assert_allclose(scorer.predict(mixed), ref, atol=1e-5)
+    with pytest.raises(TypeError, match=r"inputs\[0\]: expected a row text"):
+        scorer.predict([None])
 
 
 def test_per_bid_tower_calls_do_not_grow_with_candidates(onnx_dir):

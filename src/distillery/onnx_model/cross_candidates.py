@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from distillery.data.schema import AD_FIELDS, CONTEXT_FIELDS, TEXT_FIELDS
 from distillery.data.text import to_text
-from distillery.onnx_model.scorer import OnnxScorer, sigmoid
+from distillery.onnx_model.scorer import OnnxScorer, check_row, sigmoid
 
 __all__ = ["CandidateTokens", "CrossCandidateScorer", "exact_for"]
 
@@ -80,7 +80,8 @@ class CandidateTokens:
 
 
 class CrossCandidateScorer(OnnxScorer):
-    """`OnnxScorer` whose `predict_rows` assembles token ids from `CandidateTokens` (same probabilities)."""
+    """`OnnxScorer` whose rows (`predict_rows`, the rows of `predict`) get their token ids from
+    `CandidateTokens` (same probabilities); texts are tokenised as `OnnxScorer` does."""
 
     def __init__(self, model_dir: str, variant: str = "int8", *, piece_cache_size: int = 200_000, **kwargs: Any):
         super().__init__(model_dir, variant, **kwargs)
@@ -92,8 +93,9 @@ class CrossCandidateScorer(OnnxScorer):
             self.pieces.piece(to_text({k: ad.get(k) for k in AD_FIELDS}))
         return self.pieces.tokenized - before
 
-    def predict_rows(self, rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
-        seqs = [self.pieces.ids(r) for r in rows]
+    def predict(self, inputs: Sequence[str | Mapping[str, Any]]) -> np.ndarray:
+        seqs = [self.tokenizer(x, truncation=True, max_length=self.max_length)["input_ids"] if isinstance(x, str)
+                else self.pieces.ids(check_row(i, x)) for i, x in enumerate(inputs)]
         if not seqs:
             return np.zeros(0, dtype=np.float64)
         width = max(len(s) for s in seqs)

@@ -19,13 +19,13 @@ skips ORT's per-run staging of inputs, which is where a small batch's copy time 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from distillery.onnx_model.card import ModelCard
 
-__all__ = ["OnnxScorer", "sigmoid", "provider_options", "PROVIDERS", "TRT_MAX_BATCH"]
+__all__ = ["OnnxScorer", "sigmoid", "check_row", "provider_options", "PROVIDERS", "TRT_MAX_BATCH"]
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -64,6 +64,13 @@ def provider_options(provider: str, device_id: int, model_dir: str, variant: str
         }
         return [trt, cuda, {}]
     return [{}]
+
+
+def check_row(i: int, x: Any) -> Mapping[str, Any]:
+    """`x` if it is a row dict; else a TypeError naming the input."""
+    if not isinstance(x, Mapping):
+        raise TypeError(f"inputs[{i}]: expected a row text (str) or a row (dict), got {type(x).__name__}")
+    return x
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -180,9 +187,14 @@ class OnnxScorer:
 
     def predict_rows(self, rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities for ad-log rows (dicts), rendered with `to_text`; float64 (n,)."""
+        return self.predict(list(rows))
+
+    def predict(self, inputs: Sequence[str | Mapping[str, Any]]) -> np.ndarray:
+        """Click probabilities `(n,)` of row texts (`to_text` strings) and row dicts, mixed, in one call:
+        what one serving batch holds when `/predict` texts and a bid's candidate rows share it."""
         from distillery.data.text import to_text  # pyarrow-backed schema: only the row path needs it
 
-        return self.predict_proba([to_text(r) for r in rows])
+        return self.predict_proba([x if isinstance(x, str) else to_text(check_row(i, x)) for i, x in enumerate(inputs)])
 
     def __repr__(self) -> str:
         return (f"OnnxScorer(name={self.name!r}, version={self.version!r}, variant={self.variant!r}, "

@@ -18,14 +18,14 @@ an ORT call per bid. `tower_calls` counts tower passes (tests assert the per-bid
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from distillery.config import validate_config
 from distillery.data.tower_inputs import TwoTowerSpec, tower_inputs, tower_inputs_from_fields
 from distillery.onnx_model.card import ModelCard, variant_path
-from distillery.onnx_model.scorer import OnnxScorer, sigmoid
+from distillery.onnx_model.scorer import OnnxScorer, check_row, sigmoid
 
 __all__ = ["KIND", "HEAD_FILE", "NumpyHead", "TwoTowerScorer", "open_scorer"]
 
@@ -34,10 +34,13 @@ HEAD_FILE = "two_tower_head.npz"
 
 
 def open_scorer(model_dir: str, variant: str = "int8", **kwargs):
-    """The scorer the card asks for: `TwoTowerScorer` for a two-tower student, else `OnnxScorer`."""
+    """The scorer the card asks for: `TwoTowerScorer` for a two-tower student, else a cross-encoder's
+    `OnnxScorer` (a `CrossCandidateScorer`: bid candidates from cached token pieces, texts as usual)."""
+    from distillery.onnx_model.cross_candidates import CrossCandidateScorer
+
     if ModelCard.read(model_dir).student_kind == KIND:
         return TwoTowerScorer(model_dir, variant, **kwargs)
-    return OnnxScorer(model_dir, variant, **kwargs)
+    return CrossCandidateScorer(model_dir, variant, **kwargs)
 
 
 class NumpyHead:
@@ -194,6 +197,11 @@ class TwoTowerScorer:
     def predict_rows(self, rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities `(n,)` of row dicts, without rendering and re-parsing the full row text."""
         return sigmoid(self.score_parts([self._row_parts(r) for r in rows]))
+
+    def predict(self, inputs: Sequence[str | Mapping[str, Any]]) -> np.ndarray:
+        """Click probabilities `(n,)` of row texts and row dicts, mixed, in one call (`OnnxScorer.predict`)."""
+        return sigmoid(self.score_parts([tower_inputs(x, self.spec) if isinstance(x, str) else self._row_parts(check_row(i, x))
+                                         for i, x in enumerate(inputs)]))
 
     def _row_parts(self, row: Mapping[str, Any]) -> tuple[str, str, int, int]:
         """`tower_inputs_from_fields`, with each tower's text memoised on the tuple of its fields' values:

@@ -7,7 +7,6 @@ The model a replica runs (its card, OnnxScorer, TwoTowerScorer) lives below, in 
     oip.py         Open Inference Protocol (KServe V2) payloads, JSON and binary tensors
     predict.py     /predict bodies (rows or texts)
     limits.py      edge guards: body size, UTF-8, JSON depth, bearer token
-    cross_candidates.py  cross-encoder bids: each catalog ad tokenised once
     batch.py       one @serve.batch call scored, a bad input failing only its own request
     app.py         build_app (serve run / serve deploy / RayService), `distillery serve`
     deployment.py  the Serve deployment (FastAPI ingress, @serve.batch, hot swap)

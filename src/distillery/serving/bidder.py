@@ -1,7 +1,7 @@
 """OpenRTB 2.5 / 2.6 bidding as a demand-side platform does it, in two pure steps around one model call.
 
     plan = plan_bids(request, catalog)                # eligibility: format, size, bcat, badv, cur, deals
-    probs = scorer.predict_proba(plan.texts())        # ALL candidates of the request in one batch
+    probs = scorer.predict([c.row for c in plan.candidates])   # ALL candidates of the request in one call
     response, no_bid = decide_bids(plan, probs, model_version="v1", openrtb="2.6")  # None: no bid (204)
 
 Per impression, each eligible (campaign, creative) pair becomes a candidate row: the impression's

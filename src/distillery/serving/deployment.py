@@ -92,8 +92,8 @@ async def _internal_error(request: Request, err: Exception) -> JSONResponse:
     return _error(500, f"internal error ({type(err).__name__}); the replica keeps serving")
 
 
-def _rows(items: list[list[str]]) -> int:
-    return sum(len(texts) for texts in items)
+def _rows(items: list[list[str | dict]]) -> int:
+    return sum(len(inputs) for inputs in items)
 
 
 _OFFLOAD_BYTES = 64_000  # bodies above this are parsed on a worker thread, not the event loop
@@ -174,12 +174,13 @@ class CTRServer:
 
     def _load(self, model: ModelSection):
         path = resolve_model_dir(self.args.model_root, model.model_dir)
-        # OnnxScorer, or TwoTowerScorer when the card says two_tower. OnnxScorer raises if provider=cuda
-        # and ORT did not really get CUDA: the replica refuses to start.
+        # A cross-encoder's scorer, or TwoTowerScorer when the card says two_tower. Either raises if
+        # provider=cuda and ORT did not really get CUDA: the replica refuses to start.
         scorer = open_scorer(path, variant=self.args.variant(model), provider=self.args.provider,
                              intra_op_threads=self.args.intra_op_threads)
-        if hasattr(scorer, "warm_ads"):  # two-tower: every catalog ad through the ad tower now (start, hot swap), not per bid
-            scorer.warm_ads(ad.row_fields() for ad in self._catalog.candidates())
+        # Every catalog ad prepared now (start, hot swap), not per bid: the two-tower's ad tower runs on
+        # it; a cross-encoder tokenises it once.
+        scorer.warm_ads(ad.row_fields() for ad in self._catalog.candidates())
         return scorer
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -237,22 +238,23 @@ class CTRServer:
 
     @serve.batch(max_batch_size=_SHIPPED_BATCH.max_batch_rows, batch_size_fn=_rows,  # reset from the args in __init__
                  batch_wait_timeout_s=_SHIPPED_BATCH.batch_wait_timeout_ms / 1000.0)
-    async def _score(self, items: list[list[str]]) -> list[tuple[np.ndarray | Exception, str]]:
-        """One ORT call for every text of the queued requests; sizes are in rows (`_rows`). An input
-        the model cannot take fails only its own request (`score_batch`), never the batch."""
+    async def _score(self, items: list[list[str | dict]]) -> list[tuple[np.ndarray | Exception, str]]:
+        """One scoring call for every input of the queued requests — `/predict` texts and bid candidate
+        rows alike (`scorer.predict`); sizes are in rows (`_rows`). An input the model cannot take
+        fails only its own request (`score_batch`), never the batch."""
         scorer = self._scorer  # a swap mid-batch does not split the batch across models
         if self.args.batch.score_in_thread:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._pool, score_batch, scorer.predict_proba, items)
+                self._pool, score_batch, scorer.predict, items)
         else:
-            results = score_batch(scorer.predict_proba, items)
+            results = score_batch(scorer.predict, items)
         self._metrics.predictions.inc(sum(len(r) for r in results if not isinstance(r, Exception)))
         return [(r, scorer.version) for r in results]
 
-    async def _score_texts(self, texts: list[str]) -> tuple[np.ndarray, str]:
-        """Probabilities (n,) float64 and the model version; large requests are cut to batch size."""
+    async def _score_inputs(self, inputs: list[str | dict]) -> tuple[np.ndarray, str]:
+        """Probabilities (n,) float64 of texts or rows, and the model version; large requests are cut to batch size."""
         size = self.args.batch.max_batch_rows
-        parts = await asyncio.gather(*(self._score(texts[i:i + size]) for i in range(0, len(texts), size)))
+        parts = await asyncio.gather(*(self._score(inputs[i:i + size]) for i in range(0, len(inputs), size)))
         if failed := next((p for p, _ in parts if isinstance(p, Exception)), None):
             self._metrics.unscorable.inc()
             log.warning("input the model could not score: %s: %s", type(failed).__name__, failed)
@@ -311,7 +313,7 @@ class CTRServer:
     async def predict(self, request: Request) -> JSONResponse:
         body = await self._body(request)
         texts = await self._off_loop(body, self._predict_texts, body)
-        probs, version = await self._score_texts(texts)
+        probs, version = await self._score_inputs(texts)
         return self._json({"model": self._scorer.name, "model_version": version,
                            "probabilities": probs.tolist()}, version=version)
 
@@ -348,7 +350,7 @@ class CTRServer:
         body = await self._body(request)
         oip.check_model(name, version, self._scorer.name, self._scorer.version)
         call = await self._off_loop(body, oip.parse_infer, body, dict(request.headers), self.args.limits)
-        probs, used = await self._score_texts(call.texts)
+        probs, used = await self._score_inputs(call.texts)
         payload, headers = oip.infer_response(call, probs, self._scorer.name, used)
         return Response(payload, headers={**headers, "x-model-version": used})
 
@@ -369,15 +371,16 @@ class CTRServer:
         return Response(status_code=204, headers={"x-model-version": version or self._scorer.version,
                                                   "x-no-bid-reason": safe})
 
-    def _plan(self, body: bytes) -> tuple[Any, BidPlan, list[str]]:
-        """Parse and plan a bid request, and render its model texts (CPU work: a worker thread runs it)."""
+    def _plan(self, body: bytes) -> tuple[Any, BidPlan]:
+        """Parse and plan a bid request (CPU work: a worker thread runs it). The candidates go to the
+        model as rows: no text is rendered and re-parsed per candidate (`scorer.predict`)."""
         cfg = self.args.bidder
         bid_request = parse_json_body(body, self.args.limits)
         try:
             plan = plan_bids(bid_request, self._catalog, cfg.max_candidates, cfg.max_impressions)
         except BidRequestError as err:
             raise BadRequest(err.status, f"bid request unusable: {err}") from None
-        return bid_request, plan, plan.texts()
+        return bid_request, plan
 
     async def _bid(self, request: Request, openrtb: str) -> Response:
         # tmax counts from arrival: the proxy's stamp (serving.arrival) when present, so time queued
@@ -385,7 +388,7 @@ class CTRServer:
         start = arrival_time(request.headers) or time.time()
         cfg = self.args.bidder
         body = await self._body(request)
-        bid_request, plan, texts = await asyncio.to_thread(self._plan, body)
+        bid_request, plan = await asyncio.to_thread(self._plan, body)
         if not plan.candidates:
             return self._no_bid("no_candidates", "; ".join(f"{k}: {v}" for k, v in plan.no_bid.items()))
         budget_s = deadline_budget_ms(bid_request, cfg.default_tmax_ms, cfg.network_margin_ms) / 1000.0
@@ -393,7 +396,7 @@ class CTRServer:
         if remaining <= 0:
             self._metrics.deadline_misses.inc()
             return self._no_bid("deadline", f"tmax budget {budget_s * 1000:.1f} ms spent before scoring")
-        task = asyncio.ensure_future(self._score_texts(texts))
+        task = asyncio.ensure_future(self._score_inputs([c.row for c in plan.candidates]))
         done, _ = await asyncio.wait({task}, timeout=remaining)
         if not done:
             task.cancel()  # queued rows of a cancelled request are dropped from their batch
