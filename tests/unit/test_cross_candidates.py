@@ -31,8 +31,12 @@ def _rows():
     return rows + [{**rows[i], **ads[i % len(ads)]} for i in range(60)] + odd
 
 
+@pytest.mark.parametrize("strip", [False, True], ids=["labels", "labels-stripped"])
 @pytest.mark.parametrize("max_length", [64, 16, 128])
-def test_piecewise_ids_equal_the_tokenizer_on_the_whole_text(tokenizer, max_length):
+def test_piecewise_ids_equal_the_tokenizer_on_the_whole_text(tokenizer, max_length, strip):
+    from distillery.training.vocab import strip_field_labels
+
+    tokenizer = strip_field_labels(tokenizer) if strip else tokenizer
     assert exact_for(tokenizer)
     pieces = CandidateTokens(tokenizer, max_length)
     for row in _rows():

@@ -70,3 +70,37 @@ def test_a_bpe_vocabulary_is_refused_with_a_reason():
     bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])))
     with pytest.raises(ValueError, match="only WordPiece.*BPE"):
         trim_vocabulary(torch.nn.Module(), bpe, ["ab"])
+
+
+def test_stripped_labels_survive_trimming_save_and_the_onnx_scorer(tmp_path, texts):
+    """`strip_field_labels`: the tokenizer reads a row without `to_text`'s labels (a third fewer pieces),
+    keeps values that merely look like labels, and every later stage that loads the folder
+    (save/load, vocabulary trimming, ONNX export, the serving scorer) tokenises the same way."""
+    from transformers import AutoTokenizer
+
+    from distillery.compress.export import export_onnx
+    from distillery.onnx_model.scorer import OnnxScorer
+
+    source = str(save_tiny_bert(tmp_path / "m"))
+    model, tok = build_model(ModelInit(kind="layer_subset", source=source, layers=[0, 1], strip_field_labels=True))
+    plain = AutoTokenizer.from_pretrained(source)
+    row = "query: ad: free shoes | site: news | hour: 3 | ad: trail | ad category: sports | C1=x"
+    assert tok.convert_ids_to_tokens(tok(row)["input_ids"]) == plain.convert_ids_to_tokens(
+        plain("ad: free shoes | news | 3 | trail | sports | C1=x")["input_ids"])  # "ad:" inside the query value stays
+    lengths = [len(ids) for ids in tok(texts)["input_ids"]], [len(ids) for ids in plain(texts)["input_ids"]]
+    assert sum(lengths[0]) < 0.75 * sum(lengths[1])
+    model, trimmed, _ = trim_vocabulary(model, tok, texts)
+    for text in texts[:20]:
+        assert trimmed.convert_ids_to_tokens(trimmed(text)["input_ids"]) == tok.convert_ids_to_tokens(tok(text)["input_ids"])
+    model.save_pretrained(tmp_path / "student")
+    trimmed.save_pretrained(tmp_path / "student")
+    assert AutoTokenizer.from_pretrained(tmp_path / "student")(texts[:20])["input_ids"] == trimmed(texts[:20])["input_ids"]
+    export_onnx(str(tmp_path / "student"), str(tmp_path / "onnx"), max_length=64)
+    scorer = OnnxScorer(str(tmp_path / "onnx"), "fp32", intra_op_threads=1)
+    enc = scorer.encode(texts[:20])
+    assert [list(ids[mask == 1]) for ids, mask in zip(enc["input_ids"], enc["attention_mask"])] == trimmed(texts[:20])["input_ids"]
+
+
+def test_two_tower_students_do_not_strip_labels():
+    with pytest.raises(ValueError, match="strip_field_labels: the two-tower student"):
+        ModelInit(kind="two_tower", strip_field_labels=True)

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from distillery.data.schema import TEXT_FIELDS, is_text_column
 
-__all__ = ["to_text", "to_texts", "table_texts", "from_text"]
+__all__ = ["to_text", "to_texts", "table_texts", "from_text", "LABEL_STRIP_RULES"]
 
 _LABELS = {
     "query": "query",
@@ -23,6 +23,11 @@ _LABELS = {
     "ad_category": "ad category",
 }
 _FIELDS = {label: name for name, label in _LABELS.items()}
+_LABEL_ALTERNATIVES = "|".join(sorted(_LABELS.values(), key=len, reverse=True))  # longest first: "ad category" before "ad"
+# (regex, replacement) pairs that take `to_text`'s field labels out and keep its separators:
+# "query: new suv | site: search" -> "new suv | search" (training.vocab.strip_field_labels)
+LABEL_STRIP_RULES: tuple[tuple[str, str], ...] = ((f"^(?:{_LABEL_ALTERNATIVES}): ", ""),
+                                                  (f" \\| (?:{_LABEL_ALTERNATIVES}): ", " | "))
 
 
 def _render(value: Any) -> str | None:

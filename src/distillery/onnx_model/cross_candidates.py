@@ -24,10 +24,23 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from distillery.data.schema import AD_FIELDS, CONTEXT_FIELDS, TEXT_FIELDS
-from distillery.data.text import to_text
+from distillery.data.text import LABEL_STRIP_RULES, to_text
 from distillery.onnx_model.scorer import OnnxScorer, check_row, sigmoid
 
 __all__ = ["CandidateTokens", "CrossCandidateScorer", "exact_for"]
+
+
+def _bert_normalizer(normalizer: Mapping[str, Any] | None) -> bool:
+    """BertNormalizer, alone or after the field-label rules (`training.vocab.strip_field_labels`): the
+    rules remove a label only at the start of a text or after " | ", so a context, "|" and an ad
+    normalise, piece by piece, to the pieces of the whole text's normal form."""
+    if not normalizer:
+        return False
+    if normalizer.get("type") == "BertNormalizer":
+        return True
+    parts = normalizer.get("normalizers") or []
+    rules = [{"type": "Replace", "pattern": {"Regex": pattern}, "content": content} for pattern, content in LABEL_STRIP_RULES]
+    return normalizer.get("type") == "Sequence" and parts[:-1] == rules and _bert_normalizer(parts[-1] if parts else None)
 
 
 def exact_for(tokenizer) -> bool:
@@ -39,7 +52,7 @@ def exact_for(tokenizer) -> bool:
     spec = json.loads(backend.to_str())
     post = spec.get("post_processor") or {}
     single = [p.get("SpecialToken", {}).get("id") or ("$A" if "Sequence" in p else None) for p in post.get("single", [])]
-    return ((spec.get("normalizer") or {}).get("type") == "BertNormalizer"
+    return (_bert_normalizer(spec.get("normalizer"))
             and (spec.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
             and spec.get("model", {}).get("type") == "WordPiece"
             and (post.get("type") == "BertProcessing" or single == [tokenizer.cls_token, "$A", tokenizer.sep_token]))

@@ -26,19 +26,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["used_token_ids", "trim_vocabulary"]
+__all__ = ["used_token_ids", "trim_vocabulary", "strip_field_labels"]
 
 log = logging.getLogger(__name__)
 
 
-def _backend(tokenizer) -> dict[str, Any]:
+def _backend(tokenizer, what: str = "trim_vocab") -> dict[str, Any]:
+    """The tokenizer's `tokenizer.json` as a dict (a copy), if it is a WordPiece one."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError(f"trim_vocab: {type(tokenizer).__name__} has no tokenizers backend (tokenizer.json) to rewrite")
+        raise ValueError(f"{what}: {type(tokenizer).__name__} has no tokenizers backend (tokenizer.json) to rewrite")
     spec = json.loads(backend.to_str())
     kind = spec.get("model", {}).get("type")
     if kind != "WordPiece":
-        raise ValueError(f"trim_vocab: only WordPiece vocabularies can be trimmed (BERT family); this tokenizer is {kind}")
+        raise ValueError(f"{what}: only WordPiece tokenizers can be rewritten (BERT family); this tokenizer is {kind}")
     return spec
 
 
@@ -104,3 +105,35 @@ def trim_vocabulary(model, tokenizer, texts: list[str]):
     info = {"before": before, "after": len(keep), "kept_fraction": round(len(keep) / before, 4), "texts": len(texts)}
     log.info("vocabulary trimmed: %d → %d pieces (%d texts)", before, len(keep), len(texts))
     return model, trimmed, info
+
+
+def strip_field_labels(tokenizer):
+    """A tokenizer that reads `to_text` without its field labels: `query: new suv | site: search | …`
+    is tokenised as `new suv | search | …`.
+
+    The labels cost two pieces per field (the label and its colon), a third of a demo row's ~66;
+    the fields stay apart by the ` | ` between them and in the fixed order `to_text` writes them.
+    The rule lives in the tokenizer's own normalizer (`tokenizer.json`), so every stage that loads the
+    saved model — training, evaluation, the ONNX checks, serving — tokenises the same way with no
+    code of its own. A value that itself contains ` | <label>: ` loses that label too.
+    """
+    from transformers import AutoTokenizer
+
+    from distillery.data.text import LABEL_STRIP_RULES
+
+    spec = _backend(tokenizer, "strip_field_labels")
+    rules = [{"type": "Replace", "pattern": {"Regex": pattern}, "content": content} for pattern, content in LABEL_STRIP_RULES]
+    spec["normalizer"] = {"type": "Sequence", "normalizers": rules + ([spec["normalizer"]] if spec.get("normalizer") else [])}
+    with tempfile.TemporaryDirectory(prefix="strip-labels-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(spec, f, ensure_ascii=False)
+        # A model-specific class (BertTokenizer) rebuilds its normalizer from its flags when it loads,
+        # which would drop the rules; the generic fast class loads tokenizer.json as written.
+        config_path = os.path.join(tmp, "tokenizer_config.json")
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        with open(config_path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        return AutoTokenizer.from_pretrained(tmp)
