@@ -202,17 +202,17 @@ def start_head_from_teacher(head: InteractionHead, teacher, spec: TwoTowerSpec,
         logit = c + (w_cos / s_cos) · cos(ũ, ṽ) + E_pos[bucket(position)]₀ + E_slot[bucket(slot)]₀
         c = b − Σ_i w_i m_i / s_i              (over the features the head reads)
 
-    `cosine_moments` = (mean, std) of the *student's* cosine on training rows replaces the teacher's
-    (m_cos, s_cos): a cut tower's cosine has another mean and spread than the full encoder's (layers
-    [0, 5] of MiniLM-L6: std 0.085 against 0.147), and the head's few weights move by ~lr per step,
-    too little to rescale it in training; standardising the student's own cosine keeps the teacher's
-    logit spread and mean.
-
     with column 0 of the position/slot embeddings holding `w_l / s_l` per level's bucket (0 for the
     reference level and unknown values, as in the teacher) and a skip weight of 1 on it; the MLP
     branch's output weights start at zero, so it adds nothing until training moves it. Categorical
     fields other than position and slot_size have no place in the head: their terms are left out
-    (each has mean 0 over the teacher's training rows). Returns what was set, for the log.
+    (each has mean 0 over the teacher's training rows).
+
+    `cosine_moments` = (mean, std) of the *student's* cosine on training rows replaces the teacher's
+    (m_cos, s_cos): a cut tower's cosine has another mean and spread than the full encoder's (layers
+    [0, 5] of MiniLM-L6: std 0.085 against 0.147), and the head's few weights move by ~lr per step,
+    too little to rescale it in training; standardising the student's own cosine keeps the teacher's
+    logit spread and mean. Returns what was set, for the log.
     """
     d, fd = head.dim, spec.feature_dim
     cos_at, pos_at, slot_at = 3 * d, 3 * d + 1, 3 * d + 1 + fd
