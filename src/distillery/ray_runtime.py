@@ -14,7 +14,7 @@ from pydantic import Field
 
 from distillery.config import Section
 
-__all__ = ["RaySection", "ensure_ray", "quiet_worker_logs"]
+__all__ = ["RaySection", "ensure_ray", "quiet_worker_logs", "no_progress_bars"]
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,17 @@ def quiet_worker_logs() -> None:
     """`worker_process_setup_hook`: runs in each Ray worker before its first task or actor."""
     for name, level in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    no_progress_bars()
+
+
+def no_progress_bars() -> None:
+    """No per-load bars from transformers ("Loading weights ...", a line a model load): the stages
+    print their own progress. The driver calls it too; in workers it is part of the setup hook."""
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    except ImportError:  # a worker without transformers has no such bars
+    except ImportError:  # no transformers, no such bars
         pass
 
 
@@ -62,6 +68,7 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
     cfg = cfg or RaySection()
     if ray.is_initialized():
         return False
+    no_progress_bars()
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
                                 "TOKENIZERS_PARALLELISM": "false",
                                 # Ray Train V2 sends each print to its logger *and*, where stdout is
