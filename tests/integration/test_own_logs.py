@@ -93,7 +93,7 @@ def test_criteo_two_tower_on_hashed_columns(local_ray, tiny_bert, tmp_path):
                       _overrides(run_dir, tiny_bert, path, "[data, teacher, label, student]"))
     run(cfg)
     _check_accounting(run_dir, read_logs(path).table["id"].to_pylist())
-    _check_quality(run_dir, _evaluate(cfg, {"teacher": "{run_dir}/teacher", "student": "{run_dir}/student"}))
+    _check_quality(run_dir, _evaluate(cfg, {"teacher": f"{run_dir}/teacher", "student": f"{run_dir}/student"}))
 
 
 def test_avazu_hf_classifier_over_the_row_text(local_ray, tiny_bert, tmp_path):
@@ -105,7 +105,7 @@ def test_avazu_hf_classifier_over_the_row_text(local_ray, tiny_bert, tmp_path):
     cfg = load_config(PipelineConfig, "jobs/configs/pipeline_logs.yaml", overrides)
     run(cfg)
     _check_accounting(run_dir, read_logs(path).table["id"].to_pylist())
-    _check_quality(run_dir, _evaluate(cfg, {"teacher": str(tiny_bert), "student": "{run_dir}/student"}))
+    _check_quality(run_dir, _evaluate(cfg, {"teacher": str(tiny_bert), "student": f"{run_dir}/student"}))
 
 
 def test_acceptance_csv_every_row_accounted(local_ray, tiny_bert, tmp_path):

@@ -16,7 +16,10 @@ from distillery.teachers.two_tower import HEAD_FILE, TwoTowerHead, weights_dir
 from distillery.training.two_tower_teacher import TwoTowerFit, fit_logistic, fit_two_tower
 
 
-_value = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=20)
+# A value starting with "|" follows its label as ": |", which reads as a field boundary (from_text's
+# documented limit, like a value holding " | "): such values are kept out of the round trip.
+_value = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1,
+                 max_size=20).filter(lambda v: not v.startswith("|"))
 
 
 @settings(max_examples=60, deadline=None)

@@ -107,7 +107,8 @@ def from_text(text: str, extras: bool = False) -> dict[str, str]:
     The inverse of `to_text` for the fields in `TEXT_FIELDS`, plus the `name=value` extras when
     `extras` (keyed by column name: `C1`, `site_id`, ...). A value that itself contains " | " cannot
     be told from a field boundary: a part with no label is joined back onto the field before it, so
-    the value survives whole.
+    the value survives whole. A value that starts with "|" (`text: |…`) is the one form that does not
+    survive: it reads as an empty field and a boundary.
     """
     fields: dict[str, str] = {}
     last: str | None = None
