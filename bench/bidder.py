@@ -28,13 +28,13 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from distillery.metrics import percentiles
+from distillery.serving.ingress import free_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -148,12 +148,6 @@ def noop_app_builder(_args: dict | None = None):
     return Noop.bind()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def light(url: str, bodies: list, requests: int, headers: dict | None = None) -> dict:
     """One client, one request at a time: p50 / p99 of the round trip, ms."""
     out = bench_serve.run_client({"url": url, "bodies": bodies, "concurrency": 1, "duration_s": 120,
@@ -237,7 +231,7 @@ def served_version(base: str) -> str | None:
 
 def asgi_floor(requests: int) -> dict:
     """The no-op route on plain uvicorn (no Serve) in its own process."""
-    port = _free_port()
+    port = free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, __file__, "--asgi-noop", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -369,7 +363,7 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    port = _free_port()
+    port = free_ports(1)[0]
     base = f"http://127.0.0.1:{port}"
     config = app_config(model_root, cross_dir, catalog, port, args)
     predict_bodies = [{"texts": s} for s in singles]

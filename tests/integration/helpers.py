@@ -152,14 +152,31 @@ def local_cluster(monkeypatch, port_range: tuple[int, int], prefix: str, head: d
 # ------------------------------------------------------------------------------- a Serve app under test
 
 
-def ingress() -> tuple[dict[str, str], str, dict]:
-    """(env, mode, Serve controller options) for a test module's Serve: the fast path (HAProxy +
-    direct ingress) where an HAProxy binary runs, as shipped; DISTILLERY_TEST_INGRESS=proxy runs it
-    through Serve's Python proxy instead. Call once per module: the env holds ports and a work dir."""
+@contextmanager
+def serve_on(port: int, tries: int = 2) -> Iterator[tuple[dict[str, str], str]]:
+    """Serve on 127.0.0.1:`port` for a test module, yielding (ingress env, mode): the fast path
+    (HAProxy + direct ingress) where an HAProxy binary runs, as shipped; DISTILLERY_TEST_INGRESS=proxy
+    runs it through Serve's Python proxy instead. The ingress ports are picked just before Serve
+    starts (not at collection, minutes earlier); a start that lost a port to another process is shut
+    down and tried again with fresh ones. Serve is shut down on the way out, failed start included,
+    so the next module never finds a half-started instance."""
+    from ray import serve
+
     from distillery.serving.ingress import controller_options, ingress_env
 
-    env, mode = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
-    return env, mode, controller_options(env)
+    for attempt in range(1, tries + 1):
+        env, mode = ingress_env(os.environ.get("DISTILLERY_TEST_INGRESS", "auto"))
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=controller_options(env))
+            break
+        except Exception as e:  # noqa: BLE001 - Ray wraps the proxy's bind error in its own types
+            serve.shutdown()
+            if attempt == tries or "Failed to bind" not in str(e):
+                raise
+    try:
+        yield env, mode
+    finally:
+        serve.shutdown()
 
 
 def export_int8(hf_dir: Path, out_dir: Path) -> str:

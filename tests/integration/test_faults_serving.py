@@ -20,14 +20,13 @@ import requests
 
 from distillery.loadtest import run_load
 from distillery.metrics import percentiles
-from helpers import (APP, deploy, export_int8, ingress, replica_actors, running_replicas, serve_config_for_test,
+from helpers import (APP, deploy, export_int8, serve_on, replica_actors, running_replicas, serve_config_for_test,
                      wait_for)
 from tinymodels import save_tiny_bert
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT = 19100
-_, _, INGRESS_OPTIONS = ingress()
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_SERVE_TOKEN"
 TOKEN = "fault-token-3c9e"
@@ -91,12 +90,11 @@ def server(local_ray, models):
     from ray import serve
 
     base, versions = models
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
-    deploy(serve_config(base / "root"))
-    wait_for(lambda: running_replicas() == REPLICAS and served_version(), 180, "two replicas answering /healthz")
-    yield base, versions
-    serve.delete(APP)
-    serve.shutdown()
+    with serve_on(PORT):
+        deploy(serve_config(base / "root"))
+        wait_for(lambda: running_replicas() == REPLICAS and served_version(), 180, "two replicas answering /healthz")
+        yield base, versions
+        serve.delete(APP)
 
 
 def bodies(rows: int = 1):

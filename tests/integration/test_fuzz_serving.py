@@ -15,13 +15,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import (APP, answers_health, deploy, export_int8, ingress, replica_actors, serve_config_for_test,
+from helpers import (APP, answers_health, deploy, export_int8, serve_on, replica_actors, serve_config_for_test,
                      wait_for)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT = 19200
-_, _, INGRESS_OPTIONS = ingress()
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_SERVE_TOKEN"
 TOKEN = "fuzz-token-51d2"
@@ -44,13 +43,12 @@ def server(local_ray, tiny_bert, tmp_path_factory):
     dep = app["deployments"][0]
     dep.pop("autoscaling_config", None)
     dep.update(num_replicas=1, ray_actor_options={"num_cpus": 0.25})
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
-    deploy(config)
-    wait_for(lambda: answers_health(URL, HTTP) and replica_actors(), 180, "the app to come up", every_s=0.5)
-    (replica,) = replica_actors()
-    yield replica
-    serve.delete(APP)
-    serve.shutdown()
+    with serve_on(PORT):
+        deploy(config)
+        wait_for(lambda: answers_health(URL, HTTP) and replica_actors(), 180, "the app to come up", every_s=0.5)
+        (replica,) = replica_actors()
+        yield replica
+        serve.delete(APP)
 
 
 def send(method: str, path: str, data: bytes | None = None, headers: dict | None = None) -> requests.Response:

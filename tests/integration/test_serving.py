@@ -22,14 +22,13 @@ import numpy as np
 import pytest
 import requests
 
-from helpers import (APP, answers_health, deploy, export_int8, ingress, running_replicas, serve_config_for_test,
+from helpers import (APP, answers_health, deploy, export_int8, serve_on, running_replicas, serve_config_for_test,
                      wait_for)
 from tinymodels import save_tiny_bert
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT = 18100
-INGRESS_ENV, INGRESS, INGRESS_OPTIONS = ingress()
 CLI_PORT = 18150
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN_ENV = "DISTILLERY_TEST_SERVE_TOKEN"
@@ -73,11 +72,10 @@ def server(local_ray, models):
     from ray import serve
 
     root, scorers = models
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT}, controller_options=INGRESS_OPTIONS)
-    deploy(_config(root))
-    wait_for(lambda: answers_health(URL), 120, "the app to answer /healthz")
-    yield root, scorers
-    serve.shutdown()
+    with serve_on(PORT) as ingress:
+        deploy(_config(root))
+        wait_for(lambda: answers_health(URL), 120, "the app to answer /healthz")
+        yield root, scorers, ingress
 
 
 def post(path: str, body=None, *, data: bytes | None = None, headers: dict | None = None, session=None):
@@ -99,10 +97,11 @@ def test_requests_take_the_fast_path_where_haproxy_runs(server):
 
     if os.environ.get("DISTILLERY_TEST_INGRESS") == "proxy" or haproxy_binary() is None:
         pytest.skip("no HAProxy binary here (or the proxy path was asked for): the proxy path is tested")
-    assert INGRESS == "haproxy"
-    work = Path(INGRESS_ENV["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent  # Ray writes <work>/<node id>/haproxy.cfg
+    _, _, (ingress_env, mode) = server
+    assert mode == "haproxy"
+    work = Path(ingress_env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent  # Ray writes <work>/<node id>/haproxy.cfg
 
-    lo, hi = (int(INGRESS_ENV[f"RAY_SERVE_DIRECT_INGRESS_{k}_HTTP_PORT"]) for k in ("MIN", "MAX"))
+    lo, hi = (int(ingress_env[f"RAY_SERVE_DIRECT_INGRESS_{k}_HTTP_PORT"]) for k in ("MIN", "MAX"))
 
     def replica_ports():  # servers other than the fallback (Serve's proxy, a `backup` server)
         lines = [ln.split() for cfg in work.rglob("haproxy.cfg") for ln in cfg.read_text().splitlines()]
@@ -135,7 +134,7 @@ def test_other_routes_require_the_bearer_token(server):
 
 
 def test_predict_texts_and_rows_match_the_in_process_scorer(server):
-    _, scorers = server
+    _, scorers, _ = server
     texts = [TEXT, "query: cheap flights | ad: Get away for less"]
     r = post("/predict", {"texts": texts})
     assert r.status_code == 200, r.text
@@ -152,7 +151,7 @@ def test_predict_texts_and_rows_match_the_in_process_scorer(server):
 
 
 def test_large_predict_is_split_into_batches(server):
-    _, scorers = server
+    _, scorers, _ = server
     texts = [f"{TEXT} | n={i}" for i in range(300)]  # more than max_batch_rows (64)
     r = post("/predict", {"texts": texts})
     assert r.status_code == 200, r.text
@@ -164,7 +163,7 @@ def test_large_predict_is_split_into_batches(server):
 
 
 def test_oip_routes_over_raw_http(server):
-    _, scorers = server
+    _, scorers, _ = server
     meta = requests.get(f"{URL}/v2/models/ctr", headers=AUTH, timeout=5).json()
     version = meta["versions"][0]
     assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
@@ -187,7 +186,7 @@ def test_tritonclient_against_the_oip_routes(server):
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    _, scorers = server
+    _, scorers, _ = server
     # headers=dict(AUTH) each time: tritonclient writes Inference-Header-Content-Length into the dict it is given
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{PORT}")
     assert client.is_server_live() and client.is_server_ready()
@@ -381,7 +380,7 @@ def test_cuda_required_but_absent_refuses_to_start(server):
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here; the refusal path needs a CPU-only machine")
-    root, _ = server
+    root, _, _ = server
     config = _config(root)
     cuda = copy.deepcopy(config["applications"][0])
     cuda.update(name="cuda-check", route_prefix="/cuda-check")
@@ -417,7 +416,7 @@ def _load(stop: threading.Event, results: list, body: dict, max_requests: int) -
 
 
 def test_hot_swap_under_load_fails_no_request(server):
-    root, scorers = server
+    root, scorers, _ = server
     expected = {s.version: float(s.predict_proba([TEXT])[0]) for s in scorers.values()}
     va, vb = scorers["a"].version, scorers["b"].version
     stop, results = threading.Event(), []
@@ -441,7 +440,7 @@ def test_hot_swap_under_load_fails_no_request(server):
 
 
 def test_bad_swap_keeps_the_old_model_serving(server):
-    root, scorers = server
+    root, scorers, _ = server
     before = post("/predict", {"texts": [TEXT]}).json()["model_version"]
     deploy(_config(root, model="missing"))
     time.sleep(3)
@@ -475,7 +474,7 @@ def test_a_two_tower_student_serves_predict_and_bids(server, tiny_bert):
     from distillery.serving.bidder import decide_bids, plan_bids
     from distillery.serving.catalog import load_catalog
 
-    root, scorers = server
+    root, scorers, _ = server
     _two_tower_int8(tiny_bert, root / "tt")
     local = TwoTowerScorer(str(root / "tt"), "int8", intra_op_threads=1)
     local.warm_ads(ad.row_fields() for ad in load_catalog().candidates())  # as the replica does: the same ad batches
@@ -632,6 +631,9 @@ def test_ingress_env_selects_the_path_and_falls_back_without_haproxy(monkeypatch
     monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/usr/sbin/haproxy")
     env, mode = ingress.ingress_env("auto")
     assert mode == "haproxy" and {k: env[k] for k in ingress.FAST_PATH_ENV} == ingress.FAST_PATH_ENV
-    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    single = [int(env[f"RAY_SERVE_{k}_PORT"]) for k in ("HAPROXY_STATS", "HAPROXY_METRICS", "FALLBACK_PROXY_HTTP",
+                                                       "FALLBACK_PROXY_GRPC")]
+    lo, hi = ingress.ephemeral_ports()  # a port from there can be taken by any outbound connection
+    assert len(set(single)) == 4 and not any(lo <= p <= hi for p in single), (single, lo, hi)
     env, _ = ingress.ingress_env("auto", local=False)  # a cluster keeps Ray's defaults
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in env and "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in env

@@ -31,7 +31,7 @@ from typing import Literal
 
 from distillery.serving.arrival import CALLBACK, CALLBACK_ENV
 
-__all__ = ["Ingress", "FAST_PATH_ENV", "haproxy_binary", "ingress_env", "controller_options"]
+__all__ = ["Ingress", "FAST_PATH_ENV", "haproxy_binary", "ingress_env", "controller_options", "free_ports"]
 
 log = logging.getLogger(__name__)
 Ingress = Literal["auto", "haproxy", "proxy"]
@@ -62,10 +62,42 @@ def haproxy_binary() -> str | None:
     return None
 
 
-def _free_port() -> int:
+# Ports for one local Serve's HAProxy side, apart from the two ranges other processes take ports from
+# unasked: the kernel's ephemeral range (every outbound connection; 32768-60999 by default) and Ray's
+# worker ports (10002-19999 by default). A port picked from the ephemeral range can be taken by a
+# connection before Serve binds it ("Failed to bind to address" minutes later, as in a test run).
+DIRECT_INGRESS_PORTS = (20_000, 29_000)  # a 100-port block per Serve (50 HTTP + 50 gRPC); Ray skips used ones
+SINGLE_PORTS = (29_100, 32_700)          # stats, metrics and the fallback proxy's HTTP/gRPC ports
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outbound connections' local ports (Linux's default where unreadable)."""
+    try:
+        lo, hi = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
+def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, port_range: tuple[int, int] = SINGLE_PORTS) -> list[int]:
+    """`count` distinct ports of `port_range` free on 127.0.0.1 now, outside the ephemeral range."""
+    lo_eph, hi_eph = ephemeral_ports()
+    candidates = [p for p in range(*port_range) if not lo_eph <= p <= hi_eph]
+    random.shuffle(candidates)
+    picked = [p for p in candidates[: count * 20] if _port_free(p)][:count]
+    if len(picked) < count:
+        raise RuntimeError(f"fewer than {count} free ports in {port_range} outside the ephemeral range "
+                           f"{lo_eph}-{hi_eph}")
+    return picked
 
 
 def _local_env() -> dict[str, str]:
@@ -73,19 +105,21 @@ def _local_env() -> dict[str, str]:
     serve`): HAProxy's paths and ports apart from any other Ray's (Ray's defaults are one fixed set
     per machine: /tmp/haproxy-serve, ports 8404, 9101, 8500), and a 2 s replica drain instead of
     30 s. The 30 s give HAProxy on other nodes time to stop routing to a replica that stops; the
-    one local HAProxy is told at once (and retries a refused connection on another replica)."""
+    one local HAProxy is told at once (and retries a refused connection on another replica).
+    Call it just before `serve.start`: the ports are free when picked, not reserved."""
     work = tempfile.mkdtemp(prefix="dhap-")  # short: HAProxy's unix sockets live here (108-byte limit)
-    base = random.randrange(20_000, 29_000, 100)  # replica ports; Ray skips any in use and retries
+    base = random.randrange(*DIRECT_INGRESS_PORTS, 100)
+    stats, metrics, fallback_http, fallback_grpc = free_ports(4)
     return {
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{work}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{work}/admin.sock",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": work,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{work}/server-state",
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{work}/metrics.sock",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 50),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 50),
