@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import requests
 
 from distillery.serving.config import DEPLOYMENT_NAME, load_serve_config
+from distillery.serving.ingress import port_free
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "distillery"  # the application name in serve/serve_config.yaml
@@ -41,15 +41,6 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
 
 
 # ------------------------------------------------------------------------------- ports and processes
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port_block(size: int, port_range: tuple[int, int]) -> int:

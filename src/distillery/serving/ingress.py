@@ -31,7 +31,7 @@ from typing import Literal
 
 from distillery.serving.arrival import CALLBACK, CALLBACK_ENV
 
-__all__ = ["Ingress", "FAST_PATH_ENV", "haproxy_binary", "ingress_env", "controller_options", "free_ports"]
+__all__ = ["Ingress", "FAST_PATH_ENV", "haproxy_binary", "ingress_env", "controller_options", "free_ports", "port_free"]
 
 log = logging.getLogger(__name__)
 Ingress = Literal["auto", "haproxy", "proxy"]
@@ -79,7 +79,8 @@ def ephemeral_ports() -> tuple[int, int]:
         return 32_768, 60_999
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether `port` can be bound on 127.0.0.1 now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -93,7 +94,7 @@ def free_ports(count: int, port_range: tuple[int, int] = SINGLE_PORTS) -> list[i
     lo_eph, hi_eph = ephemeral_ports()
     candidates = [p for p in range(*port_range) if not lo_eph <= p <= hi_eph]
     random.shuffle(candidates)
-    picked = [p for p in candidates[: count * 20] if _port_free(p)][:count]
+    picked = [p for p in candidates[: count * 20] if port_free(p)][:count]
     if len(picked) < count:
         raise RuntimeError(f"fewer than {count} free ports in {port_range} outside the ephemeral range "
                            f"{lo_eph}-{hi_eph}")
