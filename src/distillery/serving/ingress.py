@@ -94,7 +94,12 @@ def free_ports(count: int, port_range: tuple[int, int] = SINGLE_PORTS) -> list[i
     lo_eph, hi_eph = ephemeral_ports()
     candidates = [p for p in range(*port_range) if not lo_eph <= p <= hi_eph]
     random.shuffle(candidates)
-    picked = [p for p in candidates[: count * 20] if port_free(p)][:count]
+    picked: list[int] = []
+    for port in candidates:
+        if len(picked) == count:
+            break
+        if port_free(port):
+            picked.append(port)
     if len(picked) < count:
         raise RuntimeError(f"fewer than {count} free ports in {port_range} outside the ephemeral range "
                            f"{lo_eph}-{hi_eph}")
