@@ -336,6 +336,12 @@ class TwoTowerRows(Dataset):
     def __len__(self) -> int:
         return len(self.position)
 
+    def length_keys(self) -> np.ndarray:
+        """`(n,)` int64: ad-tower tokens (the longer tower), then request tokens: equal keys pad alike."""
+        ad = np.fromiter((len(x) for x in self.ad_ids), dtype=np.int64, count=len(self.ad_ids))
+        req = np.fromiter((len(x) for x in self.request_ids), dtype=np.int64, count=len(self.request_ids))
+        return ad * (int(req.max(initial=0)) + 1) + req
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"request": self.request_ids[i], "ad": self.ad_ids[i], "position": self.position[i], "slot": self.slot[i],
                 "target": self.target[i], "teacher_prob": self.teacher_prob[i], "click": self.click[i], "pad_id": self.pad_id}
