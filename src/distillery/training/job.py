@@ -7,13 +7,16 @@
 
 Each job trains on Ray Train, checkpoints every epoch under `checkpoint.storage`/<output name>,
 and publishes the best-by-validation checkpoint as a Hugging Face folder at `<run_dir>/<output>`
-(`save_pretrained` + tokenizer + `training_summary.json`). Re-running resumes the same run.
+(`save_pretrained` + tokenizer + `training_summary.json`). Re-running resumes the same run: the
+same model start, rows, targets and loop settings (`epochs` may grow) on the same input files
+(`run_key`); checkpoints made otherwise are set aside and the run starts afresh, saying why.
 A `kind: two-tower` teacher is not trained on Ray Train: its click head is fitted in the driver
 in seconds (`distillery.teachers.two_tower`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ import shutil
 import time
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 from pydantic import Field, model_validator
 
 from distillery import io
@@ -108,6 +112,60 @@ def _history(checkpoint_dir: str) -> list[dict[str, Any]]:
     return load_state(checkpoint_dir).get("history", [])
 
 
+RUN_KEY_FILE = "_run_key.json"
+_EXTENDABLE = {"epochs", "fail_once_at_epoch"}  # a resumed run may add epochs (and tests inject one failure)
+
+
+def _file_stamps(path: str) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime ns) of every file under `path` (path or URI); [] when it is absent."""
+    fs, p = io.filesystem(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.File:
+        return [(posixpath.basename(p), info.size, info.mtime_ns or 0)]
+    if info.type != pafs.FileType.Directory:
+        return []
+    return sorted((f.path[len(p):].lstrip("/"), f.size, f.mtime_ns or 0)
+                  for f in fs.get_file_info(pafs.FileSelector(p, recursive=True)) if f.type == pafs.FileType.File)
+
+
+def run_key(spec: TrainSpec) -> dict[str, Any]:
+    """What makes a checkpoint folder this run's: the model start, the rows and targets, the loop
+    settings except `epochs`, and the size and mtime of every input file (the splits, the labels,
+    a local `init.source` folder). `{"hash": …, "inputs": n files}`."""
+    from distillery.models import resolve_model_path
+
+    loop = {k: v for k, v in spec.loop.model_dump(mode="json").items() if k not in _EXTENDABLE}
+    inputs = {f"data/{split}": _file_stamps(io.join(spec.run_dir, "data", split)) for split in spec.data.splits}
+    if spec.loop.loss != "click":
+        inputs["labels"] = _file_stamps(spec.data.labels_dir or io.join(spec.run_dir, "labels"))
+    try:
+        source = resolve_model_path(spec.init.source)
+    except Exception:  # noqa: BLE001 - an id the workers resolve themselves: its name is in `init`
+        source = None
+    if source and os.path.isdir(source):
+        inputs["init.source"] = _file_stamps(source)
+    blob = json.dumps({"init": spec.init.model_dump(mode="json"), "data": spec.data.model_dump(mode="json"),
+                       "loop": loop, "inputs": inputs}, sort_keys=True, separators=(",", ":"), default=str)
+    return {"hash": hashlib.sha256(blob.encode()).hexdigest()[:16], "inputs": sum(len(v) for v in inputs.values())}
+
+
+def _claim_run_folder(folder: str, key: dict[str, Any], resume: bool) -> None:
+    """Empty `folder` unless it holds checkpoints of this very run (`resume` and the same run key),
+    then record the key. A changed config or rewritten inputs must not resume a stale checkpoint and
+    publish it as the new model."""
+    if io.exists(folder):
+        path = io.join(folder, RUN_KEY_FILE)
+        old = io.read_json(path).get("hash") if io.exists(path) else None
+        if not resume or old != key["hash"]:
+            if resume:
+                why = ("no run key recorded there" if old is None
+                       else f"run key {old}, this run's {key['hash']}: the config or the input files changed")
+                log.warning("%s: checkpoints there belong to another run (%s); starting afresh", folder, why)
+            io.remove_dir(folder)
+    io.makedirs(folder)
+    io.write_json(io.join(folder, RUN_KEY_FILE), key)
+
+
 def run(cfg: TrainJobConfig) -> dict[str, Any]:
     """Train on Ray Train; publish the best checkpoint to `<run_dir>/<output>`; return a summary."""
     t0 = time.perf_counter()
@@ -116,12 +174,11 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     ensure_ray(cfg.ray)
     storage = cfg.checkpoint.storage or io.join(cfg.run_dir, "checkpoints")
     name = cfg.output.replace("/", "_")
-    if not cfg.checkpoint.resume and "://" not in storage:
-        shutil.rmtree(os.path.join(os.path.abspath(storage), name), ignore_errors=True)
     marker = None
     if cfg.loop.fail_once_at_epoch is not None and "://" not in storage:
         marker = os.path.join(os.path.abspath(storage), name, "_injected_failure")
     spec = TrainSpec(run_dir=cfg.run_dir, init=cfg.init, data=cfg.data, loop=cfg.loop, failure_marker=marker)
+    _claim_run_folder(io.join(io.absolute(storage), name), run_key(spec), cfg.checkpoint.resume)
     result = fit(spec, cfg.scaling, cfg.checkpoint, cfg.failure, storage, name)
     if result.error is not None:
         raise result.error
