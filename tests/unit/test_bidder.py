@@ -264,3 +264,13 @@ def test_ids_with_lone_surrogates_are_refused(change, field):
     """They are echoed in the bid response, whose UTF-8 encoding failed (a 500 over HTTP)."""
     with pytest.raises(BidRequestError, match=rf"{re.escape(field)}: lone surrogate"):
         plan_bids(_request(**change), _catalog())
+
+
+def test_catalog_candidate_rows_are_built_once_and_match_the_ads():
+    from distillery.serving.catalog import load_catalog
+
+    catalog = load_catalog()
+    rows = catalog.candidate_rows()
+    assert catalog.candidate_rows() is rows  # kept, not rebuilt per bid
+    assert [ad for ad, _ in rows] == catalog.candidates()
+    assert all(fields == ad.row_fields() for ad, fields in rows)

@@ -108,8 +108,8 @@ def _imp_sizes(media: Mapping[str, Any]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _fit_size(creative_sizes: list[str], imp_sizes: list[tuple[int, int]]) -> tuple[bool, int | None, int | None]:
-    """(fits, w, h): the first impression size the creative has; any size fits an open slot."""
+def _fit_size(creative_sizes: list[str], imp_sizes: list[tuple[int, int, str]]) -> tuple[bool, int | None, int | None]:
+    """(fits, w, h): the first impression size (w, h, "WxH") the creative has; any size fits an open slot."""
     if not imp_sizes:
         if creative_sizes:
             w, h = creative_sizes[0].split("x")
@@ -117,9 +117,8 @@ def _fit_size(creative_sizes: list[str], imp_sizes: list[tuple[int, int]]) -> tu
         return True, None, None
     if not creative_sizes:
         return True, imp_sizes[0][0], imp_sizes[0][1]
-    offered = {f"{w}x{h}" for w, h in imp_sizes}
-    for w, h in imp_sizes:
-        if f"{w}x{h}" in creative_sizes and f"{w}x{h}" in offered:
+    for w, h, size in imp_sizes:
+        if size in creative_sizes:
             return True, w, h
     return False, None, None
 
@@ -139,22 +138,41 @@ def _native_problem(native: Mapping[str, Any]) -> str | None:
     return None if isinstance(parsed, dict) else "native.request: not a JSON object"
 
 
-def _fit(ad: CandidateAd, imp: Mapping[str, Any], kinds: list[str]) -> tuple[str, int | None, int | None] | None:
-    """How `ad` fills `imp` (kind, w, h), or None when format, size, MIME type or battr rule it out."""
-    creative = ad.creative
+@dataclass(frozen=True)
+class _Media:
+    """One impression type's rules, read once per impression (not once per creative)."""
+
+    kind: str
+    battr: frozenset[int]
+    mimes: frozenset[str]
+    sizes: list[tuple[int, int, str]]  # (w, h, "WxH") the slot accepts; [] = any size
+
+
+def _media_rules(imp: Mapping[str, Any], kinds: list[str]) -> list[_Media]:
+    rules = []
     for kind in kinds:
-        if kind not in creative.formats:
-            continue
         media = imp[kind]
         battr = media.get("battr")
-        if isinstance(battr, list) and set(creative.attr) & {a for a in battr if isinstance(a, int)}:
+        sizes = [] if kind == "native" else [(w, h, f"{w}x{h}") for w, h in _imp_sizes(media)]
+        rules.append(_Media(kind, frozenset(a for a in battr if isinstance(a, int)) if isinstance(battr, list) else frozenset(),
+                            frozenset(_strings(media.get("mimes"))), sizes))
+    return rules
+
+
+def _fit(ad: CandidateAd, rules: list[_Media]) -> tuple[str, int | None, int | None] | None:
+    """How `ad` fills the impression (kind, w, h), or None when format, size, MIME type or battr rule it out."""
+    creative = ad.creative
+    for media in rules:
+        kind = media.kind
+        if kind not in creative.formats:
             continue
-        mimes = _strings(media.get("mimes"))
-        if kind in ("video", "audio") and mimes and creative.mimes and not set(mimes) & set(creative.mimes):
+        if media.battr and not media.battr.isdisjoint(creative.attr):
+            continue
+        if kind in ("video", "audio") and media.mimes and creative.mimes and media.mimes.isdisjoint(creative.mimes):
             continue
         if kind == "native":
             return kind, None, None
-        fits, w, h = _fit_size(creative.sizes, _imp_sizes(media))
+        fits, w, h = _fit_size(creative.sizes, media.sizes)
         if fits:
             return kind, w, h
     return None
@@ -171,25 +189,37 @@ def _price(value: Any) -> float:
     return value if math.isfinite(value) and value > 0 else 0.0
 
 
-def _deal_terms(ad: CandidateAd, imp: Mapping[str, Any], currency: str) -> tuple[bool, list[tuple[str | None, float]]]:
-    """(private auction?, [(deal id or None for the open auction, floor CPM)]) open to this ad."""
+@dataclass(frozen=True)
+class _Auction:
+    """An impression's auction terms in the bid currency, read once per impression."""
+
+    private: bool
+    deals: list[tuple[str, list[str], float]]  # (deal id, wseat, floor CPM) of deals priced in the bid currency
+    open_floor: float | None  # the open auction's floor; None when private or floored in another currency
+
+
+def _auction(imp: Mapping[str, Any], currency: str) -> _Auction:
     pmp = imp.get("pmp") if isinstance(imp.get("pmp"), dict) else {}
     private = pmp.get("private_auction") == 1
-    terms: list[tuple[str | None, float]] = []
-    for deal in pmp.get("deals") if isinstance(pmp.get("deals"), list) else []:
-        if not isinstance(deal, dict) or deal.get("id") not in ad.campaign.deal_ids:
-            continue
-        wseat = _strings(deal.get("wseat"))
-        if wseat and ad.seat not in wseat:
-            continue
-        if deal.get("bidfloorcur", DEFAULT_CURRENCY) != currency:
-            continue
-        terms.append((deal["id"], _price(deal.get("bidfloor", imp.get("bidfloor")))))
+    deals = [(deal.get("id"), _strings(deal.get("wseat")), _price(deal.get("bidfloor", imp.get("bidfloor"))))
+             for deal in (pmp.get("deals") if isinstance(pmp.get("deals"), list) else [])
+             if isinstance(deal, dict) and deal.get("bidfloorcur", DEFAULT_CURRENCY) == currency]
+    open_floor = None
     if not private:
         floor = _price(imp.get("bidfloor"))
         if floor <= 0 or imp.get("bidfloorcur", DEFAULT_CURRENCY) == currency:
-            terms.append((None, floor))
-    return private, terms
+            open_floor = floor
+    return _Auction(private, deals, open_floor)
+
+
+def _deal_terms(ad: CandidateAd, auction: _Auction) -> list[tuple[str | None, float]]:
+    """[(deal id or None for the open auction, floor CPM)] open to this ad."""
+    terms: list[tuple[str | None, float]] = [
+        (deal_id, floor) for deal_id, wseat, floor in auction.deals
+        if deal_id in ad.campaign.deal_ids and (not wseat or ad.seat in wseat)]
+    if auction.open_floor is not None:
+        terms.append((None, auction.open_floor))
+    return terms
 
 
 def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512, max_impressions: int = 64) -> BidPlan:
@@ -223,7 +253,7 @@ def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512, max_imp
     plan = BidPlan(request_id=request["id"], currency=currency,
                    imp_ids=[imp["id"] if isinstance(imp, dict) and isinstance(imp.get("id"), str) else str(i + 1)
                             for i, imp in enumerate(imps)])
-    ads = catalog.candidates()
+    ads = catalog.candidate_rows()
     for i, imp in enumerate(imps):
         imp_id = plan.imp_ids[i]
         if len(plan.candidates) >= max_candidates:
@@ -239,25 +269,26 @@ def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512, max_imp
                 plan.no_bid[imp_id] = f"imp[{i}].{why}: impression cannot be scored"
                 continue
         context = impression_context(request, imp)
+        rules, auction = _media_rules(imp, kinds), _auction(imp, currency)
         found, reason = [], "no creative fits its format and size"
-        for ad in ads:
+        for ad, fields in ads:
             if ad.campaign.currency != currency:
                 reason = f"currency: no campaign in {offered}"
                 continue
             if (wseat and ad.seat not in wseat) or ad.seat in bseat:
                 continue
-            fit = _fit(ad, imp, kinds)
+            fit = _fit(ad, rules)
             if fit is None:
                 continue
-            if _blocked_category(ad.campaign.iab_categories, bcat) or _blocked_domain(ad.campaign.advertiser, badv):
+            if (bcat and _blocked_category(ad.campaign.iab_categories, bcat)) or (badv and _blocked_domain(ad.campaign.advertiser, badv)):
                 reason = "every fitting creative is blocked by bcat or badv"
                 continue
-            private, terms = _deal_terms(ad, imp, currency)
+            terms = _deal_terms(ad, auction)
             if not terms:
-                reason = "private auction: no deal open to our seats" if private else "bidfloorcur differs from bid currency"
+                reason = "private auction: no deal open to our seats" if auction.private else "bidfloorcur differs from bid currency"
                 continue
             deal_id, floor = max(terms, key=lambda t: t[0] is not None)  # a deal beats the open auction
-            found.append(Candidate(imp_id, ad, {**context, **ad.row_fields()}, fit[0], floor, deal_id, fit[1], fit[2]))
+            found.append(Candidate(imp_id, ad, {**context, **fields}, fit[0], floor, deal_id, fit[1], fit[2]))
         if not found:
             plan.no_bid[imp_id] = reason
         elif len(plan.candidates) + len(found) > max_candidates:

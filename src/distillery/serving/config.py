@@ -46,6 +46,9 @@ class ModelSection(Section):
 
 class BatchSection(Section):
     max_batch_rows: int = Field(64, ge=1, le=4096, description="most texts scored in one ONNX Runtime call")
+    two_tower_batch_rows: int = Field(
+        1024, ge=1, le=100_000, description="the same for a two-tower student: a row costs its head (microseconds) "
+                                            "and its tower runs once per distinct request, so a bid's candidates stay one call")
     batch_wait_timeout_ms: float = Field(0.5, ge=0, le=1000, description="how long a batch waits to fill, ms")
     score_in_thread: bool = Field(True, description="run ONNX Runtime on a worker thread so the replica keeps "
                                   "answering (and timing out bids) while a batch computes; False runs it inline")

@@ -17,6 +17,7 @@ scored response carries the model version that scored it (`x-model-version`, and
 
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -145,6 +146,16 @@ _SHIPPED = load_serve_config()
 _SHIPPED_BATCH = BatchSection.model_validate(app_args(_SHIPPED).get("batch") or {})
 
 
+def _freeze_long_lived() -> None:
+    """Move what the replica holds for good (Ray, FastAPI, the model, the catalog: ~250k objects) out
+    of the cyclic collector's sight (`gc.freeze`). Otherwise every gen-2 collection walks them all: a
+    70 ms pause measured in a bid's path at 1,024 candidates (9 ms max once frozen). Called at start and
+    after a hot swap (unfreeze, collect the old model's cycles, freeze again)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, **decorator_options(_SHIPPED))
 @serve.ingress(api)
 class CTRServer:
@@ -164,11 +175,12 @@ class CTRServer:
         self._last_good = _LastGood(self.args)
         self._configured: dict[str, Any] | None = None  # the user_config Serve last handed us
         self._swap_error: str | None = None  # why the configured model is not the one served
-        self._score.set_max_batch_size(self.args.batch.max_batch_rows)
+        self._score.set_max_batch_size(self._batch_rows())
         self._score.set_batch_wait_timeout_s(self.args.batch.batch_wait_timeout_ms / 1000.0)
         self._reconfigured = False
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
         self._metrics.swap_failed.set(0)
+        _freeze_long_lived()
         log.info("serving %r version %s (%s) on %s, auth %s", self._scorer.name, self._scorer.version,
                  self._scorer.variant, self._scorer.providers, "on" if self._token else "off")
 
@@ -215,9 +227,17 @@ class CTRServer:
         self._metrics.swap_failed.set(0)
         await loop.run_in_executor(None, self._last_good.put, self._model)
 
+    def _batch_rows(self) -> int:
+        """Rows per scoring call for the served student (`batch.max_batch_rows` or `two_tower_batch_rows`)."""
+        if getattr(self._scorer, "student_kind", None) == "two_tower":
+            return self.args.batch.two_tower_batch_rows
+        return self.args.batch.max_batch_rows
+
     def _switch(self, scorer, model: ModelSection) -> None:
         old = self._scorer
         self._scorer, self._model = scorer, model
+        self._score.set_max_batch_size(self._batch_rows())
+        _freeze_long_lived()
         self._metrics.swap(ok=True)
         self._metrics.model_loaded(scorer.name, scorer.version, old.version)
         log.info("swapped model %s -> %s (%s)", old.version, scorer.version, model.model_dir)
@@ -253,7 +273,7 @@ class CTRServer:
 
     async def _score_inputs(self, inputs: list[str | dict]) -> tuple[np.ndarray, str]:
         """Probabilities (n,) float64 of texts or rows, and the model version; large requests are cut to batch size."""
-        size = self.args.batch.max_batch_rows
+        size = self._batch_rows()
         parts = await asyncio.gather(*(self._score(inputs[i:i + size]) for i in range(0, len(inputs), size)))
         if failed := next((p for p, _ in parts if isinstance(p, Exception)), None):
             self._metrics.unscorable.inc()
