@@ -184,6 +184,8 @@ def app_config(model_root: Path, model_dir: Path, catalog: Path, port: int, args
                                                           "variant": args.variant},
                        intra_op_threads=1, auth_token_env=None, auth="disabled")
     app["args"]["bidder"].update(catalog=str(catalog), max_candidates=1024)
+    if args.batch_wait_ms is not None:
+        app["args"]["batch"]["batch_wait_timeout_ms"] = args.batch_wait_ms
     dep = app["deployments"][0]
     dep.pop("autoscaling_config", None)
     dep.update(num_replicas=1, max_ongoing_requests=32, max_queued_requests=256, ray_actor_options={"num_cpus": 0.5})
@@ -316,6 +318,8 @@ def main() -> None:
     p.add_argument("--light-requests", type=int, default=400, help="requests per light-load figure")
     p.add_argument("--bid-budget-s", type=float, default=12.0, help="about this many seconds per candidate count")
     p.add_argument("--quick", action="store_true", help="fewer requests and shorter slices")
+    p.add_argument("--batch-wait-ms", type=float, default=None,
+                   help="the replica's batch.batch_wait_timeout_ms; default: serve_config.yaml's")
     p.add_argument("--asgi-noop", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.asgi_noop:
@@ -366,6 +370,7 @@ def main() -> None:
     port = free_ports(1)[0]
     base = f"http://127.0.0.1:{port}"
     config = app_config(model_root, cross_dir, catalog, port, args)
+    cfg_batch_wait = config["applications"][0]["args"]["batch"]["batch_wait_timeout_ms"]
     predict_bodies = [{"texts": s} for s in singles]
     result: dict = {}
     try:
@@ -465,6 +470,7 @@ def main() -> None:
         },
         "two_tower_128": tt128,
         "variant": args.variant, "ort_threads": 1, "cores_visible": os.cpu_count(),
+        "batch_wait_timeout_ms": cfg_batch_wait,
         "load_avg_1m_end": round(os.getloadavg()[0], 1), "wall_s": round(time.perf_counter() - started, 1),
     })
     print(json.dumps(result, default=str))
