@@ -286,22 +286,62 @@ def paired_overhead(scorer, base: str, texts: list[str], n: int) -> dict:
             "overhead_p99": round(b["p99"] - a["p99"], 3), "requests": n}
 
 
+def _cpu_ticks() -> dict[str, dict[int, int]]:
+    """CPU ticks (user + sys) so far of the processes a saturation slice involves, per thread for
+    the model's replica: {"replica": {tid: ticks}, "haproxy": {pid: ticks}, "client": ..., "machine": {0: busy}}."""
+    out: dict[str, dict[int, int]] = {"replica": {}, "haproxy": {}, "client": {}, "proxy": {}}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            key = ("replica" if "ServeReplica:distillery" in cmd else "haproxy" if "haproxy" in cmd.split(" ")[0]
+                   else "client" if "serve.py --client" in cmd else "proxy" if "ProxyActor" in cmd else None)
+            if key is None:
+                continue
+            tasks = os.listdir(f"/proc/{pid}/task") if key == "replica" else [pid]
+            for tid in tasks:
+                f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[key][int(tid)] = int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    out["machine"] = {0: sum(int(x) for x in cpu) - int(cpu[3]) - int(cpu[4])}  # all but idle, iowait
+    return out
+
+
+def _cpu_share(before: dict, after: dict, wall_s: float) -> dict:
+    """Cores used between two `_cpu_ticks` snapshots: the replica's busiest two threads (the ORT thread
+    and the event loop), the rest of the replica, HAProxy, Serve's proxy, the load client, everything else."""
+    tick = os.sysconf("SC_CLK_TCK")
+    delta = {k: {i: v - before.get(k, {}).get(i, 0) for i, v in after[k].items()} for k in after}
+    threads = sorted(delta["replica"].values(), reverse=True)
+    share = {"replica_thread_1": threads[0] if threads else 0, "replica_thread_2": threads[1] if len(threads) > 1 else 0,
+             "replica_other_threads": sum(threads[2:])}
+    share.update({k: sum(delta[k].values()) for k in ("haproxy", "proxy", "client")})
+    share["rest_of_machine"] = delta["machine"][0] - sum(share.values())
+    share["machine"] = delta["machine"][0]
+    return {k: round(v / tick / wall_s, 3) for k, v in share.items()}
+
+
 def saturation(base: str, scorer, groups: list[list[str]], slices: int, slice_s: float) -> dict:
-    """bench/serve.py's alternation: raw ORT (batch 8 and 64) then Serve, `slices` times."""
+    """bench/serve.py's alternation: raw ORT (batch 8 and 64) then Serve, `slices` times; with the
+    cores each process used during the Serve slices (`cores_used`: what limits the ratio)."""
     raw = {8: [], 64: []}
-    served = []
+    served, shares = [], []
     bodies = [{"texts": g} for g in groups]
     for k in range(slices + 1):
         for b in raw:
             raw[b].append(bench_serve.raw_throughput(scorer, groups, b, max(2.0, slice_s / 3))[0])
         if k == slices:
             break
+        before, t0 = _cpu_ticks(), time.perf_counter()
         served.append(bench_serve.run_client({"url": f"{base}/predict", "bodies": bodies, "concurrency": 32,
                                               "duration_s": slice_s, "warmup_s": 0.5, "rows_per_request": 8}))
+        shares.append(_cpu_share(before, _cpu_ticks(), time.perf_counter() - t0))
     raw_best = max(sum(v) / len(v) for v in raw.values())
     serve_rows = sum(r["rows_per_s"] for r in served) / len(served)
     return {"raw_rows_per_s": round(raw_best, 1), "serve_rows_per_s": round(serve_rows, 1),
             "serve_vs_raw": round(serve_rows / raw_best, 3),
+            "cores_used": {k: round(sum(s[k] for s in shares) / len(shares), 3) for k in shares[0]},
             "statuses": [r["statuses"] for r in served]}
 
 
