@@ -287,38 +287,36 @@ def paired_overhead(scorer, base: str, texts: list[str], n: int) -> dict:
 
 
 def _cpu_ticks() -> dict[str, dict[int, int]]:
-    """CPU ticks (user + sys) so far of the processes a saturation slice involves, per thread for
-    the model's replica: {"replica": {tid: ticks}, "haproxy": {pid: ticks}, "client": ..., "machine": {0: busy}}."""
-    out: dict[str, dict[int, int]] = {"replica": {}, "haproxy": {}, "client": {}, "proxy": {}}
+    """CPU ticks (user + sys) so far: the model replica's per thread, HAProxy's, and the machine's
+    busy total (`{"machine": {0: ticks}}`). The load client is not sampled: it has exited by the
+    second snapshot, so it and Ray's own processes fall in `rest_of_machine`."""
+    out: dict[str, dict[int, int]] = {"replica": {}, "haproxy": {}}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            key = ("replica" if "ServeReplica:distillery" in cmd else "haproxy" if "haproxy" in cmd.split(" ")[0]
-                   else "client" if "serve.py --client" in cmd else "proxy" if "ProxyActor" in cmd else None)
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            key = "replica" if b"ServeReplica:distillery" in b" ".join(cmd) else "haproxy" if b"haproxy" in cmd[0] else None
             if key is None:
                 continue
-            tasks = os.listdir(f"/proc/{pid}/task") if key == "replica" else [pid]
-            for tid in tasks:
+            for tid in os.listdir(f"/proc/{pid}/task") if key == "replica" else [pid]:
                 f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
                 out[key][int(tid)] = int(f[11]) + int(f[12])
         except (OSError, IndexError, ValueError):
             continue
-    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    out["machine"] = {0: sum(int(x) for x in cpu) - int(cpu[3]) - int(cpu[4])}  # all but idle, iowait
+    cpu = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    out["machine"] = {0: sum(cpu) - cpu[3] - cpu[4]}  # all but idle, iowait
     return out
 
 
 def _cpu_share(before: dict, after: dict, wall_s: float) -> dict:
     """Cores used between two `_cpu_ticks` snapshots: the replica's busiest two threads (the ORT thread
-    and the event loop), the rest of the replica, HAProxy, Serve's proxy, the load client, everything else."""
-    tick = os.sysconf("SC_CLK_TCK")
-    delta = {k: {i: v - before.get(k, {}).get(i, 0) for i, v in after[k].items()} for k in after}
-    threads = sorted(delta["replica"].values(), reverse=True)
-    share = {"replica_thread_1": threads[0] if threads else 0, "replica_thread_2": threads[1] if len(threads) > 1 else 0,
-             "replica_other_threads": sum(threads[2:])}
-    share.update({k: sum(delta[k].values()) for k in ("haproxy", "proxy", "client")})
+    and the event loop), the rest of the replica, HAProxy, everything else, the whole machine."""
+    delta = {k: [v - before[k].get(i, 0) for i, v in after[k].items()] for k in after}
+    threads = sorted(delta["replica"], reverse=True) + [0, 0]
+    share = {"replica_thread_1": threads[0], "replica_thread_2": threads[1],
+             "replica_other_threads": sum(threads[2:]), "haproxy": sum(delta["haproxy"])}
     share["rest_of_machine"] = delta["machine"][0] - sum(share.values())
     share["machine"] = delta["machine"][0]
+    tick = os.sysconf("SC_CLK_TCK")
     return {k: round(v / tick / wall_s, 3) for k, v in share.items()}
 
 
