@@ -78,3 +78,20 @@ def test_mixed_texts_and_rows_score_as_their_texts(tmp_path):
     np.testing.assert_allclose(OnnxScorer(str(tmp_path / "onnx"), "fp32", intra_op_threads=1).predict(mixed), expected, atol=1e-6)
     with pytest.raises(TypeError, match=r"inputs\[1\]: expected a row text \(str\) or a row \(dict\), got int"):
         scorer.predict(["query: a", 7])
+
+
+def test_length_sorted_sub_batches_keep_each_rows_score_and_order(tmp_path):
+    """`sub_batch_rows` changes how a call is cut into ORT runs, never a row's probability or its place."""
+    from distillery.compress.export import export_onnx
+    from distillery.onnx_model.scorer import CPU_SUB_BATCH_ROWS, OnnxScorer
+
+    export_onnx(str(save_tiny_bert(tmp_path / "bert", seed=0)), str(tmp_path / "onnx"), max_length=64)
+    texts = [to_text(r) for r in _rows()[:37]] + ["q", "query: " + "long " * 60]  # lengths 3 to 64
+    alone = OnnxScorer(str(tmp_path / "onnx"), "fp32", intra_op_threads=1, sub_batch_rows=1)
+    expected = np.concatenate([alone.predict_proba([t]) for t in texts])  # each row padded to nothing
+    for rows in (0, 1, 5, CPU_SUB_BATCH_ROWS, 64):
+        scorer = OnnxScorer(str(tmp_path / "onnx"), "fp32", intra_op_threads=1, sub_batch_rows=rows)
+        np.testing.assert_allclose(scorer.predict_proba(texts), expected, atol=1e-5, err_msg=f"sub_batch_rows={rows}")
+    assert OnnxScorer(str(tmp_path / "onnx"), "fp32").sub_batch_rows == CPU_SUB_BATCH_ROWS  # the CPU default
+    with pytest.raises(ValueError, match="sub_batch_rows=-1"):
+        OnnxScorer(str(tmp_path / "onnx"), "fp32", sub_batch_rows=-1)

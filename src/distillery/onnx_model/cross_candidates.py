@@ -107,17 +107,14 @@ class CrossCandidateScorer(OnnxScorer):
         return self.pieces.tokenized - before
 
     def predict(self, inputs: Sequence[str | Mapping[str, Any]]) -> np.ndarray:
-        seqs = [self.tokenizer(x, truncation=True, max_length=self.max_length)["input_ids"] if isinstance(x, str)
-                else self.pieces.ids(check_row(i, x)) for i, x in enumerate(inputs)]
+        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
+        seqs: list[list[int] | None] = [None if isinstance(x, str) else self.pieces.ids(check_row(i, x))
+                                        for i, x in enumerate(inputs)]
+        if texts:  # the texts in one tokenizer call
+            ids = self.tokenizer([x for _, x in texts], truncation=True, max_length=self.max_length)["input_ids"]
+            for (i, _), s in zip(texts, ids):
+                seqs[i] = s
         if not seqs:
             return np.zeros(0, dtype=np.float64)
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = np.full((len(seqs), width), pad, dtype=np.int64)
-        mask = np.zeros((len(seqs), width), dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
-            mask[i, : len(s)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        (out,) = self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})
-        return sigmoid(np.asarray(out, dtype=np.float64).reshape(len(seqs), -1)[:, 0])
+        out = self.run_ids(seqs)
+        return sigmoid(out.astype(np.float64, copy=False).reshape(len(seqs), -1)[:, 0])

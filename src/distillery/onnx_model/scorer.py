@@ -5,8 +5,9 @@
     probs = scorer.predict_rows([{"id": "1", "query": "shoes", "ad_title": "trail runner"}])
 
 Ray Serve replicas wrap one of these; it is also what compression, evaluation, benchmarks and
-validation time, so the numbers they report are the serving path's. Texts are padded to the batch's longest and truncated
-to the model card's `max_length`.
+validation time, so the numbers they report are the serving path's. Texts are truncated to the model
+card's `max_length`; on a CPU a call's rows run in length-sorted runs of `sub_batch_rows`, each padded
+to its own longest.
 
 On a GPU: `provider="cuda"` with `variant="fp16"` (CUDA execution provider), or
 `provider="tensorrt"` with `variant="int8_static"` (a symmetric QDQ graph, see
@@ -25,7 +26,8 @@ import numpy as np
 
 from distillery.onnx_model.card import ModelCard
 
-__all__ = ["OnnxScorer", "sigmoid", "check_row", "provider_options", "PROVIDERS", "TRT_MAX_BATCH"]
+__all__ = ["OnnxScorer", "sigmoid", "check_row", "provider_options", "PROVIDERS", "TRT_MAX_BATCH",
+           "CPU_SUB_BATCH_ROWS"]
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -33,6 +35,9 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 _REQUIRED = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 # TensorRT optimisation profile bounds (rows): engines are built for 1..this many rows at once.
 TRT_MAX_BATCH = 256
+# Rows per ORT run on a CPU (`OnnxScorer.sub_batch_rows`): runs of 1-16 length-sorted rows score at the
+# same rate; 32 is ~10% and 64 ~25% slower per row (2-core EPYC, both the bench's and the demo's student).
+CPU_SUB_BATCH_ROWS = 8
 
 
 def provider_options(provider: str, device_id: int, model_dir: str, variant: str, max_length: int,
@@ -93,11 +98,15 @@ class OnnxScorer:
     `intra_op_threads`: ORT intra-op threads (None = ORT's default, one per core).
     `io_binding`: run through ORT's I/O binding, output allocated on the provider's device.
     `device_id`: the GPU for `cuda` / `tensorrt`.
+    `sub_batch_rows`: rows per ORT run. A call's rows are sorted by token length and run this many at
+    a time, each run padded to its own longest: on a CPU a run of 64 rows costs ~25% more per row
+    than runs of 8 (activations outgrow the cache; measured in BENCHMARKS.md). None: `CPU_SUB_BATCH_ROWS`
+    on the CPU provider, the whole call on a GPU; 0: the whole call always.
     """
 
     def __init__(self, model_dir: str, variant: str = "int8", provider: str = "cpu",
                  intra_op_threads: int | None = None, graph_optimization: str = "all",
-                 io_binding: bool = False, device_id: int = 0):
+                 io_binding: bool = False, device_id: int = 0, sub_batch_rows: int | None = None):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -107,6 +116,8 @@ class OnnxScorer:
             raise ValueError(f"{model_dir}/model_card.json: max_length: missing; the scorer needs the truncation length")
         if provider not in PROVIDERS:
             raise ValueError(f"provider {provider!r}: expected one of {sorted(PROVIDERS)}")
+        if sub_batch_rows is not None and sub_batch_rows < 0:
+            raise ValueError(f"sub_batch_rows={sub_batch_rows}: must be >= 0 (0: the whole call) or None")
         if intra_op_threads is not None and intra_op_threads < 1:
             raise ValueError(f"intra_op_threads={intra_op_threads}: must be >= 1 or None")
         levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -146,6 +157,9 @@ class OnnxScorer:
         self.version: str = self.card.version
         self.variant = variant
         self.provider = provider
+        if sub_batch_rows is None:
+            sub_batch_rows = CPU_SUB_BATCH_ROWS if provider == "cpu" else 0
+        self.sub_batch_rows = sub_batch_rows
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Feeds for the session: int64 arrays (batch, longest-in-batch ≤ max_length)."""
@@ -163,12 +177,39 @@ class OnnxScorer:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}]: expected a string, got {type(t).__name__}")
-        feeds = self.encode(texts)
-        if self.io_binding:
-            out = self._run_bound(feeds)
-        else:
-            (out,) = self.session.run([self.output_name], feeds)
-        return np.asarray(out, dtype=np.float64).reshape(len(texts), -1)[:, 0]
+        seqs = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        out = self.run_ids(seqs)
+        return out.astype(np.float64, copy=False).reshape(len(texts), -1)[:, 0]
+
+    def run_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """The session's output rows for token-id sequences, in input order: the sequences sorted by
+        length and run `sub_batch_rows` at a time, each run padded to its own longest (attention mask
+        0 on the padding, token types 0)."""
+        n = len(seqs)
+        step = self.sub_batch_rows or n
+        order = sorted(range(n), key=lambda i: len(seqs[i])) if step < n else list(range(n))
+        pad = self.tokenizer.pad_token_id or 0
+        parts = []
+        for start in range(0, n, step):
+            rows = order[start:start + step]
+            width = max(len(seqs[i]) for i in rows)
+            ids = np.full((len(rows), width), pad, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, i in enumerate(rows):
+                ids[r, : len(seqs[i])] = seqs[i]
+                mask[r, : len(seqs[i])] = 1
+            known = {"input_ids": ids, "attention_mask": mask}
+            feeds = {name: known.get(name, np.zeros_like(ids)) for name in self.input_names}
+            if self.io_binding:
+                parts.append(np.asarray(self._run_bound(feeds)))
+            else:
+                parts.append(np.asarray(self.session.run([self.output_name], feeds)[0]))
+        out = np.concatenate(parts)
+        if step >= n:
+            return out
+        result = np.empty_like(out)
+        result[order] = out
+        return result
 
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One run through ORT's I/O binding: host feeds bound (copied to the device once, at bind

@@ -49,9 +49,8 @@ class BatchSection(Section):
     two_tower_batch_rows: int = Field(
         1024, ge=1, le=100_000, description="the same for a two-tower student: a row costs its head (microseconds) "
                                             "and its tower runs once per distinct request, so a bid's candidates stay one call")
-    batch_wait_timeout_ms: float = Field(0.5, ge=0, le=1000, description="how long a batch waits to fill, ms")
-    score_in_thread: bool = Field(True, description="run ONNX Runtime on a worker thread so the replica keeps "
-                                  "answering (and timing out bids) while a batch computes; False runs it inline")
+    batch_wait_timeout_ms: float = Field(
+        0.5, ge=0, le=1000, description="how long the scoring thread waits for more requests after the first, ms")
 
 
 class BidderSection(Section):
@@ -71,7 +70,7 @@ class AppArgs(Section):
     model: ModelSection = Field(..., description="the model served at start")
     provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider; cuda refuses to fall back")
     intra_op_threads: int | None = Field(1, ge=1, description="ORT threads per replica (None: one per core)")
-    batch: BatchSection = Field(default_factory=BatchSection, description="@serve.batch settings")
+    batch: BatchSection = Field(default_factory=BatchSection, description="dynamic batching on the scoring thread")
     limits: LimitsSection = Field(default_factory=LimitsSection, description="request size and shape limits")
     bidder: BidderSection = Field(default_factory=BidderSection, description="OpenRTB bidder settings")
     auth_token_env: str | None = Field("DISTILLERY_SERVE_TOKEN",

@@ -8,9 +8,10 @@ Routes (all JSON; errors are `{"error": "..."}` with a 4xx status naming the pro
     POST /v2/models/{m}[/versions/{v}]/infer                   OIP infer (JSON or binary tensors)
     POST /openrtb/2.5/bid, /openrtb/2.6/bid                    bid response, or 204 no-bid in tmax
 
-Every scored row goes through `_score` (`@serve.batch`, sized in rows), so the candidates of one
-bid request and rows of concurrent requests share ONNX Runtime calls; an input the model cannot
-take fails only its own request. Bodies are read as streams and refused past the size limit;
+Every scored row goes through `_score` (`serving.batcher`: one scoring thread that takes the queued
+requests, up to a batch of rows, the moment it is free), so the candidates of one bid request and
+rows of concurrent requests share ONNX Runtime calls; an input the model cannot take fails only its
+own request. Bodies are read as streams and refused past the size limit;
 large ones are parsed, and bid requests planned, on worker threads, off the event loop. Every
 scored response carries the model version that scored it (`x-model-version`, and in the body).
 """
@@ -22,7 +23,6 @@ import hashlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,9 +36,10 @@ from distillery.onnx_model.two_tower import open_scorer
 from distillery.serving import oip
 from distillery.serving.arrival import arrival_time
 from distillery.serving.batch import score_batch
+from distillery.serving.batcher import ThreadBatcher
 from distillery.serving.bidder import BidPlan, BidRequestError, decide_bids, deadline_budget_ms, plan_bids
 from distillery.serving.catalog import load_catalog
-from distillery.serving.config import (DEPLOYMENT_NAME, AppArgs, BatchSection, ModelSection, app_args, auth_required,
+from distillery.serving.config import (DEPLOYMENT_NAME, AppArgs, ModelSection, auth_required,
                                        decorator_options, load_serve_config, missing_token_message, resolve_model_dir)
 from distillery.serving.limits import (BadRequest, check_bearer, check_content_length, is_authorized, load_token,
                                        parse_json_body, read_body)
@@ -93,10 +94,6 @@ async def _internal_error(request: Request, err: Exception) -> JSONResponse:
     return _error(500, f"internal error ({type(err).__name__}); the replica keeps serving")
 
 
-def _rows(items: list[list[str | dict]]) -> int:
-    return sum(len(inputs) for inputs in items)
-
-
 _OFFLOAD_BYTES = 64_000  # bodies above this are parsed on a worker thread, not the event loop
 
 
@@ -140,10 +137,8 @@ class _LastGood:
             log.warning("could not record the last good model: %s", err)
 
 
-# Defaults from the shipped serve/serve_config.yaml (its CTRServer entry and app args); a deploy's
-# own config overrides them, and __init__ resets the batch from the args the replica gets.
+# Defaults from the shipped serve/serve_config.yaml (its CTRServer entry); a deploy's own config overrides them.
 _SHIPPED = load_serve_config()
-_SHIPPED_BATCH = BatchSection.model_validate(app_args(_SHIPPED).get("batch") or {})
 
 
 def _freeze_long_lived() -> None:
@@ -166,7 +161,6 @@ class CTRServer:
         self._token = load_token(self.args.auth_token_env)
         if self._token is None and auth_required(self.args.auth, host := _proxy_host()):
             raise RuntimeError(missing_token_message(self.args.auth_token_env, host))  # fail closed
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")  # one ORT call at a time
         self._catalog = load_catalog(self.args.bidder.catalog)
         self._metrics = ServingMetrics()
         api.state.metrics = self._metrics  # one replica per process: the error handlers count here
@@ -175,8 +169,10 @@ class CTRServer:
         self._last_good = _LastGood(self.args)
         self._configured: dict[str, Any] | None = None  # the user_config Serve last handed us
         self._swap_error: str | None = None  # why the configured model is not the one served
-        self._score.set_max_batch_size(self._batch_rows())
-        self._score.set_batch_wait_timeout_s(self.args.batch.batch_wait_timeout_ms / 1000.0)
+        # One ORT call at a time, on the batcher's thread: the event loop keeps answering (and
+        # timing out bids) while a batch computes.
+        self._batcher = ThreadBatcher(self._score_items, max_rows=self._batch_rows(),
+                                      wait_s=self.args.batch.batch_wait_timeout_ms / 1000.0, name="ort")
         self._reconfigured = False
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
         self._metrics.swap_failed.set(0)
@@ -236,40 +232,40 @@ class CTRServer:
     def _switch(self, scorer, model: ModelSection) -> None:
         old = self._scorer
         self._scorer, self._model = scorer, model
-        self._score.set_max_batch_size(self._batch_rows())
+        self._batcher.max_rows = self._batch_rows()
         _freeze_long_lived()
         self._metrics.swap(ok=True)
         self._metrics.model_loaded(scorer.name, scorer.version, old.version)
         log.info("swapped model %s -> %s (%s)", old.version, scorer.version, model.model_dir)
 
     def check_health(self) -> None:
-        if self._scorer is None or self._pool._shutdown:
-            raise RuntimeError("no model loaded or scoring pool stopped")
+        if self._scorer is None or not self._batcher.alive:
+            raise RuntimeError("no model loaded or scoring thread stopped")
         # Ray exports a gauge's value once after each set: re-set it so the served version stays visible.
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
         self._metrics.swap_failed.set(1 if self._swap_error else 0)
 
     def __del__(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        batcher = getattr(self, "_batcher", None)
+        if batcher is not None:
+            batcher.close()
 
     # -- scoring ----------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=_SHIPPED_BATCH.max_batch_rows, batch_size_fn=_rows,  # reset from the args in __init__
-                 batch_wait_timeout_s=_SHIPPED_BATCH.batch_wait_timeout_ms / 1000.0)
-    async def _score(self, items: list[list[str | dict]]) -> list[tuple[np.ndarray | Exception, str]]:
-        """One scoring call for every input of the queued requests — `/predict` texts and bid candidate
-        rows alike (`scorer.predict`); sizes are in rows (`_rows`). An input the model cannot take
-        fails only its own request (`score_batch`), never the batch."""
+    def _score_items(self, items: list[list[str | dict]]) -> list[tuple[np.ndarray | Exception, str]]:
+        """On the batcher's thread: one scoring call for every input of the batch's requests —
+        `/predict` texts and bid candidate rows alike (`scorer.predict`). An input the model cannot
+        take fails only its own request (`score_batch`), never the batch."""
         scorer = self._scorer  # a swap mid-batch does not split the batch across models
-        if self.args.batch.score_in_thread:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._pool, score_batch, scorer.predict, items)
-        else:
-            results = score_batch(scorer.predict, items)
-        self._metrics.predictions.inc(sum(len(r) for r in results if not isinstance(r, Exception)))
-        return [(r, scorer.version) for r in results]
+        return [(r, scorer.version) for r in score_batch(scorer.predict, items)]
+
+    async def _score(self, inputs: list[str | dict]) -> tuple[np.ndarray | Exception, str]:
+        """One request's inputs (at most a batch's rows) scored in the next batch with room: (probs or
+        the exception that failed them, the model version)."""
+        result = await self._batcher.submit(inputs)
+        if not isinstance(result[0], Exception):
+            self._metrics.predictions.inc(len(result[0]))
+        return result
 
     async def _score_inputs(self, inputs: list[str | dict]) -> tuple[np.ndarray, str]:
         """Probabilities (n,) float64 of texts or rows, and the model version; large requests are cut to batch size."""

@@ -1,0 +1,147 @@
+"""Dynamic batching on one scoring thread, fed straight from the event loop. Ray-free.
+
+    batcher = ThreadBatcher(score, max_rows=64, wait_s=0.0005)   # score(items) -> one result per item
+    result = await batcher.submit(inputs)                         # from the replica's event loop
+    batcher.close()
+
+The thread takes the queued requests itself the moment it is free: the first one starts the clock,
+it waits up to `wait_s` for more, and it takes at most `max_rows` rows (a request is never split,
+and one larger than `max_rows` is scored alone). Under light load a request waits `wait_s` at
+most; at saturation the batch fills from what queued while the last one ran, and the thread never
+waits for the event loop to hand it work. `@serve.batch` with a one-thread executor needs an event
+loop turn between two batches (the batch task wakes, then hands the rows to the thread): at
+saturation the ORT thread idled 12% of the time (BENCHMARKS.md, "What limits saturation").
+
+Results go back in one event-loop callback per batch. A request whose caller stopped waiting (a
+bid past its deadline cancels its future) is dropped before its batch is scored, if it is still
+queued, and its result is discarded otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+__all__ = ["ThreadBatcher"]
+
+_STOP = object()
+
+
+class ThreadBatcher:
+    """One daemon thread scoring batches of queued requests; `submit` from any asyncio loop.
+
+    `score(items)`: the batch's requests (each a list of inputs) in, one result per request out;
+    if it raises, every request of the batch gets that exception. `rows(item)`: a request's size
+    (default `len`). `max_rows` and `wait_s` can change at any time (a hot swap does).
+    """
+
+    def __init__(self, score: Callable[[list[Any]], Sequence[Any]], *, max_rows: int, wait_s: float = 0.0,
+                 rows: Callable[[Any], int] = len, name: str = "scorer"):
+        if max_rows < 1:
+            raise ValueError(f"max_rows={max_rows}: must be >= 1")
+        if wait_s < 0:
+            raise ValueError(f"wait_s={wait_s}: must be >= 0")
+        self.max_rows, self.wait_s = max_rows, wait_s
+        self._score, self._rows = score, rows
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self.batches = 0  # batches scored
+        self.dropped = 0  # requests dropped because their caller had stopped waiting
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._thread.is_alive()
+
+    async def submit(self, item: Any) -> Any:
+        """The result of `item` (a request's inputs), scored in the next batch with room for it."""
+        if not self.alive:
+            raise RuntimeError("the scoring thread is stopped")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((item, future, loop))
+        return await future
+
+    def close(self) -> None:
+        """Stop the thread after the batch in progress; queued requests get an error."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        held = None  # a request that did not fit the last batch: it opens the next one
+        while True:
+            first = held if held is not None else self._queue.get()
+            held = None
+            if first is _STOP:
+                break
+            batch, size = [first], self._rows(first[0])
+            deadline = time.perf_counter() + self.wait_s
+            while size < self.max_rows:
+                try:
+                    nxt = self._queue.get(timeout=max(deadline - time.perf_counter(), 0)) if self.wait_s else \
+                        self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    held = nxt
+                    break
+                n = self._rows(nxt[0])
+                if size + n > self.max_rows:
+                    held = nxt
+                    break
+                batch.append(nxt)
+                size += n
+            live = [b for b in batch if not b[1].done()]  # done: cancelled by its caller
+            self.dropped += len(batch) - len(live)
+            if live:
+                self._score_batch(live)
+        self._fail_queued()
+
+    def _score_batch(self, batch: list) -> None:
+        try:
+            results = list(self._score([item for item, _, _ in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"score returned {len(results)} results for {len(batch)} requests")
+            outcome = [(future, result, None) for (_, future, _), result in zip(batch, results)]
+        except Exception as err:  # noqa: BLE001 - every request of the batch gets it
+            outcome = [(future, None, err) for _, future, _ in batch]
+        self.batches += 1
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for (_, _, loop), done in zip(batch, outcome):
+            by_loop.setdefault(loop, []).append(done)
+        for loop, done in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, done)
+            except RuntimeError:  # that loop is closed: nobody is waiting
+                pass
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if entry is not _STOP:
+                _, future, loop = entry
+                try:
+                    loop.call_soon_threadsafe(_deliver, [(future, None, RuntimeError("the scoring thread is stopped"))])
+                except RuntimeError:
+                    pass
+
+
+def _deliver(done: list) -> None:
+    """On the event loop: each future's result or exception, unless its caller gave up."""
+    for future, result, err in done:
+        if future.done():
+            continue
+        if err is not None:
+            future.set_exception(err)
+        else:
+            future.set_result(result)
