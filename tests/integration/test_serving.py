@@ -516,7 +516,8 @@ def test_metrics_are_exported_to_prometheus(server, shared_data):
     late = json.loads((shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_text())
     late["tmax"] = 5
     wanted = ("distillery_predictions_total", "distillery_rejected_total", "distillery_no_bids_total",
-              "distillery_deadline_misses_total", "distillery_model_swaps_total", "distillery_model_info")
+              "distillery_deadline_misses_total", "distillery_model_swaps_total", "distillery_model_info",
+              "distillery_batch_rows_count", "distillery_batch_queue_ms_bucket", "distillery_batch_score_ms_sum")
 
     def scrape() -> str | None:
         post("/predict", {"texts": [TEXT]})
@@ -535,6 +536,8 @@ def test_metrics_are_exported_to_prometheus(server, shared_data):
     assert any('reason="no_candidates"' in line for line in lines)  # the native sample
     assert any('route="predict"' in line and 'status="400"' in line for line in lines)
     assert all('deployment="CTRServer"' in line and 'replica="' in line for line in lines)
+    batches = [line for line in lines if line.startswith("ray_distillery_batch_rows_count")]
+    assert batches and all(float(line.rsplit(" ", 1)[1]) >= 1 for line in batches)  # the scoring thread's batches
 
 
 def test_path_escaping_the_model_root_is_refused():

@@ -168,3 +168,24 @@ def test_close_stops_the_thread_and_refuses_new_work():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ThreadBatcher(Recorder(), **kwargs)
+
+
+def test_on_batch_reports_each_batch_on_the_event_loop_and_a_failing_hook_is_harmless(caplog):
+    seen, loop_thread = [], []
+
+    def hook(rows, queued_s, score_s):
+        seen.append((rows, queued_s, score_s, threading.current_thread().name))
+        raise RuntimeError("metrics down")
+
+    batcher = ThreadBatcher(Recorder(), max_rows=64, on_batch=hook)
+
+    async def main():
+        loop_thread.append(threading.current_thread().name)
+        first = await batcher.submit(["a", "b"])
+        return first, await batcher.submit(["c"])
+
+    assert asyncio.run(main()) == (["A", "B"], ["C"])  # the hook's error reached no request
+    batcher.close()
+    assert [s[0] for s in seen] == [2, 1]
+    assert all(s[1] >= 0 and s[2] >= 0 for s in seen) and {s[3] for s in seen} == set(loop_thread)
+    assert sum("on_batch hook failed" in r.message for r in caplog.records) == 1  # logged once

@@ -35,8 +35,9 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 _REQUIRED = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 # TensorRT optimisation profile bounds (rows): engines are built for 1..this many rows at once.
 TRT_MAX_BATCH = 256
-# Rows per ORT run on a CPU (`OnnxScorer.sub_batch_rows`): runs of 1-16 length-sorted rows score at the
-# same rate; 32 is ~10% and 64 ~25% slower per row (2-core EPYC, both the bench's and the demo's student).
+# Rows per ORT run on a CPU (`OnnxScorer.sub_batch_rows`): runs of 2-8 length-sorted rows score alike,
+# 1.2x the rows/s of one padded run of 64; 32 is ~1.1x (`bench/ort_runs.py`, 2-core EPYC, both the
+# bench's and the demo's student).
 CPU_SUB_BATCH_ROWS = 8
 
 

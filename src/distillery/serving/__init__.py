@@ -7,9 +7,10 @@ The model a replica runs (its card, OnnxScorer, TwoTowerScorer) lives below, in 
     oip.py         Open Inference Protocol (KServe V2) payloads, JSON and binary tensors
     predict.py     /predict bodies (rows or texts)
     limits.py      edge guards: body size, UTF-8, JSON depth, bearer token
-    batch.py       one @serve.batch call scored, a bad input failing only its own request
+    batch.py       one batch scored, a bad input failing only its own request
+    batcher.py     the scoring thread: dynamic batching of queued requests, up to a batch of rows
     app.py         build_app (serve run / serve deploy / RayService), `distillery serve`
-    deployment.py  the Serve deployment (FastAPI ingress, @serve.batch, hot swap)
+    deployment.py  the Serve deployment (FastAPI ingress, the scoring thread, hot swap)
     metrics.py     replica metrics beside Serve's own
 
 Submodules are imported directly; importing this package pulls in neither Ray nor ONNX Runtime.

@@ -1,4 +1,4 @@
-"""One `@serve.batch` call's scoring, with each request's failure kept to itself. Ray-free."""
+"""One batch's scoring (`serving.batcher`), with each request's failure kept to itself. Ray-free."""
 
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ waits for the event loop to hand it work. `@serve.batch` with a one-thread execu
 loop turn between two batches (the batch task wakes, then hands the rows to the thread): at
 saturation the ORT thread idled 12% of the time (BENCHMARKS.md, "What limits saturation").
 
-Results go back in one event-loop callback per batch. A request whose caller stopped waiting (a
+Results go back in one event-loop callback per batch, which also hands `on_batch(rows, queued_s,
+score_s)` the batch's size, how long its oldest request queued and how long scoring took (the
+replica's metrics; on the event loop, not the scoring thread). A request whose caller stopped waiting (a
 bid past its deadline cancels its future) is dropped before its batch is scored, if it is still
 queued, and its result is discarded otherwise.
 """
@@ -22,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import logging
 import time
 from typing import Any, Callable, Sequence
 
 __all__ = ["ThreadBatcher"]
 
 _STOP = object()
+log = logging.getLogger(__name__)
 
 
 class ThreadBatcher:
@@ -39,15 +43,17 @@ class ThreadBatcher:
     """
 
     def __init__(self, score: Callable[[list[Any]], Sequence[Any]], *, max_rows: int, wait_s: float = 0.0,
-                 rows: Callable[[Any], int] = len, name: str = "scorer"):
+                 rows: Callable[[Any], int] = len, name: str = "scorer",
+                 on_batch: Callable[[int, float, float], None] | None = None):
         if max_rows < 1:
             raise ValueError(f"max_rows={max_rows}: must be >= 1")
         if wait_s < 0:
             raise ValueError(f"wait_s={wait_s}: must be >= 0")
         self.max_rows, self.wait_s = max_rows, wait_s
-        self._score, self._rows = score, rows
+        self._score, self._rows, self._on_batch = score, rows, on_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._hook_failed = False
         self.batches = 0  # batches scored
         self.dropped = 0  # requests dropped because their caller had stopped waiting
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -63,7 +69,7 @@ class ThreadBatcher:
             raise RuntimeError("the scoring thread is stopped")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((item, future, loop))
+        self._queue.put((item, future, loop, time.perf_counter()))
         return await future
 
     def close(self) -> None:
@@ -101,26 +107,39 @@ class ThreadBatcher:
             live = [b for b in batch if not b[1].done()]  # done: cancelled by its caller
             self.dropped += len(batch) - len(live)
             if live:
-                self._score_batch(live)
+                self._score_batch(live, size)
         self._fail_queued()
 
-    def _score_batch(self, batch: list) -> None:
+    def _score_batch(self, batch: list, rows: int) -> None:
+        started = time.perf_counter()
         try:
-            results = list(self._score([item for item, _, _ in batch]))
+            results = list(self._score([item for item, _, _, _ in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(f"score returned {len(results)} results for {len(batch)} requests")
-            outcome = [(future, result, None) for (_, future, _), result in zip(batch, results)]
+            outcome = [(future, result, None) for (_, future, _, _), result in zip(batch, results)]
         except Exception as err:  # noqa: BLE001 - every request of the batch gets it
-            outcome = [(future, None, err) for _, future, _ in batch]
+            outcome = [(future, None, err) for _, future, _, _ in batch]
         self.batches += 1
+        stats = (rows, started - min(queued for _, _, _, queued in batch), time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for (_, _, loop), done in zip(batch, outcome):
+        for (_, _, loop, _), done in zip(batch, outcome):
             by_loop.setdefault(loop, []).append(done)
+        hook = self._report if self._on_batch is not None else None
         for loop, done in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_deliver, done)
+                loop.call_soon_threadsafe(_deliver, done, hook, stats)
             except RuntimeError:  # that loop is closed: nobody is waiting
                 pass
+            hook = None  # once per batch
+
+    def _report(self, rows: int, queued_s: float, score_s: float) -> None:
+        """`on_batch`, on the event loop; a failing hook is logged once and never fails scoring."""
+        try:
+            self._on_batch(rows, queued_s, score_s)
+        except Exception:  # noqa: BLE001 - metrics must not fail requests
+            if not self._hook_failed:
+                log.exception("on_batch hook failed (logged once; scoring goes on)")
+            self._hook_failed = True
 
     def _fail_queued(self) -> None:
         while True:
@@ -129,15 +148,16 @@ class ThreadBatcher:
             except queue.Empty:
                 return
             if entry is not _STOP:
-                _, future, loop = entry
+                _, future, loop, _ = entry
                 try:
-                    loop.call_soon_threadsafe(_deliver, [(future, None, RuntimeError("the scoring thread is stopped"))])
+                    loop.call_soon_threadsafe(_deliver, [(future, None, RuntimeError("the scoring thread is stopped"))],
+                                              None, None)
                 except RuntimeError:
                     pass
 
 
-def _deliver(done: list) -> None:
-    """On the event loop: each future's result or exception, unless its caller gave up."""
+def _deliver(done: list, hook: Callable[[int, float, float], None] | None, stats: tuple | None) -> None:
+    """On the event loop: each future's result or exception, unless its caller gave up; then the batch's stats."""
     for future, result, err in done:
         if future.done():
             continue
@@ -145,3 +165,5 @@ def _deliver(done: list) -> None:
             future.set_exception(err)
         else:
             future.set_result(result)
+    if hook is not None:
+        hook(*stats)

@@ -172,7 +172,8 @@ class CTRServer:
         # One ORT call at a time, on the batcher's thread: the event loop keeps answering (and
         # timing out bids) while a batch computes.
         self._batcher = ThreadBatcher(self._score_items, max_rows=self._batch_rows(),
-                                      wait_s=self.args.batch.batch_wait_timeout_ms / 1000.0, name="ort")
+                                      wait_s=self.args.batch.batch_wait_timeout_ms / 1000.0, name="ort",
+                                      on_batch=self._metrics.batch)
         self._reconfigured = False
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
         self._metrics.swap_failed.set(0)

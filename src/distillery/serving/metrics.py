@@ -8,13 +8,16 @@
     distillery_model_info{model,version}  1 for the version served now, 0 for the one it replaced
     distillery_swap_failed            1 while the configured model (user_config) is not the one served
     distillery_unscorable{route}      requests the model could not score (answered 422 alone, not the batch)
+    distillery_batch_rows             rows per scoring batch (histogram)
+    distillery_batch_queue_ms         how long a batch's oldest request queued for the scoring thread (histogram)
+    distillery_batch_score_ms         scoring time of a batch (histogram)
 
 Serve adds the deployment, replica and application tags itself.
 """
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Gauge
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 __all__ = ["ServingMetrics"]
 
@@ -36,6 +39,18 @@ class ServingMetrics:
         self.unscorable = Counter("distillery_unscorable", description="requests the model could not score (422)")
         self.model_info = Gauge("distillery_model_info", description="1 for the model version being served",
                                 tag_keys=("model", "version"))
+        self.batch_rows = Histogram("distillery_batch_rows", description="rows per scoring batch",
+                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+        ms = [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000]
+        self.batch_queue_ms = Histogram("distillery_batch_queue_ms", boundaries=ms,
+                                        description="how long a batch's oldest request queued for the scoring thread, ms")
+        self.batch_score_ms = Histogram("distillery_batch_score_ms", boundaries=ms, description="scoring time of a batch, ms")
+
+    def batch(self, rows: int, queued_s: float, score_s: float) -> None:
+        """One scoring batch (`ThreadBatcher.on_batch`)."""
+        self.batch_rows.observe(rows)
+        self.batch_queue_ms.observe(queued_s * 1000.0)
+        self.batch_score_ms.observe(score_s * 1000.0)
 
     def no_bid(self, reason: str) -> None:
         self.no_bids.inc(tags={"reason": reason})
