@@ -142,3 +142,20 @@ def test_sigmoid_is_stable_at_extremes():
     y = sigmoid(x)
     assert y[0] == 0.0 and y[-1] == 1.0 and y[2] == 0.5
     np.testing.assert_allclose(y[1] + y[3], 1.0)
+
+
+def test_quiet_ort_tools_drops_only_the_quantizers_advice(caplog):
+    """ORT's quantizer logs per-tensor INFO and a 'Please consider ...' WARNING on the root logger:
+    both are muted while it runs; any other warning still reaches the log, and nothing stays muted after."""
+    import logging
+
+    from distillery.compress.quantize import quiet_ort_tools
+
+    with caplog.at_level(logging.INFO):
+        with quiet_ort_tools():
+            logging.info("quantizing tensor x")
+            logging.warning("Please consider to run pre-processing before quantization.")
+            logging.warning("calibration data is empty for tensor y")
+        logging.warning("Please consider this after the quantizer finished")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["calibration data is empty for tensor y", "Please consider this after the quantizer finished"]

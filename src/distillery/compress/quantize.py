@@ -77,13 +77,23 @@ class TextCalibrationReader:
 @contextlib.contextmanager
 def quiet_ort_tools():
     """ORT's quantizer and fusion tools log every tensor at INFO on the root logger; mute INFO
-    while they run so a job's own log stays readable."""
+    while they run so a job's own log stays readable. Their advice to pre-process the model first
+    (one root WARNING per static quantization, "Please consider ..."; not done here, and not measured)
+    is dropped too; every other warning and error still shows."""
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)
+    advice = _DropAdvice()
+    logging.root.addFilter(advice)  # ORT logs it through logging.warning: the root logger's own filters apply
     try:
         yield
     finally:
+        logging.root.removeFilter(advice)
         logging.disable(previous)
+
+
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider")
 
 
 def _as_calibration_reader(reader: TextCalibrationReader):

@@ -113,10 +113,14 @@ def size_table(cfg: SizeConfig, batch: int, seq_len: int, provider: str = "cpu")
 
     preset = {"auto": "int8-dynamic" if provider == "cpu" else "fp16"}.get(cfg.preset, cfg.preset)
     variant = "fp32" if preset == "none" else PRESET_VARIANT[preset]
+    from distillery.ray_runtime import no_progress_bars
+
+    no_progress_bars()  # two transformers bars per candidate otherwise; the log line below is the progress
     tokenizer = AutoTokenizer.from_pretrained(default_backbone())
     rows = []
+    grid = candidate_grid(cfg)
     with tempfile.TemporaryDirectory(prefix="size-") as tmp:
-        for i, cand in enumerate(candidate_grid(cfg)):
+        for i, cand in enumerate(grid):
             hf, onnx_dir = os.path.join(tmp, f"c{i}"), os.path.join(tmp, f"c{i}_onnx")
             params = _build_student(cand, hf, tokenizer, cfg.seed)
             card = export_onnx(hf, onnx_dir, max_length=cfg.max_length, name=f"size-c{i}")
@@ -128,7 +132,7 @@ def size_table(cfg: SizeConfig, batch: int, seq_len: int, provider: str = "cpu")
             row = {**cand, "params": params, "variant": variant, "size_mb": round(size_mb, 2),
                    "p50": lat["p50"], "p99": lat["p99"], "providers": lat["providers"], "version": card["version"]}
             rows.append(row)
-            log.info("size: %s", row)
+            log.info("size: candidate %d/%d: %s", i + 1, len(grid), row)
     return rows
 
 
