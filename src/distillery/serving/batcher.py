@@ -107,7 +107,7 @@ class ThreadBatcher:
             live = [b for b in batch if not b[1].done()]  # done: cancelled by its caller
             self.dropped += len(batch) - len(live)
             if live:
-                self._score_batch(live, size)
+                self._score_batch(live, sum(self._rows(b[0]) for b in live))
         self._fail_queued()
 
     def _score_batch(self, batch: list, rows: int) -> None:
