@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,28 +30,17 @@ import serve as bench_serve  # noqa: E402 - the workload and the bench student
 SETTINGS = (0, 1, 2, 4, 8, 16, 32)
 
 
-def rows_per_s(scorer, calls: list[list[str]], seconds: float) -> float:
-    rows, start, i = 0, time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        rows += len(scorer.predict_proba(calls[i % len(calls)]))
-        i += 1
-    return rows / (time.perf_counter() - start)
-
-
 def measure(model_dir: Path, variant: str, call_rows: int, slices: int, slice_s: float) -> dict:
     from distillery.onnx_model.scorer import OnnxScorer
 
-    texts = [t for g in bench_serve.workload(8, n_requests=100) for t in g]
-    calls = [texts[i:i + call_rows] for i in range(0, len(texts) - call_rows + 1, call_rows)]
+    groups = bench_serve.workload(8, n_requests=100)
+    texts = [t for g in groups for t in g]
     scorers = {n: OnnxScorer(str(model_dir), variant=variant, intra_op_threads=1, sub_batch_rows=n) for n in SETTINGS}
-    for s in scorers.values():
-        for c in calls[:2]:
-            s.predict_proba(c)
     lengths = [len(x) for x in scorers[0].tokenizer(texts, truncation=True, max_length=scorers[0].max_length)["input_ids"]]
     got: dict[int, list[float]] = {n: [] for n in SETTINGS}
     for k in range(slices):
         for n in SETTINGS:
-            got[n].append(rows_per_s(scorers[n], calls, slice_s))
+            got[n].append(bench_serve.raw_throughput(scorers[n], groups, call_rows, slice_s)[0])
         print(f"  {model_dir.name} slice {k + 1}/{slices}: "
               + "  ".join(f"{n or 'whole'}: {got[n][-1]:.0f}" for n in SETTINGS), flush=True)
     mean = {n: sum(v) / len(v) for n, v in got.items()}

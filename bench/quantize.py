@@ -31,6 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import serve as bench_serve  # noqa: E402 - raw_throughput: calls of 64 texts through a scorer, timed
 
 # name -> (preset, apply_preset keyword arguments)
 CHOICES = {
@@ -55,14 +58,6 @@ def build(src: Path, work: Path, calib: list[str]) -> dict[str, tuple[Path, str]
         print(f"  built {name} in {time.perf_counter() - t0:.1f}s", flush=True)
         out[name] = (folder, PRESET_VARIANT[preset])
     return out
-
-
-def rows_per_s(scorer, calls: list[list[str]], seconds: float) -> float:
-    rows, start, i = 0, time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        rows += len(scorer.predict_proba(calls[i % len(calls)]))
-        i += 1
-    return rows / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -98,7 +93,6 @@ def main() -> None:
     texts = [to_text(r) for r in test]
     clicks = np.asarray([r["click"] for r in test], dtype=np.float64)
     calib = [to_text(r) for r in read_split(args.run_dir, "train", max_rows=args.calib_rows).to_pylist()]
-    calls = [texts[i:i + 64] for i in range(0, min(len(texts), 1280) - 63, 64)]
 
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         folders = build(src, Path(tmp), calib)
@@ -107,7 +101,7 @@ def main() -> None:
         speed: dict[str, list[float]] = {name: [] for name in scorers}
         for k in range(args.slices):
             for name, s in scorers.items():
-                speed[name].append(rows_per_s(s, calls, args.slice_s))
+                speed[name].append(bench_serve.raw_throughput(s, [texts[:1280]], 64, args.slice_s)[0])
             print(f"  slice {k + 1}/{args.slices}: " + "  ".join(f"{n}: {v[-1]:.0f}" for n, v in speed.items()), flush=True)
         result = {}
         for name, s in scorers.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -92,10 +91,15 @@ def test_wait_s_gathers_requests_that_arrive_after_the_first():
 def test_no_wait_scores_a_lone_request_at_once():
     score = Recorder()
     batcher = ThreadBatcher(score, max_rows=64, wait_s=0.0)
-    start = time.perf_counter()
-    assert asyncio.run(batcher.submit(["a"])) == ["A"]
-    assert time.perf_counter() - start < 1.0  # not held for company
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)  # a second request soon after does not join the first's batch
+        return await asyncio.gather(first, batcher.submit(["b"]))
+
+    assert asyncio.run(main()) == [["A"], ["B"]]
     batcher.close()
+    assert score.batches == [[["a"]], [["b"]]]  # not held for company
 
 
 def test_a_failing_batch_fails_its_requests_and_the_thread_goes_on():
@@ -121,15 +125,28 @@ def test_a_failing_batch_fails_its_requests_and_the_thread_goes_on():
 
 
 def test_a_wrong_number_of_results_is_an_error_not_a_misassignment():
-    batcher = ThreadBatcher(lambda items: [1], max_rows=64)
+    gate, entered = threading.Event(), threading.Event()
+
+    def one_result(items):
+        entered.set()
+        gate.wait(5)
+        return [1]
+
+    batcher = ThreadBatcher(one_result, max_rows=64)
 
     async def main():
-        return await asyncio.gather(batcher.submit(["a"]), batcher.submit(["b"]), return_exceptions=True)
+        blocker = asyncio.ensure_future(batcher.submit(["x"]))
+        await asyncio.to_thread(entered.wait, 5)
+        pair = [asyncio.ensure_future(batcher.submit([k])) for k in ("a", "b")]  # queue into one batch
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(blocker, *pair, return_exceptions=True)
 
-    results = asyncio.run(main())
+    blocker, a, b = asyncio.run(main())
     batcher.close()
-    for r in results:  # whether both landed in one batch or not, nobody got another's answer
-        assert r == 1 or (isinstance(r, RuntimeError) and "1 results for 2 requests" in str(r))
+    assert blocker == 1  # one request, one result
+    for r in (a, b):  # two requests, one result: nobody gets another's answer
+        assert isinstance(r, RuntimeError) and "1 results for 2 requests" in str(r)
 
 
 def test_a_cancelled_request_still_queued_is_dropped_before_scoring():

@@ -107,14 +107,12 @@ class CrossCandidateScorer(OnnxScorer):
         return self.pieces.tokenized - before
 
     def predict(self, inputs: Sequence[str | Mapping[str, Any]]) -> np.ndarray:
-        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
-        seqs: list[list[int] | None] = [None if isinstance(x, str) else self.pieces.ids(check_row(i, x))
-                                        for i, x in enumerate(inputs)]
-        if texts:  # the texts in one tokenizer call
-            ids = self.tokenizer([x for _, x in texts], truncation=True, max_length=self.max_length)["input_ids"]
-            for (i, _), s in zip(texts, ids):
-                seqs[i] = s
+        seqs = [None if isinstance(x, str) else self.pieces.ids(check_row(i, x)) for i, x in enumerate(inputs)]
+        at = [i for i, s in enumerate(seqs) if s is None]
+        if at:  # the texts, in one tokenizer call
+            texts = self.tokenizer([inputs[i] for i in at], truncation=True, max_length=self.max_length)["input_ids"]
+            for i, ids in zip(at, texts):
+                seqs[i] = ids
         if not seqs:
             return np.zeros(0, dtype=np.float64)
-        out = self.run_ids(seqs)
-        return sigmoid(out.astype(np.float64, copy=False).reshape(len(seqs), -1)[:, 0])
+        return sigmoid(self.logits_of_ids(seqs))

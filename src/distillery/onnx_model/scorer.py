@@ -178,17 +178,15 @@ class OnnxScorer:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}]: expected a string, got {type(t).__name__}")
-        seqs = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        out = self.run_ids(seqs)
-        return out.astype(np.float64, copy=False).reshape(len(texts), -1)[:, 0]
+        return self.logits_of_ids(self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"])
 
-    def run_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
-        """The session's output rows for token-id sequences, in input order: the sequences sorted by
-        length and run `sub_batch_rows` at a time, each run padded to its own longest (attention mask
-        0 on the padding, token types 0)."""
+    def logits_of_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Click logits, float64 (n,), of token-id sequences (at least one): sorted by length and run
+        `sub_batch_rows` at a time, each run padded to its own longest (attention mask 0 on the
+        padding, token types 0), returned in input order."""
         n = len(seqs)
         step = self.sub_batch_rows or n
-        order = sorted(range(n), key=lambda i: len(seqs[i])) if step < n else list(range(n))
+        order = sorted(range(n), key=lambda i: len(seqs[i]))
         pad = self.tokenizer.pad_token_id or 0
         parts = []
         for start in range(0, n, step):
@@ -205,12 +203,9 @@ class OnnxScorer:
                 parts.append(np.asarray(self._run_bound(feeds)))
             else:
                 parts.append(np.asarray(self.session.run([self.output_name], feeds)[0]))
-        out = np.concatenate(parts)
-        if step >= n:
-            return out
-        result = np.empty_like(out)
-        result[order] = out
-        return result
+        out = np.empty(n, dtype=np.float64)
+        out[order] = np.concatenate(parts).reshape(n, -1)[:, 0]
+        return out
 
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One run through ORT's I/O binding: host feeds bound (copied to the device once, at bind

@@ -91,8 +91,7 @@ class ThreadBatcher:
             deadline = time.perf_counter() + self.wait_s
             while size < self.max_rows:
                 try:
-                    nxt = self._queue.get(timeout=max(deadline - time.perf_counter(), 0)) if self.wait_s else \
-                        self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(deadline - time.perf_counter(), 0))  # 0: does not block
                 except queue.Empty:
                     break
                 if nxt is _STOP:
