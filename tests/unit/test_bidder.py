@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from distillery.config import ConfigError
-from distillery.serving.bidder import BidRequestError, decide_bids, deadline_budget_ms, plan_bids
+from distillery.serving.bidder import (BidRequestError, NoBid, NoBidReason, decide_bids, deadline_budget_ms,
+                                      no_bid_response, plan_bids)
 from distillery.serving.catalog import Catalog, load_catalog
 
 
@@ -274,3 +275,128 @@ def test_catalog_candidate_rows_are_built_once_and_match_the_ads():
     assert catalog.candidate_rows() is rows  # kept, not rebuilt per bid
     assert [ad for ad, _ in rows] == catalog.candidates()
     assert all(fields == ad.row_fields() for ad, fields in rows)
+
+
+# -- issue 26: what a buyer's exchange expects (nbr, cattax, unusable banner formats) -----------------
+
+BANNER = {"id": "1", "bidfloor": 0.5, "banner": {"w": 300, "h": 250}}
+PRIVATE = {"private_auction": 1, "deals": [{"id": "D1", "bidfloor": 2.5}]}
+
+
+@pytest.mark.parametrize("change, imp_id, nbr, text", [
+    ({"imp": [BANNER, {"id": "2"}]}, "2", NoBidReason.INVALID_REQUEST, "no banner"),
+    ({"imp": [{"id": "n", "native": {"request": "{"}}, BANNER]}, "n", NoBidReason.INVALID_REQUEST, "native.request"),
+    ({"imp": [{"id": "1", "banner": {"w": 1, "h": 1}}]}, "1", NoBidReason.NO_FITTING_CREATIVE, "no creative fits"),
+    ({"imp": [{"id": "1", "audio": {}}]}, "1", NoBidReason.NO_FITTING_CREATIVE, "no creative fits"),
+    ({"cur": ["EUR"]}, "1", NoBidReason.NO_CURRENCY, "currency"),
+    ({"imp": [{**BANNER, "bidfloorcur": "EUR"}]}, "1", NoBidReason.NO_CURRENCY, "bidfloorcur"),
+    ({"bcat": ["IAB17", "IAB20"]}, "1", NoBidReason.BLOCKED, "bcat blocks"),
+    ({"badv": ["example"]}, "1", NoBidReason.BLOCKED, "badv blocks"),
+    ({"bseat": ["distillery"]}, "1", NoBidReason.BLOCKED, "seat distillery"),
+    ({"imp": [{**BANNER, "pmp": PRIVATE}]}, "1", NoBidReason.NO_DEAL, "no deal"),
+])
+def test_every_planned_no_bid_carries_an_openrtb_reason_code(change, imp_id, nbr, text):
+    plan = plan_bids(_request(**change), _catalog())
+    assert all(isinstance(why, NoBid) for why in plan.no_bid.values())
+    assert plan.no_bid[imp_id].nbr == nbr and text in plan.no_bid[imp_id]
+    if not plan.candidates:
+        assert decide_bids(plan, np.zeros(0), model_version="v")[0] is None
+        assert no_bid_response("r1", plan.no_bid)["nbr"] == nbr
+
+
+def test_candidate_limit_and_floor_no_bids_carry_codes():
+    plan = plan_bids(_request(imp=[{"id": str(i), "banner": {"w": 300, "h": 250}} for i in range(3)]), _catalog(),
+                     max_candidates=2)
+    assert plan.no_bid["1"].nbr == NoBidReason.CANDIDATE_LIMIT
+    response, why = decide_bids(plan_bids(_request(), _catalog()), np.array([0.0004, 0.0002]), model_version="v")
+    assert response is None and why["1"].nbr == NoBidReason.BELOW_FLOOR
+
+
+def test_no_bid_response_is_an_openrtb_bid_response_with_nbr():
+    plan = plan_bids(_request(), _catalog())
+    _, why = decide_bids(plan, np.array([0.0004, 0.0002]), model_version="v")
+    body = no_bid_response(plan.request_id, why)
+    assert body == {"id": "r1", "nbr": 504, "ext": {"no_bid": {"1": why["1"]}}}
+    assert json.loads(json.dumps(body)) == body  # no seatbid, plain JSON
+    # the deadline is the deployment's call: the code says so, with no per-impression detail
+    assert no_bid_response("r1", {}, NoBidReason.INSUFFICIENT_AUCTION_TIME) == {"id": "r1", "nbr": 15}
+    with pytest.raises(ValueError, match="no_bid"):
+        no_bid_response("r1", {})
+    # OpenRTB 2.6 list 5.24 codes, or exchange-specific ones (500+)
+    assert all(code <= 17 or code >= 500 for code in NoBidReason)
+
+
+def test_request_nbr_is_the_first_impressions_reason_in_request_order():
+    # imp "1" loses on the floor (decided after planning), imp "2" was refused while planning
+    plan = plan_bids(_request(imp=[BANNER, {"id": "2"}]), _catalog())
+    _, why = decide_bids(plan, np.array([0.0004, 0.0002]), model_version="v")
+    assert list(why) == ["1", "2"] and no_bid_response("r1", why)["nbr"] == NoBidReason.BELOW_FLOOR
+
+
+def test_no_bid_reason_survives_copy_and_pickle():
+    import pickle
+
+    why = NoBid(NoBidReason.BLOCKED, "bcat blocks IAB17")
+    for again in (copy.deepcopy(why), pickle.loads(pickle.dumps(why))):
+        assert again == "bcat blocks IAB17" and again.nbr == NoBidReason.BLOCKED
+
+
+@pytest.mark.parametrize("change", [{"cattax": 2, "bcat": ["483"]}, {"cattax": 2, "acat": ["483"]},
+                                    {"cattax": 7, "bcat": ["IAB20"]}, {"cattax": 2, "bcat": [483]}])
+def test_bcat_or_acat_in_a_taxonomy_the_catalog_is_not_in_never_bids(change):
+    plan = plan_bids(_request(**change), _catalog())
+    assert plan.candidates == []
+    assert plan.no_bid["1"].nbr == NoBidReason.BLOCKED and f"cattax {change['cattax']}" in plan.no_bid["1"]
+
+
+def test_issue_example_cattax_2_no_longer_bids_the_demo_catalog():
+    request = {"id": "r", "cattax": 2, "bcat": ["483"], "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}
+    plan = plan_bids(request, load_catalog())
+    assert plan.candidates == [] and no_bid_response("r", plan.no_bid)["nbr"] == NoBidReason.BLOCKED
+
+
+def test_cattax_1_categories_are_checked_and_acat_allows_only_its_categories():
+    assert [c.ad.creative.id for c in plan_bids(_request(cattax=1, bcat=["IAB17"]), _catalog()).candidates] == ["b300"]
+    assert [c.ad.creative.id for c in plan_bids(_request(acat=["IAB20"]), _catalog()).candidates] == ["b300"]
+    assert [c.ad.creative.id for c in plan_bids(_request(acat=["IAB17-1"]), _catalog()).candidates] == []
+    # a creative must have every category allowed
+    two = _catalog(iab_categories=["IAB17", "IAB8-5"])
+    plan = plan_bids(_request(acat=["IAB17", "IAB20"]), two)
+    assert [c.ad.creative.id for c in plan.candidates] == ["b300"]
+    # another cattax with nothing to check is no reason to stop bidding
+    assert len(plan_bids(_request(cattax=2), _catalog()).candidates) == 2
+
+
+@pytest.mark.parametrize("change, field", [({"cattax": "2"}, "cattax"), ({"cattax": True}, "cattax"),
+                                           ({"acat": "IAB1"}, "acat")])
+def test_malformed_cattax_or_acat_is_refused_naming_the_field(change, field):
+    with pytest.raises(BidRequestError, match=field):
+        plan_bids(_request(**change), _catalog())
+
+
+def test_banner_whose_only_format_is_malformed_is_a_400_naming_the_field():
+    request = _request(imp=[{"id": "1", "banner": {"format": [{"w": "x", "h": None}]}}])
+    with pytest.raises(BidRequestError) as err:
+        plan_bids(request, _catalog())
+    assert err.value.status == 400 and "imp[0].banner.format[0].w: expected an integer" in str(err.value)
+    # beside a usable impression it is that impression's no-bid, as any malformed impression
+    request["imp"].append({"id": "2", "banner": {"w": 300, "h": 250}})
+    plan = plan_bids(request, _catalog())
+    assert plan.no_bid["1"].nbr == NoBidReason.INVALID_REQUEST and "format[0].w" in plan.no_bid["1"]
+    assert {c.imp_id for c in plan.candidates} == {"2"}
+
+
+@pytest.mark.parametrize("formats", [[{"w": 300, "h": None}], [{}], [{"w": 0, "h": 0}],
+                                     [{"wratio": 16, "hratio": 9, "wmin": 300}]])
+def test_banner_format_without_a_usable_size_gets_no_bid_not_a_bid_of_some_size(formats):
+    plan = plan_bids(_request(imp=[{"id": "1", "banner": {"format": formats}}]), _catalog())
+    assert plan.candidates == []
+    assert plan.no_bid["1"].nbr == NoBidReason.NO_FITTING_CREATIVE and "banner.format" in plan.no_bid["1"]
+
+
+def test_usable_sizes_beside_an_unusable_format_entry_still_bid():
+    plan = plan_bids(_request(imp=[{"id": "1", "banner": {"w": 728, "h": 90, "format": [{}]}},
+                                   {"id": "2", "banner": {"format": [{}, {"w": 728, "h": 90}]}},
+                                   {"id": "3", "banner": {"format": []}}]), _catalog())  # [] = no size given: any
+    assert {(c.imp_id, c.ad.creative.id) for c in plan.candidates if c.imp_id != "3"} == {("1", "a728"), ("2", "a728")}
+    assert sorted(c.ad.creative.id for c in plan.candidates if c.imp_id == "3") == ["a300", "a728", "b300"]

@@ -154,10 +154,28 @@ def test_odd_types_never_crash_context():
          "site, app: a request must not carry both"),
         ({"id": "r", "device": {"devicetype": True}, "imp": [{"id": "1", "banner": {}}]},
          "device.devicetype: expected an integer, got bool"),
+        ({"id": "r", "imp": [{"id": "1", "banner": {"format": [{"w": "x", "h": None}]}}]},
+         "imp[0].banner.format[0].w: expected an integer, got str"),
+        ({"id": "r", "imp": [{"id": "1", "banner": {"format": [{"w": 300, "h": 250}, "320x50"]}}]},
+         "imp[0].banner.format[1]: expected an object, got str"),
+        ({"id": "r", "imp": [{"id": "1", "banner": {"format": [{"wratio": 1.5, "hratio": 1}]}}]},
+         "imp[0].banner.format[0].wratio: expected an integer, got float"),
+        ({"id": "r", "cattax": "2", "imp": [{"id": "1", "banner": {}}]}, "cattax: expected an integer, got str"),
+        ({"id": "r", "acat": "IAB1", "imp": [{"id": "1", "banner": {}}]}, "acat: expected an array, got str"),
     ],
 )
 def test_validate_bid_request_names_the_field(request_, problem):
     assert problem in validate_bid_request(request_)
+
+
+def test_well_formed_format_entries_and_category_taxonomy_are_valid():
+    banner = {"format": [{"w": 300, "h": 250}, {"wratio": 16, "hratio": 9, "wmin": 320}, {"w": 320, "h": None}]}
+    request = {"id": "r", "cattax": 2, "acat": ["483"], "imp": [{"id": "1", "banner": banner}]}
+    assert validate_bid_request(request) == []
+    assert impression_context(request, request["imp"][0])["slot_size"] == "300x250"
+    # a malformed first entry is reported, and the row builder still never raises on it
+    bad = {"id": "1", "banner": {"format": [{"w": "x", "h": None}]}}
+    assert impression_context({}, bad)["slot_size"] is None
 
 
 def test_validate_reports_every_problem_at_once():

@@ -330,6 +330,16 @@ def _check_pmp(problems: list[str], imp: Mapping[str, Any], where: str) -> None:
         _check_type(problems, deal, "wseat", list, at, "an array")
 
 
+def _check_formats(problems: list[str], formats: Any, where: str) -> None:
+    """Each `format` entry: an object whose sizes (`w`, `h`, `wratio`, `hratio`, `wmin`) are integers."""
+    for f, entry in enumerate(formats if isinstance(formats, list) else []):
+        if not isinstance(entry, dict):
+            problems.append(f"{where}[{f}]: expected an object, got {type(entry).__name__}")
+            continue
+        for key in ("w", "h", "wratio", "hratio", "wmin"):
+            _check_type(problems, entry, key, int, f"{where}[{f}].", "an integer")
+
+
 def validate_bid_request(request: Any) -> list[str]:
     """Why `request` is not a usable OpenRTB 2.5/2.6 bid request: one message per problem, each
     naming the field (`imp[1].id: missing`); an empty list when it is usable."""
@@ -345,9 +355,9 @@ def validate_bid_request(request: Any) -> list[str]:
         problems.append("id: lone surrogate, not valid Unicode text")
     for key in _OBJECTS:
         _check_type(problems, request, key, dict, "", "an object")
-    for key in ("tmax", "at", "test", "allimps"):
+    for key in ("tmax", "at", "test", "allimps", "cattax"):
         _check_type(problems, request, key, int, "", "an integer")
-    for key in ("cur", "bcat", "badv", "wseat", "bseat"):
+    for key in ("cur", "bcat", "acat", "badv", "wseat", "bseat"):
         _check_type(problems, request, key, list, "", "an array")
     tmax = request.get("tmax")
     if isinstance(tmax, int) and not isinstance(tmax, bool) and not 0 < tmax <= MAX_TMAX_MS:
@@ -398,6 +408,7 @@ def validate_bid_request(request: Any) -> list[str]:
                     _check_type(problems, media, key, int, f"{where}{kind}.", "an integer")
                 for key in ("format", "mimes", "battr"):
                     _check_type(problems, media, key, list, f"{where}{kind}.", "an array")
+                _check_formats(problems, media.get("format"), f"{where}{kind}.format")
         _check_pmp(problems, imp, where)
         native = imp.get("native")
         if isinstance(native, dict):

@@ -1,8 +1,9 @@
 """OpenRTB 2.5 / 2.6 bidding as a demand-side platform does it, in two pure steps around one model call.
 
-    plan = plan_bids(request, catalog)                # eligibility: format, size, bcat, badv, cur, deals
+    plan = plan_bids(request, catalog)                # eligibility: format, size, bcat/acat, badv, cur, deals
     probs = scorer.predict([c.row for c in plan.candidates])   # ALL candidates of the request in one call
-    response, no_bid = decide_bids(plan, probs, model_version="v1", openrtb="2.6")  # None: no bid (204)
+    response, no_bid = decide_bids(plan, probs, model_version="v1", openrtb="2.6")  # None: no bid
+    body = no_bid_response(plan.request_id, no_bid)   # then answer 200 {"id": ..., "nbr": 504, "ext": ...}
 
 Per impression, each eligible (campaign, creative) pair becomes a candidate row: the impression's
 request context (`distillery.data.openrtb.impression_context`) plus the ad's fields. The winner is the
@@ -10,6 +11,18 @@ candidate with the highest expected value, eCPM = pCTR × value_per_click × 100
 price, min(eCPM, max_bid_cpm), clears the floor (the deal's floor for a PMP deal, else `bidfloor`).
 Impressions that cannot be scored (an invalid native request string, a malformed impression) get no
 bid and a reason in the response's `ext.no_bid`; the other impressions are still answered.
+
+Every no-bid has a reason, a `NoBid`: text (logs, `ext.no_bid`) carrying its OpenRTB 2.6 No-Bid Reason
+Code (list 5.24) as `.nbr`, a `NoBidReason` (2 and 15 from the list; 500+ the bidder's own, for the ad
+side). A request that gets no bid at all is answered HTTP 200 with `no_bid_response`: `{"id": <request
+id>, "nbr": N}` without `seatbid` (OpenRTB 2.6 section 7.1), N its first impression's reason; not 204,
+whose empty body has no room for `nbr`. A request the bidder cannot use at all is an error, not a
+no-bid: `BidRequestError`, 400 naming the field (413 past the impression limit). A `format` list without
+one usable `w` x `h` leaves the slot's size unknown: no creative fits (500), never a bid of some size.
+
+`bcat` and `acat` are read in the request's `cattax` (default 1). The catalog's categories are IAB 1.0
+codes (`catalog.CATTAX`) and no table maps other taxonomies to them, so a `bcat` or `acat` in another
+`cattax` cannot be checked: no creative is bid (501).
 """
 
 from __future__ import annotations
@@ -18,18 +31,47 @@ import json
 import math
 import uuid
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from distillery.data.openrtb import IMP_TYPES, MAX_TMAX_MS, impression_context, validate_bid_request
 from distillery.data.text import to_text
-from distillery.serving.catalog import CandidateAd, Catalog
+from distillery.serving.catalog import CATTAX, CandidateAd, Catalog
 
-__all__ = ["BidRequestError", "Candidate", "BidPlan", "plan_bids", "decide_bids", "deadline_budget_ms", "MTYPE"]
+__all__ = ["BidRequestError", "Candidate", "BidPlan", "NoBid", "NoBidReason", "plan_bids", "decide_bids",
+           "no_bid_response", "deadline_budget_ms", "MTYPE"]
 
 MTYPE = {"banner": 1, "video": 2, "audio": 3, "native": 4}  # OpenRTB 2.6 bid.mtype
 DEFAULT_CURRENCY = "USD"  # OpenRTB: cur and bidfloorcur default to USD
+
+
+class NoBidReason(IntEnum):
+    """The `nbr` the bidder sends: OpenRTB 2.6 list 5.24 below 500, the bidder's own codes from 500."""
+
+    INVALID_REQUEST = 2  # an impression the bidder cannot read (a malformed field, a broken native request)
+    INSUFFICIENT_AUCTION_TIME = 15  # tmax spent before scoring finished
+    NO_FITTING_CREATIVE = 500  # no creative has the impression's type, size, MIME type and allowed attributes
+    BLOCKED = 501  # every fitting creative blocked: bcat, acat, badv, wseat/bseat, or a cattax not the catalog's
+    NO_CURRENCY = 502  # no campaign prices in a currency the request offers (cur, bidfloorcur)
+    NO_DEAL = 503  # a private auction with no deal open to our seats
+    BELOW_FLOOR = 504  # no candidate's price clears the floor
+    CANDIDATE_LIMIT = 505  # the request's candidates pass the bidder's per-request limit
+
+
+class NoBid(str):
+    """Why one impression gets no bid: readable text (logs, `ext.no_bid`) carrying its code as `nbr`."""
+
+    nbr: NoBidReason
+
+    def __new__(cls, nbr: NoBidReason, text: str) -> "NoBid":
+        reason = super().__new__(cls, text)
+        reason.nbr = NoBidReason(nbr)
+        return reason
+
+    def __reduce__(self) -> tuple:
+        return NoBid, (self.nbr, str(self))
 
 
 class BidRequestError(ValueError):
@@ -64,7 +106,7 @@ class BidPlan:
     currency: str
     imp_ids: list[str]
     candidates: list[Candidate] = field(default_factory=list)
-    no_bid: dict[str, str] = field(default_factory=dict)  # imp id -> why it gets no bid
+    no_bid: dict[str, NoBid] = field(default_factory=dict)  # imp id -> why it gets no bid, in imp order
 
     def texts(self) -> list[str]:
         """Model inputs, one per candidate, in `candidates` order."""
@@ -83,13 +125,9 @@ def _strings(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-def _blocked_category(cats: Sequence[str], bcat: Sequence[str]) -> str | None:
-    """IAB codes are hierarchical: blocking `IAB8` blocks `IAB8-5` too."""
-    for cat in cats:
-        for blocked in bcat:
-            if cat == blocked or cat.startswith(blocked + "-"):
-                return cat
-    return None
+def _covered(cat: str, codes: Sequence[str]) -> bool:
+    """IAB codes are hierarchical: `IAB8` covers `IAB8-5` too."""
+    return any(cat == code or cat.startswith(code + "-") for code in codes)
 
 
 def _blocked_domain(domain: str, badv: Sequence[str]) -> bool:
@@ -97,24 +135,65 @@ def _blocked_domain(domain: str, badv: Sequence[str]) -> bool:
     return any(domain == b.lower() or domain.endswith("." + b.lower()) for b in badv if b)
 
 
-def _imp_sizes(media: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """Sizes an impression accepts; [] means any (no size given, or 0x0 as interstitials send)."""
-    sizes = []
+@dataclass(frozen=True)
+class _Blocks:
+    """A request's category and advertiser rules, read once per request."""
+
+    bcat: list[str]
+    acat: list[str]
+    badv: list[str]
+    unverifiable: str | None  # why no category can be checked: bcat/acat in a taxonomy not the catalog's
+
+
+def _blocks(request: Mapping[str, Any]) -> _Blocks:
+    cattax = request.get("cattax")
+    cattax = 1 if cattax is None else cattax  # OpenRTB's default: IAB Content Category Taxonomy 1.0
+    listed = [key for key in ("bcat", "acat") if request.get(key)]
+    unverifiable = None
+    if cattax != CATTAX and listed:
+        unverifiable = (f"{' and '.join(listed)} in cattax {cattax}: the catalog's categories are cattax {CATTAX} "
+                        "(IAB 1.0) codes and cannot be checked against them")
+    return _Blocks(_strings(request.get("bcat")), _strings(request.get("acat")), _strings(request.get("badv")),
+                   unverifiable)
+
+
+def _blocked(ad: CandidateAd, blocks: _Blocks) -> str | None:
+    """Why the request's bcat, acat or badv rule out `ad`, or None. Every category must be allowed."""
+    if blocks.unverifiable:
+        return blocks.unverifiable
+    cats = ad.campaign.iab_categories
+    if blocks.bcat and (cat := next((c for c in cats if _covered(c, blocks.bcat)), None)):
+        return f"bcat blocks {cat}"
+    if blocks.acat and (cat := next((c for c in cats if not _covered(c, blocks.acat)), None)):
+        return f"acat does not allow {cat}"
+    if blocks.badv and _blocked_domain(ad.campaign.advertiser, blocks.badv):
+        return f"badv blocks {ad.campaign.advertiser}"
+    return None
+
+
+def _imp_sizes(media: Mapping[str, Any]) -> list[tuple[int, int]] | None:
+    """Sizes an impression accepts. None means any (no size given, or 0x0 as interstitials send); []
+    means none the bidder can read: a `format` list without one positive `w` x `h` (ratios, `h: null`)."""
     formats = media.get("format") if isinstance(media.get("format"), list) else []
-    for spec in [media] + [f for f in formats if isinstance(f, dict)]:
+    formats = [f for f in formats if isinstance(f, dict)]
+    sizes = []
+    for spec in [media, *formats]:
         w, h = spec.get("w"), spec.get("h")
         if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
             sizes.append((w, h))
-    return sizes
+    return sizes if sizes or formats else None
 
 
-def _fit_size(creative_sizes: list[str], imp_sizes: list[tuple[int, int, str]]) -> tuple[bool, int | None, int | None]:
-    """(fits, w, h): the first impression size (w, h, "WxH") the creative has; any size fits an open slot."""
-    if not imp_sizes:
+def _fit_size(creative_sizes: list[str], imp_sizes: list[tuple[int, int, str]] | None) -> tuple[bool, int | None, int | None]:
+    """(fits, w, h): the first impression size (w, h, "WxH") the creative has; any size fits an open
+    slot (None); nothing fits a slot whose sizes are unreadable ([])."""
+    if imp_sizes is None:
         if creative_sizes:
             w, h = creative_sizes[0].split("x")
             return True, int(w), int(h)
         return True, None, None
+    if not imp_sizes:
+        return False, None, None
     if not creative_sizes:
         return True, imp_sizes[0][0], imp_sizes[0][1]
     for w, h, size in imp_sizes:
@@ -145,7 +224,7 @@ class _Media:
     kind: str
     battr: frozenset[int]
     mimes: frozenset[str]
-    sizes: list[tuple[int, int, str]]  # (w, h, "WxH") the slot accepts; [] = any size
+    sizes: list[tuple[int, int, str]] | None  # (w, h, "WxH") the slot accepts; None = any, [] = unreadable
 
 
 def _media_rules(imp: Mapping[str, Any], kinds: list[str]) -> list[_Media]:
@@ -153,7 +232,8 @@ def _media_rules(imp: Mapping[str, Any], kinds: list[str]) -> list[_Media]:
     for kind in kinds:
         media = imp[kind]
         battr = media.get("battr")
-        sizes = [] if kind == "native" else [(w, h, f"{w}x{h}") for w, h in _imp_sizes(media)]
+        readable = None if kind == "native" else _imp_sizes(media)
+        sizes = None if readable is None else [(w, h, f"{w}x{h}") for w, h in readable]
         rules.append(_Media(kind, frozenset(a for a in battr if isinstance(a, int)) if isinstance(battr, list) else frozenset(),
                             frozenset(_strings(media.get("mimes"))), sizes))
     return rules
@@ -228,7 +308,8 @@ def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512, max_imp
     Raises `BidRequestError` when the request itself is unusable (no `imp`, no `id`, wrong types,
     or every impression malformed), and with status 413 when it has more than `max_impressions`
     impressions (checked before any other work). Once `max_candidates` candidate rows are planned,
-    planning stops: the remaining impressions get no bid without being looked at.
+    planning stops: the remaining impressions get no bid without being looked at. Every impression
+    without candidates gets a `NoBid` in `plan.no_bid`.
     """
     imps = request.get("imp") if isinstance(request, dict) else None
     if isinstance(imps, list) and len(imps) > max_impressions:
@@ -248,51 +329,55 @@ def plan_bids(request: Any, catalog: Catalog, max_candidates: int = 512, max_imp
     offered = _strings(request.get("cur")) or [DEFAULT_CURRENCY]
     ours = {c.currency for c in catalog.campaigns}
     currency = next((c for c in offered if c in ours), offered[0])
-    bcat, badv = _strings(request.get("bcat")), _strings(request.get("badv"))
+    blocks = _blocks(request)
     wseat, bseat = _strings(request.get("wseat")), _strings(request.get("bseat"))
     plan = BidPlan(request_id=request["id"], currency=currency,
                    imp_ids=[imp["id"] if isinstance(imp, dict) and isinstance(imp.get("id"), str) else str(i + 1)
                             for i, imp in enumerate(imps)])
     ads = catalog.candidate_rows()
+    over_limit = NoBid(NoBidReason.CANDIDATE_LIMIT, f"over the {max_candidates}-candidate limit of one request")
     for i, imp in enumerate(imps):
         imp_id = plan.imp_ids[i]
         if len(plan.candidates) >= max_candidates:
-            plan.no_bid[imp_id] = f"over the {max_candidates}-candidate limit of one request"
+            plan.no_bid[imp_id] = over_limit
             continue
         if i in bad:
-            plan.no_bid[imp_id] = bad[i]
+            plan.no_bid[imp_id] = NoBid(NoBidReason.INVALID_REQUEST, bad[i])
             continue
         kinds = [k for k in IMP_TYPES if isinstance(imp.get(k), dict)]
         if "native" in kinds and (why := _native_problem(imp["native"])):
             kinds.remove("native")
             if not kinds:
-                plan.no_bid[imp_id] = f"imp[{i}].{why}: impression cannot be scored"
+                plan.no_bid[imp_id] = NoBid(NoBidReason.INVALID_REQUEST, f"imp[{i}].{why}: impression cannot be scored")
                 continue
         context = impression_context(request, imp)
         rules, auction = _media_rules(imp, kinds), _auction(imp, currency)
-        found, reason = [], "no creative fits its format and size"
+        unreadable = "".join(f" ({m.kind}.format has no usable w and h)" for m in rules if m.sizes == [])
+        found, reason = [], NoBid(NoBidReason.NO_FITTING_CREATIVE, "no creative fits its format and size" + unreadable)
         for ad, fields in ads:
             if ad.campaign.currency != currency:
-                reason = f"currency: no campaign in {offered}"
-                continue
-            if (wseat and ad.seat not in wseat) or ad.seat in bseat:
+                reason = NoBid(NoBidReason.NO_CURRENCY, f"currency: no campaign in {offered}")
                 continue
             fit = _fit(ad, rules)
             if fit is None:
                 continue
-            if (bcat and _blocked_category(ad.campaign.iab_categories, bcat)) or (badv and _blocked_domain(ad.campaign.advertiser, badv)):
-                reason = "every fitting creative is blocked by bcat or badv"
+            if (wseat and ad.seat not in wseat) or ad.seat in bseat:
+                reason = NoBid(NoBidReason.BLOCKED, f"every fitting creative is blocked: wseat/bseat exclude seat {ad.seat}")
+                continue
+            if why := _blocked(ad, blocks):
+                reason = NoBid(NoBidReason.BLOCKED, f"every fitting creative is blocked: {why}")
                 continue
             terms = _deal_terms(ad, auction)
             if not terms:
-                reason = "private auction: no deal open to our seats" if auction.private else "bidfloorcur differs from bid currency"
+                reason = (NoBid(NoBidReason.NO_DEAL, "private auction: no deal open to our seats") if auction.private
+                          else NoBid(NoBidReason.NO_CURRENCY, "bidfloorcur differs from bid currency"))
                 continue
             deal_id, floor = max(terms, key=lambda t: t[0] is not None)  # a deal beats the open auction
             found.append(Candidate(imp_id, ad, {**context, **fields}, fit[0], floor, deal_id, fit[1], fit[2]))
         if not found:
             plan.no_bid[imp_id] = reason
         elif len(plan.candidates) + len(found) > max_candidates:
-            plan.no_bid[imp_id] = f"over the {max_candidates}-candidate limit of one request"
+            plan.no_bid[imp_id] = over_limit
         else:
             plan.candidates.extend(found)
     return plan
@@ -305,10 +390,10 @@ def decide_bids(
     model_version: str,
     openrtb: str = "2.6",
 ) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """(bid response, why each unanswered impression got no bid) for `plan` given click probabilities
-    `probs` (len(plan.candidates),). The response is None when no impression gets a bid (the caller
-    answers HTTP 204); otherwise the reasons are also in its `ext.no_bid`. Prices are CPM in
-    `plan.currency`."""
+    """(bid response, why each unanswered impression got no bid, in imp order) for `plan` given click
+    probabilities `probs` (len(plan.candidates),). The response is None when no impression gets a bid
+    (the caller answers `no_bid_response(plan.request_id, no_bid)`); otherwise the reasons are also in
+    its `ext.no_bid`. Prices are CPM in `plan.currency`."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if probs.shape[0] != len(plan.candidates):
         raise ValueError(f"probs: {probs.shape[0]} values for {len(plan.candidates)} candidates")
@@ -322,14 +407,16 @@ def decide_bids(
             continue
         if cand.imp_id not in best or ecpm > best[cand.imp_id][0]:
             best[cand.imp_id] = (ecpm, price, k)
-    no_bid = dict(plan.no_bid)
+    no_bid: dict[str, NoBid] = {}
     seats: dict[str, list[dict[str, Any]]] = {}
     for imp_id in plan.imp_ids:
-        if imp_id in no_bid:
+        if imp_id in plan.no_bid:
+            no_bid[imp_id] = plan.no_bid[imp_id]
             continue
         if imp_id not in best:
             floors = [c.floor_cpm for c in plan.candidates if c.imp_id == imp_id]
-            no_bid[imp_id] = f"no creative clears the floor {min(floors):g} (best price {best_price.get(imp_id, 0.0):.4g})"
+            no_bid[imp_id] = NoBid(NoBidReason.BELOW_FLOOR, f"no creative clears the floor {min(floors):g} "
+                                                            f"(best price {best_price.get(imp_id, 0.0):.4g})")
             continue
         _, price, k = best[imp_id]
         cand = plan.candidates[k]
@@ -346,6 +433,20 @@ def decide_bids(
     if no_bid:
         response["ext"]["no_bid"] = no_bid
     return response, no_bid
+
+
+def no_bid_response(request_id: str, no_bid: Mapping[str, NoBid], nbr: NoBidReason | None = None) -> dict[str, Any]:
+    """The OpenRTB answer (HTTP 200) to a request that gets no bid: `{"id": request_id, "nbr": N,
+    "ext": {"no_bid": {imp id: why}}}`, no `seatbid`. N is `nbr` when given (15 when `tmax` ran out),
+    else the reason of the first impression in `no_bid` (one response has one `nbr`)."""
+    if nbr is None:
+        if not no_bid:
+            raise ValueError("no_bid: empty, and no nbr given: a no-bid answer needs a reason")
+        nbr = next(iter(no_bid.values())).nbr
+    response: dict[str, Any] = {"id": request_id, "nbr": int(nbr)}
+    if no_bid:
+        response["ext"] = {"no_bid": {imp_id: str(why) for imp_id, why in no_bid.items()}}
+    return response
 
 
 def _bid(cand: Candidate, price: float, pctr: float, openrtb: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@
 Money is in the campaign's `currency`: `value_per_click` is what a click is worth to the advertiser,
 `max_bid_cpm` the most the bidder may pay per thousand impressions. `ad_category` is the category
 word a model reads (as in the training logs); `iab_categories` are the IAB codes OpenRTB speaks
-(`bcat` blocks them, the bid's `cat` reports them).
+(`bcat` blocks them, the bid's `cat` reports them), all in one taxonomy: `CATTAX`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from distillery.config import Section, load_config
 
-__all__ = ["Creative", "Campaign", "Catalog", "CandidateAd", "load_catalog", "DEMO_CATALOG"]
+__all__ = ["Creative", "Campaign", "Catalog", "CandidateAd", "load_catalog", "DEMO_CATALOG", "CATTAX"]
 
 DEMO_CATALOG = "demo_catalog.yaml"
+# OpenRTB `cattax` of `iab_categories`: 1, IAB Content Category Taxonomy 1.0 (the `IAB2-3` codes `_IAB` accepts)
+CATTAX = 1
 _SIZE = re.compile(r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$")
 _IAB = re.compile(r"^IAB[0-9]{1,2}(-[0-9]{1,3})?$")
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
