@@ -98,41 +98,37 @@ def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray |
 
 
 def _score_folder(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    """Probabilities of a published model folder: a Hugging Face classifier, a two-tower head, or a
-    two-tower student (`_score_two_tower_student`)."""
+    """Probabilities of a published model folder: a Hugging Face classifier or a two-tower head (the
+    teacher backends), or a student whose kind loads itself (`_score_student`)."""
+    from distillery.onnx_model.kinds import kind_of_folder
     from distillery.teachers import build_teacher, folder_teacher_config
 
-    if _is_two_tower_student(path):
-        return _score_two_tower_student(path, texts, cfg)
+    if kind_of_folder(path).loader is not None:
+        return _score_student(path, texts, cfg)
 
     teacher = build_teacher(folder_teacher_config(path, batch_size=cfg.batch_size, max_length=cfg.max_length,
                                                   dtype=cfg.dtype, device="auto", num_threads=cfg.num_threads))
     return teacher.predict_proba(texts)
 
 
-def _is_two_tower_student(path: str) -> bool:
-    from distillery.training.two_tower_student import CONFIG_FILE
-
-    return io.exists(io.join(path, CONFIG_FILE))
-
-
-def _score_two_tower_student(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    """Probabilities `(n,)` of a two-tower student folder in PyTorch, fp32 (its towers are small)."""
+def _score_student(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+    """Probabilities `(n,)` of a student folder in PyTorch, fp32 (a two-tower student's towers are small)."""
     import torch
 
+    from distillery.onnx_model.kinds import kind_of_folder
     from distillery.training.loop import score_texts
-    from distillery.training.two_tower_student import load_two_tower
 
+    kind = kind_of_folder(path)
     if "://" in path:
-        raise ValueError(f"models: two-tower student {path!r} must be a local folder")
+        raise ValueError(f"models: {kind.name} student {path!r} must be a local folder")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    model, tokenizer = load_two_tower(path)
+    model, tokenizer = kind.load(path)
     return score_texts(model, tokenizer, texts, cfg.max_length, cfg.batch_size)
 
 
 def _score_onnx(model_dir: str, variant: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    from distillery.onnx_model.two_tower import open_scorer  # OnnxScorer, or TwoTowerScorer by the card
+    from distillery.onnx_model.kinds import open_scorer  # by the card's student kind
 
     scorer = open_scorer(model_dir, variant=variant, provider="cpu", intra_op_threads=cfg.num_threads)
     out = [scorer.predict_proba(texts[i: i + cfg.batch_size]) for i in range(0, len(texts), cfg.batch_size)]
@@ -156,9 +152,9 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score every available model on the test split; merge `quality` into the report.
 
     Returns `{"quality": {...}, "report": path}`."""
-    from distillery.teachers.two_tower import is_two_tower_folder
-
     from distillery.evaluate_ci import confidence_intervals
+    from distillery.onnx_model.kinds import kind_of_folder
+    from distillery.teachers.two_tower import is_two_tower_folder
 
     t0 = time.perf_counter()
     texts, clicks, oracle, notes = _load_test(cfg)
@@ -167,7 +163,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     skipped = []
     scored: dict[str, np.ndarray] = {}
     for name, path in cfg.models.items():
-        if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path) or _is_two_tower_student(path)):
+        if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path) or kind_of_folder(path).marker):
             skipped.append(name)
             continue
         t = time.perf_counter()

@@ -66,7 +66,7 @@ def test_mixed_texts_and_rows_score_as_their_texts(tmp_path):
     """One serving batch holds /predict texts and bid rows together: `predict` scores each as its text."""
     from distillery.compress.export import export_onnx
     from distillery.onnx_model.scorer import OnnxScorer
-    from distillery.onnx_model.two_tower import open_scorer
+    from distillery.onnx_model.kinds import open_scorer
 
     export_onnx(str(save_tiny_bert(tmp_path / "bert", seed=0)), str(tmp_path / "onnx"), max_length=64)
     rows = _rows()[:40]

@@ -55,11 +55,12 @@ def onnx_dir(trained, tmp_path_factory):
 def test_text_and_row_paths_give_the_same_tower_inputs():
     spec = TwoTowerSpec()
     for row in generate(SyntheticConfig(rows_test=50), "test").to_pylist():
-        req, ad, pos, slot = tower_inputs(to_text(row), spec)
-        assert (req, ad, pos, slot) == tower_inputs_from_fields(row, spec)
+        x = tower_inputs(to_text(row), spec)
+        assert x == tower_inputs_from_fields(row, spec)
+        req, ad, pos, slot = x.request, x.ad, x.position, x.slot
         assert req.startswith("query:") and "ad:" in ad and "position" not in req + ad
         assert pos == 1 + min(row["position"], spec.position_buckets - 2) and slot > 0
-    assert tower_inputs("query: x", spec)[2:] == (0, 0)  # unknown position / slot → bucket 0
+    assert tower_inputs("query: x", spec)[2:4] == (0, 0)  # unknown position / slot → bucket 0
 
 
 def test_spec_names_the_bad_field():
@@ -135,7 +136,8 @@ def test_int8_passes_the_paired_gate_and_a_damaged_one_fails(onnx_dir, tmp_path)
 
 
 def test_serving_scorer_matches_pytorch_on_rows(trained, onnx_dir):
-    from distillery.onnx_model.two_tower import TwoTowerScorer, open_scorer
+    from distillery.onnx_model.kinds import open_scorer
+    from distillery.onnx_model.two_tower import TwoTowerScorer
 
     model, tok = load_two_tower(str(trained[0]))
     rows = generate(SyntheticConfig(rows_test=64, seed=5), "test").to_pylist()
@@ -152,7 +154,7 @@ def test_serving_scorer_matches_pytorch_on_rows(trained, onnx_dir):
 
 def test_per_bid_tower_calls_do_not_grow_with_candidates(onnx_dir):
     from distillery.serving.catalog import load_catalog
-    from distillery.onnx_model.two_tower import open_scorer
+    from distillery.onnx_model.kinds import open_scorer
 
     scorer = open_scorer(str(onnx_dir), "int8", intra_op_threads=1)
     ads = [a.row_fields() for a in load_catalog().candidates()]

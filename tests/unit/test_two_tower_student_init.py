@@ -84,7 +84,7 @@ def test_head_from_a_folder_without_a_head_names_the_field(bert, tmp_path):
 def test_head_bucket_is_the_bucket_tower_inputs_gives():
     spec = TwoTowerSpec()
     for row in generate(SyntheticConfig(rows_test=30), "test").to_pylist():
-        _, _, pos, slot = tower_inputs(to_text(row), spec)
+        _, _, pos, slot, *_ = tower_inputs(to_text(row), spec)
         assert (pos, slot) == (head_bucket("position", row["position"], spec), head_bucket("slot_size", row["slot_size"], spec))
     with pytest.raises(ValueError, match="head feature"):
         head_bucket("device", "mobile", spec)
@@ -95,8 +95,9 @@ def test_joined_text_is_the_teachers_strings_on_both_paths():
 
     spec = TwoTowerSpec(text="joined")
     for row in generate(SyntheticConfig(rows_test=40, seed=2), "test").to_pylist():
-        req, ad, pos, slot = tower_inputs(to_text(row), spec)
-        assert (req, ad, pos, slot) == tower_inputs_from_fields(row, spec)
+        x = tower_inputs(to_text(row), spec)
+        assert x == tower_inputs_from_fields(row, spec)
+        req, ad, pos, slot = x.request, x.ad, x.position, x.slot
         parsed = from_text(to_text(row))
         assert ([req], [ad]) == tower_texts([parsed], spec.request_fields, spec.ad_fields)
         assert req == parsed["query"] and ad.startswith(parsed["ad_title"] + ". ")  # bare values, no labels

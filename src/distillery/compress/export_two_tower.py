@@ -10,7 +10,8 @@ sizes and the paired quality gate apply unchanged:
     student.fp32.onnx   the tower: int64 input_ids, attention_mask (batch, sequence) → float32
                         `embedding` (batch, d), norm √d. Request and ad towers share the weights,
                         so one graph serves both (half the file, one session per replica)
-    two_tower_head.npz  the interaction head (float32; `onnx_model.two_tower.NumpyHead`)
+    two_tower_head.npz  the interaction head and the towers' hashed categorical tables (float32;
+                        `onnx_model.two_tower.NumpyHead`)
     tokenizer files, model_card.json with `student_kind: two_tower` and the towers' `two_tower` spec
 
 Quantization touches the tower only: the head is ~50k weights and per-candidate, where float32 is
@@ -44,9 +45,15 @@ def head_arrays(model) -> dict[str, np.ndarray]:
     """The `InteractionHead` of a `TwoTowerStudent` as float32 arrays (`onnx_model.two_tower.NumpyHead` names)."""
     h = model.classifier
     t = lambda x: x.detach().cpu().float().numpy()  # noqa: E731
-    return {"dense_w": t(h.dense.weight), "dense_b": t(h.dense.bias), "skip_w": t(h.skip.weight).reshape(-1),
-            "out_w": t(h.out.weight).reshape(-1), "out_b": t(h.out.bias).reshape(()),
-            "position": t(h.position.weight), "slot": t(h.slot.weight)}
+    arrays = {"dense_w": t(h.dense.weight), "dense_b": t(h.dense.bias), "skip_w": t(h.skip.weight).reshape(-1),
+              "out_w": t(h.out.weight).reshape(-1), "out_b": t(h.out.bias).reshape(()),
+              "position": t(h.position.weight), "slot": t(h.slot.weight)}
+    if h.cats is not None:
+        arrays["head_cat"] = t(h.cats.weight)
+    for side, tower in (("request", model.request_cats), ("ad", model.ad_cats)):
+        if tower is not None:  # folded: (buckets, hash_dim) @ (hash_dim, d) → one (buckets, d) table to sum
+            arrays[f"{side}_cat"] = t(tower.table.weight) @ t(tower.proj.weight).T
+    return arrays
 
 
 def export_two_tower(model_dir: str, out_dir: str, *, opset: int = 17, max_length: int = 64, name: str = "ctr",

@@ -181,12 +181,11 @@ def _choose_fusion(out_dir: str, cfg: CompressConfig, texts: list[str]) -> dict[
 
 def run(cfg: CompressConfig) -> dict[str, Any]:
     """Prune, export, quantize and validate; returns the model card (also in `<run_dir>/<out>/model_card.json`)."""
-    from distillery.compress.export import export_onnx
     from distillery.onnx_model.card import ModelCard
+    from distillery.onnx_model.kinds import TWO_TOWER, kind_of_folder
     from distillery.compress.quantize import PRESET_VARIANT, apply_preset
     from distillery.compress.gate import GateThresholds
-    from distillery.compress.validate import (QualityGateError, batch1_latency, fp32_parity, quality_gate,
-                                              raise_if_failed, variant_probs)
+    from distillery.compress.validate import QualityGateError, batch1_latency, quality_gate, raise_if_failed
     from distillery.metrics import roc_auc
     from distillery.data.text import to_text
 
@@ -199,7 +198,11 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
     io.remove_dir(rejected_uri)
     with tempfile.TemporaryDirectory(prefix="compress-") as tmp, contextlib.ExitStack() as cleanup:
         src = _local_dir(student_path, tmp, "student")
-        two_tower = _is_two_tower(src, cfg)
+        kind = kind_of_folder(src)  # decided once: export, parity, scoring and what may be pruned follow it
+        kind.check_pruning([f for f, on in (("keep_layers", cfg.keep_layers is not None),
+                                            ("keep_decoder_layers", cfg.keep_decoder_layers is not None),
+                                            ("keep_heads", cfg.keep_heads is not None),
+                                            ("ffn_keep_ratio", cfg.ffn_keep_ratio != 1.0)) if on])
         calib_rows, calib_source = _rows(cfg, v.calibration_split, v.calibration_rows)
         calib_texts = [to_text(r) for r in calib_rows]
         pruned_dir = os.path.join(tmp, "student_pruned")
@@ -213,22 +216,14 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         if pruning:
             lineage["pruned_checkpoint"] = io.join(cfg.run_dir, "student_pruned")
         print(f"[compress] export {model_dir} → ONNX (opset {cfg.opset})", flush=True)
-        if two_tower:
-            from distillery.compress.export_two_tower import export_two_tower
-
-            export_two_tower(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
-        else:
-            export_onnx(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
+        kind.export(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
         card = ModelCard.read(out_dir)
         card.lineage["source_model"] = lineage.get("pruned_checkpoint", student_path)  # not the temp folder
         card.write(out_dir)
         rows, source = _rows(cfg, v.split, v.rows)
         texts = [to_text(r) for r in rows]
         clicks = np.asarray([r.get("click") for r in rows], dtype=np.float64)
-        parity_fn, probs_fn = fp32_parity, variant_probs
-        if two_tower:  # the whole model: tower graph + numpy head, against PyTorch / FP32
-            from distillery.compress.export_two_tower import two_tower_parity as parity_fn, two_tower_variant_probs as probs_fn
-        parity = parity_fn(model_dir, out_dir, texts[:v.parity_rows], atol=v.atol, max_length=cfg.max_length,
+        parity = kind.parity(model_dir, out_dir, texts[:v.parity_rows], atol=v.atol, max_length=cfg.max_length,
                            batch_size=v.batch_size, intra_op_threads=v.num_threads)
         presets = {}
         for preset in cfg.presets:
@@ -236,8 +231,8 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
             apply_preset(out_dir, preset, calibration_texts=calib_texts, per_channel=cfg.per_channel,
                          reduce_range=cfg.reduce_range)
             presets[PRESET_VARIANT[preset]] = preset
-        if two_tower:  # the tower's cost is paid once per request / ad, not per candidate: not worth the search
-            fusion = {"chosen": "plain", "reason": "not tried for a two-tower student"}
+        if not kind.fusion:  # a two-tower's graph runs once per request / ad, not per candidate: not worth the search
+            fusion = {"chosen": "plain", "reason": f"not tried for a {kind.name} student"}
         else:
             fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
         card = ModelCard.read(out_dir)
@@ -245,7 +240,7 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
             card.size_mb[variant] = round(os.path.getsize(os.path.join(out_dir, file)) / 1e6, 3)
         card.version = card.version if fusion["chosen"] == "plain" else f"{card.version}-fused"
         print(f"[compress] quality gate: {len(texts)} rows, {int(clicks.sum())} clicks, variants {sorted(card.variants)}", flush=True)
-        probs = probs_fn(out_dir, list(card.variants), texts, batch_size=v.batch_size,
+        probs = kind.variant_probs(out_dir, list(card.variants), texts, batch_size=v.batch_size,
                          intra_op_threads=v.num_threads)
         thresholds = GateThresholds(max_auc_drop=v.max_auc_drop, confidence=v.confidence,
                                     min_spearman=v.min_spearman, max_mean_abs_dp=v.max_mean_abs_dp)
@@ -253,15 +248,10 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         aucs = {"fp32": roc_auc(clicks, probs["fp32"]), **{k: r["auc_variant"] for k, r in gate["variants"].items()}}
         latency = {}
         if v.latency_calls:
-            from distillery.onnx_model.scorer import OnnxScorer
-            from distillery.onnx_model.two_tower import TwoTowerScorer
-
             for variant in card.variants:
-                if two_tower:  # caches off: one row = one request-tower and one ad-tower pass, the cold path
-                    scorer = TwoTowerScorer(out_dir, variant, intra_op_threads=v.num_threads or 1, ad_cache_size=0,
-                                            request_cache_size=0)
-                else:
-                    scorer = OnnxScorer(out_dir, variant, intra_op_threads=v.num_threads or 1)
+                # a two-tower's caches off: one row = one request-tower and one ad-tower pass, the cold path
+                cold = {"ad_cache_size": 0, "request_cache_size": 0} if kind.name == TWO_TOWER else {}
+                scorer = kind.open_scorer(out_dir, variant, intra_op_threads=v.num_threads or 1, **cold)
                 latency[variant] = batch1_latency(scorer.predict_proba, texts, calls=v.latency_calls)
         card.metrics = {
             "fp32_parity": parity, "auc": aucs, "auc_drop": {k: r["auc_drop"] for k, r in gate["variants"].items()},
@@ -286,20 +276,6 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
             _upload(pruned_dir, io.join(cfg.run_dir, "student_pruned"))
     log.info("compress: %s in %.1fs; AUC %s", out_uri, time.perf_counter() - t0, {k: round(a, 4) for k, a in aucs.items()})
     return card.to_dict()
-
-
-def _is_two_tower(src: str, cfg: CompressConfig) -> bool:
-    """True for a two-tower student folder; refuses pruning, which is written for cross-encoders."""
-    from distillery.training.two_tower_student import CONFIG_FILE
-
-    if not os.path.exists(os.path.join(src, CONFIG_FILE)):
-        return False
-    for field in ("keep_layers", "keep_decoder_layers", "keep_heads"):
-        if getattr(cfg, field) is not None:
-            raise ValueError(f"{field}: pruning is not supported for a two-tower student (train it with fewer layers: init.layers)")
-    if cfg.ffn_keep_ratio != 1.0:
-        raise ValueError("ffn_keep_ratio: pruning is not supported for a two-tower student (train it with fewer layers: init.layers)")
-    return True
 
 
 def _print_gate(gate: dict[str, Any]) -> None:

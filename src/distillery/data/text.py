@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from distillery.data.schema import TEXT_FIELDS, is_text_column
 
-__all__ = ["to_text", "to_texts", "table_texts", "from_text", "LABEL_STRIP_RULES"]
+__all__ = ["to_text", "to_texts", "table_texts", "from_text", "render_value", "LABEL_STRIP_RULES"]
 
 _LABELS = {
     "query": "query",
@@ -30,7 +30,8 @@ LABEL_STRIP_RULES: tuple[tuple[str, str], ...] = ((f"^(?:{_LABEL_ALTERNATIVES}):
                                                   (f" \\| (?:{_LABEL_ALTERNATIVES}): ", " | "))
 
 
-def _render(value: Any) -> str | None:
+def render_value(value: Any) -> str | None:
+    """One value as `to_text` shows it (whitespace collapsed, 3.0 as 3), or None when it is not shown."""
     if value is None:
         return None
     if isinstance(value, float):
@@ -54,12 +55,12 @@ def to_text(row: Mapping[str, Any]) -> str:
     """
     parts = []
     for name in TEXT_FIELDS:
-        value = _render(row.get(name))
+        value = render_value(row.get(name))
         if value is not None:
             parts.append(f"{_LABELS[name]}: {value}")
     extras = sorted(k for k in row if k not in _LABELS and is_text_column(k))
     for name in extras:
-        value = _render(row[name])
+        value = render_value(row[name])
         if value is not None:
             parts.append(f"{name}={value}")
     return " | ".join(parts)

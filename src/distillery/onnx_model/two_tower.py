@@ -1,13 +1,15 @@
 """The Ray-free two-tower scorer: one tower graph (ONNX Runtime) + the interaction head in numpy.
 
-    scorer = open_scorer("runs/demo/onnx", variant="int8", intra_op_threads=1)   # by the card's student_kind
+    scorer = TwoTowerScorer("runs/demo/onnx", variant="int8", intra_op_threads=1)   # or kinds.open_scorer by the card
     scorer.warm_ads(row_fields_of_every_catalog_ad)          # ad tower once per ad (catalog load / change)
     probs = scorer.predict_rows(candidate_rows)              # a bid: request tower once, head per candidate
     probs = scorer.predict_proba(texts)                      # the same, from `to_text` rows (/predict, OIP)
 
 Per call: the distinct requests go through the tower once each (an LRU keeps recent ones), ads come
-from the ad cache (keyed by the ad's tower text; the cache lives in this scorer, so a hot swap to
-another model version starts a new one and recomputes), and the head runs per candidate. The head
+from the ad cache (keyed by the ad's tower text and hashed categoricals; the cache lives in this
+scorer, so a hot swap to another model version starts a new one and recomputes), and the head runs
+per candidate. A tower's hashed categoricals are a table lookup added before the normalisation; a
+tower without text columns never runs the graph. The head
 is linear in its inputs up to one ReLU, so its parts that depend on the request alone (W_u·ũ) or
 on the ad alone (W_v·ṽ) are computed once per request / once per ad; per candidate only
 ṽ·(W_uv ⊙ ũ)ᵀ, a (d × hidden) product, and table lookups for position and slot remain. That is
@@ -23,31 +25,24 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from distillery.config import validate_config
-from distillery.data.tower_inputs import TwoTowerSpec, tower_inputs, tower_inputs_from_fields
-from distillery.onnx_model.card import ModelCard, variant_path
+from distillery.data.tower_inputs import (TowerInputs, TwoTowerSpec, cats_of, head_bucket, tower_inputs,
+                                          tower_inputs_from_fields, tower_text)
+from distillery.onnx_model.card import variant_path
 from distillery.onnx_model.scorer import OnnxScorer, check_row, sigmoid
 
-__all__ = ["KIND", "HEAD_FILE", "NumpyHead", "TwoTowerScorer", "open_scorer"]
+__all__ = ["KIND", "HEAD_FILE", "NumpyHead", "TwoTowerScorer"]
 
 KIND = "two_tower"
 HEAD_FILE = "two_tower_head.npz"
-
-
-def open_scorer(model_dir: str, variant: str = "int8", **kwargs):
-    """The scorer the card asks for: `TwoTowerScorer` for a two-tower student, else a cross-encoder's
-    `OnnxScorer` (a `CrossCandidateScorer`: bid candidates from cached token pieces, texts as usual)."""
-    from distillery.onnx_model.cross_candidates import CrossCandidateScorer
-
-    if ModelCard.read(model_dir).student_kind == KIND:
-        return TwoTowerScorer(model_dir, variant, **kwargs)
-    return CrossCandidateScorer(model_dir, variant, **kwargs)
 
 
 class NumpyHead:
     """`InteractionHead` in float32 numpy, split into per-request, per-ad and per-candidate parts.
 
     Arrays (from `HEAD_FILE`): `dense_w (H, n_in)`, `dense_b (H,)`, `skip_w (n_in,)`, `out_w (H,)`,
-    `out_b ()`, `position (P, F)`, `slot (S, F)`, with n_in = 3d + 1 + 2F (see the PyTorch head).
+    `out_b ()`, `position (P, F)`, `slot (S, F)`, with n_in = 3d + 1 + 2F (see the PyTorch head); with
+    head categoricals `head_cat (B, F)` and n_in = 3d + 1 + 3F; with tower categoricals
+    `request_cat` / `ad_cat (B, d)` (embeddings already projected to the tower's width).
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray]):
@@ -55,12 +50,19 @@ class NumpyHead:
         w, s = f32["dense_w"], f32["skip_w"]
         self.hidden, n_in = w.shape
         feat = f32["position"].shape[1]
-        d = (n_in - 1 - 2 * feat) // 3
-        if 3 * d + 1 + 2 * feat != n_in or s.shape != (n_in,):
+        blocks = 3 if "head_cat" in f32 else 2
+        d = (n_in - 1 - blocks * feat) // 3
+        if 3 * d + 1 + blocks * feat != n_in or s.shape != (n_in,):
             raise ValueError(f"{HEAD_FILE}: dense_w {w.shape} / skip_w {s.shape} do not fit d, feature_dim={feat}")
         self.dim = d
         cu, cv, cuv, cc, cp = slice(0, d), slice(d, 2 * d), slice(2 * d, 3 * d), 3 * d, slice(3 * d + 1, 3 * d + 1 + feat)
-        cs = slice(3 * d + 1 + feat, n_in)
+        cs = slice(3 * d + 1 + feat, 3 * d + 1 + 2 * feat)
+        ck = slice(3 * d + 1 + 2 * feat, n_in)
+        self.cat_table = f32["head_cat"] @ np.vstack([w[:, ck], s[ck]]).T if blocks == 3 else None  # (B, H+1)
+        self.tower_tables = {side: f32[f"{side}_cat"] for side in ("request", "ad") if f"{side}_cat" in f32}
+        for side, table in self.tower_tables.items():
+            if table.shape[1] != d:
+                raise ValueError(f"{HEAD_FILE}: {side}_cat {table.shape} does not fit d={d}")
         # rows 0..H-1: the ReLU units; row H: the linear (skip) path. cos = ũ·ṽ/d folds into the ũ⊙ṽ weights.
         self.w_u = np.vstack([w[:, cu], s[cu]])                                   # (H+1, d)
         self.w_v = np.vstack([w[:, cv], s[cv]])                                   # (H+1, d)
@@ -78,11 +80,25 @@ class NumpyHead:
         """`(a, d)` ad embeddings → `(a, H+1)`, cached with the ad."""
         return v @ self.w_v.T
 
+    def tower_vectors(self, side: str, text_emb: np.ndarray | None, cats: np.ndarray | None) -> np.ndarray:
+        """The `side` tower's vectors `(n, d)`, norm √d: `text_emb (n, d)` (the graph's output, norm √d;
+        None for a tower without text) plus the hashed categoricals `cats (n, F)` looked up and summed."""
+        table = self.tower_tables.get(side)
+        if table is None or cats is None:
+            return text_emb
+        x = table[cats].sum(1)
+        if text_emb is not None:
+            x = x + text_emb / np.sqrt(self.dim)
+        norm = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # as torch's normalize
+        return (x / norm * np.sqrt(self.dim)).astype(np.float32)
+
     def logits(self, u: np.ndarray, req_part: np.ndarray, v: np.ndarray, ad_part: np.ndarray,
-               position: np.ndarray, slot: np.ndarray) -> np.ndarray:
+               position: np.ndarray, slot: np.ndarray, cats: np.ndarray | None = None) -> np.ndarray:
         """One request `u (d,)`, its `req_part (H+1,)`; candidates `v (n, d)`, `ad_part (n, H+1)`,
-        `position, slot (n,)` bucket ids → logits `(n,)` float64."""
+        `position, slot (n,)` bucket ids, head categoricals `cats (n, F)` → logits `(n,)` float64."""
         z = v @ (self.w_uv * u).T + req_part + ad_part + self.pos_table[position] + self.slot_table[slot]
+        if self.cat_table is not None:
+            z = z + self.cat_table[cats].sum(1)
         return (np.maximum(z[:, :-1], 0.0) @ self.out_w + z[:, -1]).astype(np.float64)
 
 
@@ -117,8 +133,12 @@ class TwoTowerScorer:
         self._ads: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._requests: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.tower_calls = self.tower_rows = 0
-        self._text_memo: dict[tuple, str] = {}
-        self._bucket_memo: dict[tuple, tuple[int, int]] = {}
+        self._text_memo: dict[tuple, tuple[str, tuple[int, ...]]] = {}
+        self._bucket_memo: dict[tuple, tuple[int, ...]] = {}
+        spec = self.spec
+        self._request_columns = (*spec.request_fields, *spec.request_categorical)
+        self._ad_columns = (*spec.ad_fields, *spec.ad_categorical)
+        self._head_columns = ("position", "slot_size", *spec.head_categorical)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Tower embeddings `(n, d)` float32 of tower texts, in batches of `tower_batch_size`."""
@@ -131,16 +151,23 @@ class TwoTowerScorer:
             out.append(np.asarray(emb, dtype=np.float32))
         return np.concatenate(out) if out else np.zeros((0, self.head.dim), dtype=np.float32)
 
-    def _lookup(self, texts: list[str], cache: OrderedDict, size: int, part) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(embedding (d,), head part (H+1,)) per text; misses encoded in one batch and cached (LRU)."""
-        missing = list(dict.fromkeys(t for t in texts if t not in cache))
-        fresh: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    def _lookup(self, keys: list[tuple[str, tuple[int, ...]]], side: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(tower vector (d,), head part (H+1,)) per (tower text, hashed categoricals) key of the `side`
+        tower; misses encoded in one batch and cached (LRU)."""
+        if side == "request":
+            cache, size, part = self._requests, self.request_cache_size, self.head.request_part
+        else:
+            cache, size, part = self._ads, self.ad_cache_size, self.head.ad_part
+        missing = list(dict.fromkeys(t for t in keys if t not in cache))
+        fresh: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         if missing:
-            emb = self.embed(missing)
+            text_emb = self.embed([k[0] for k in missing]) if self.spec.has_text(side) else None
+            cats = np.array([k[1] for k in missing], dtype=np.int64).reshape(len(missing), -1)
+            emb = self.head.tower_vectors(side, text_emb, cats)
             parts = part(emb)
             fresh = {t: (emb[i], parts[i]) for i, t in enumerate(missing)}
         out = []
-        for t in texts:
+        for t in keys:
             hit = cache.get(t)
             if hit is not None:
                 cache.move_to_end(t)
@@ -156,29 +183,36 @@ class TwoTowerScorer:
 
     def warm_ads(self, ads: Iterable[Mapping[str, Any]]) -> int:
         """Encode every ad (row fields, e.g. `CandidateAd.row_fields()`) not yet cached; returns how many were encoded."""
-        texts = list(dict.fromkeys(tower_inputs_from_fields(a, self.spec)[1] for a in ads))
-        before = self.tower_rows
-        self._lookup(texts, self._ads, self.ad_cache_size, self.head.ad_part)
-        return self.tower_rows - before
+        keys = list(dict.fromkeys(self._ad_key(a) for a in ads))
+        missing = sum(k not in self._ads for k in keys)
+        self._lookup(keys, "ad")
+        return missing
 
-    def score_parts(self, parts: list[tuple[str, str, int, int]]) -> np.ndarray:
-        """Logits `(n,)` float64 of (request text, ad text, position, slot) tuples."""
+    def _ad_key(self, fields: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
+        spec = self.spec
+        return tower_text(fields, spec.ad_fields, spec.text), cats_of(fields, spec.ad_categorical, spec.hash_buckets)
+
+    def score_parts(self, parts: list[TowerInputs]) -> np.ndarray:
+        """Logits `(n,)` float64 of `TowerInputs` rows."""
         n = len(parts)
         if not n:
             return np.zeros(0, dtype=np.float64)
-        requests = self._lookup([p[0] for p in parts], self._requests, self.request_cache_size, self.head.request_part)
-        ads = self._lookup([p[1] for p in parts], self._ads, self.ad_cache_size, self.head.ad_part)
-        position = np.fromiter((p[2] for p in parts), dtype=np.int64, count=n)
-        slot = np.fromiter((p[3] for p in parts), dtype=np.int64, count=n)
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(parts):
-            groups.setdefault(p[0], []).append(i)
+        req_keys = [(p.request, p.request_cats) for p in parts]
+        requests = self._lookup(req_keys, "request")
+        ads = self._lookup([(p.ad, p.ad_cats) for p in parts], "ad")
+        position = np.fromiter((p.position for p in parts), dtype=np.int64, count=n)
+        slot = np.fromiter((p.slot for p in parts), dtype=np.int64, count=n)
+        cats = np.array([p.head_cats for p in parts], dtype=np.int64).reshape(n, -1) if self.spec.head_categorical else None
+        groups: dict[tuple, list[int]] = {}
+        for i, key in enumerate(req_keys):
+            groups.setdefault(key, []).append(i)
         out = np.empty(n, dtype=np.float64)
         for rows in groups.values():
             u, req_part = requests[rows[0]]
             v = np.stack([ads[i][0] for i in rows])
             ad_part = np.stack([ads[i][1] for i in rows])
-            out[rows] = self.head.logits(u, req_part, v, ad_part, position[rows], slot[rows])
+            out[rows] = self.head.logits(u, req_part, v, ad_part, position[rows], slot[rows],
+                                         None if cats is None else cats[rows])
         return out
 
     def logits(self, texts: list[str]) -> np.ndarray:
@@ -203,29 +237,30 @@ class TwoTowerScorer:
         return sigmoid(self.score_parts([tower_inputs(x, self.spec) if isinstance(x, str) else self._row_parts(check_row(i, x))
                                          for i, x in enumerate(inputs)]))
 
-    def _row_parts(self, row: Mapping[str, Any]) -> tuple[str, str, int, int]:
-        """`tower_inputs_from_fields`, with each tower's text memoised on the tuple of its fields' values:
-        a bid repeats one request over all its candidates and the catalog's ads over all bids, and
-        rendering texts (`to_text`) was most of the per-candidate cost."""
+    def _row_parts(self, row: Mapping[str, Any]) -> TowerInputs:
+        """`tower_inputs_from_fields`, with each tower's text and hashes memoised on the tuple of its
+        columns' values: a bid repeats one request over all its candidates and the catalog's ads over
+        all bids, and rendering texts (`to_text`) was most of the per-candidate cost."""
         spec, memo = self.spec, self._text_memo
         try:
-            rkey = ("r", *(row.get(k) for k in spec.request_fields))
-            akey = ("a", *(row.get(k) for k in spec.ad_fields))
-            request, ad = memo.get(rkey), memo.get(akey)
+            rkey = ("r", *(row.get(k) for k in self._request_columns))
+            akey = ("a", *(row.get(k) for k in self._ad_columns))
+            hkey = tuple(row.get(k) for k in self._head_columns)
+            request, ad, head = memo.get(rkey), memo.get(akey), self._bucket_memo.get(hkey)
         except TypeError:  # an unhashable value (a list from JSON): render without the memo
             return tower_inputs_from_fields(row, spec)
         if request is None or ad is None:
             if len(memo) >= self.ad_cache_size + self.request_cache_size:
                 memo.clear()  # bounded; refilled by the next bids
-            request, ad, _, _ = tower_inputs_from_fields({k: row.get(k) for k in (*spec.request_fields, *spec.ad_fields)}, spec)
+            b = spec.hash_buckets
+            request = (tower_text(row, spec.request_fields, spec.text), cats_of(row, spec.request_categorical, b))
+            ad = (tower_text(row, spec.ad_fields, spec.text), cats_of(row, spec.ad_categorical, b))
             memo[rkey], memo[akey] = request, ad
-        pkey = (row.get("position"), row.get("slot_size"))
-        buckets = self._bucket_memo.get(pkey)
-        if buckets is None:
-            buckets = self._bucket_memo[pkey] = tower_inputs_from_fields({"position": pkey[0], "slot_size": pkey[1]}, spec)[2:]
+        if head is None:
             if len(self._bucket_memo) > 10_000:
                 self._bucket_memo.clear()
-        return request, ad, buckets[0], buckets[1]
+            head = self._bucket_memo[hkey] = tuple(head_bucket(k, v, spec) for k, v in zip(self._head_columns, hkey))
+        return TowerInputs(request[0], ad[0], head[0], head[1], request[1], ad[1], head[2:])
 
     def __repr__(self) -> str:
         return (f"TwoTowerScorer(name={self.name!r}, version={self.version!r}, variant={self.variant!r}, "

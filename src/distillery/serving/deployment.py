@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from distillery.onnx_model.two_tower import open_scorer
+from distillery.onnx_model.kinds import kind_of_card, open_scorer
 from distillery.serving import oip
 from distillery.serving.arrival import arrival_time
 from distillery.serving.batch import score_batch
@@ -226,9 +226,7 @@ class CTRServer:
 
     def _batch_rows(self) -> int:
         """Rows per scoring call for the served student (`batch.max_batch_rows` or `two_tower_batch_rows`)."""
-        if getattr(self._scorer, "student_kind", None) == "two_tower":
-            return self.args.batch.two_tower_batch_rows
-        return self.args.batch.max_batch_rows
+        return getattr(self.args.batch, kind_of_card(self._scorer.card).batch_rows_field)
 
     def _switch(self, scorer, model: ModelSection) -> None:
         old = self._scorer

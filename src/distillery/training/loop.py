@@ -202,12 +202,10 @@ def make_loader(rows: Dataset, batch_size: int, shuffle: bool, seed: int = 0, bu
 def rows_for(model, tokenizer, table: TrainingTable, max_length: int) -> Dataset:
     """The dataset `model` trains on: `TokenizedRows` for a cross-encoder, `TwoTowerRows` (each
     tower's ids + head features) for a two-tower student; the same targets either way."""
-    raw = unwrap(model)
-    if getattr(raw, "student_kind", None) == "two_tower":
-        from distillery.training.two_tower_student import TwoTowerRows
+    from distillery.onnx_model.kinds import kind_of_model
 
-        return TwoTowerRows.from_table(tokenizer, table, max_length, raw.spec)
-    return TokenizedRows.from_table(tokenizer, table, max_length)
+    raw = unwrap(model)
+    return kind_of_model(raw).rows_of_table(tokenizer, table, max_length, raw)
 
 
 def _start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
@@ -293,13 +291,10 @@ def predict_logits(model, loader: DataLoader, device: str = "cpu") -> np.ndarray
 
 def score_texts(model, tokenizer, texts: list[str], max_length: int = 64, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
     """Click probabilities `(n,)` float64 in [0, 1] of a one-logit classifier over raw texts."""
-    raw = unwrap(model)
-    if getattr(raw, "student_kind", None) == "two_tower":
-        from distillery.training.two_tower_student import TwoTowerRows
+    from distillery.onnx_model.kinds import kind_of_model
 
-        rows: Dataset = TwoTowerRows(tokenizer, texts, max_length, raw.spec)
-    else:
-        rows = TokenizedRows(tokenizer, texts, max_length)
+    raw = unwrap(model)
+    rows = kind_of_model(raw).rows(tokenizer, texts, max_length, raw)
     loader = make_loader(rows, batch_size, shuffle=False)
     return 1.0 / (1.0 + np.exp(-predict_logits(model, loader, device)))
 

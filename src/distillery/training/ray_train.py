@@ -82,6 +82,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from distillery.onnx_model.kinds import kind_of_model
     from distillery.training.data import build_training_table
     from distillery.training.init import build_model
     from distillery.training.loop import Hooks, load_checkpoint, train
@@ -99,7 +100,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         model, tokenizer = build_model(spec.init)
         if spec.init.trim_vocab_splits:
             model, tokenizer = _trim(model, tokenizer, spec, ctx.get_world_rank() == 0)
-        if spec.init.head_from and getattr(model, "student_kind", None) == "two_tower":
+        if spec.init.head_from and kind_of_model(model).starts_head_on_rows:
             from distillery.training.two_tower_student import start_head_on_rows
 
             start = start_head_on_rows(model, tokenizer, spec.init.head_from, table, spec.loop.max_length)

@@ -12,10 +12,14 @@ ad embeddings (computed when the catalog loads) and the head per candidate:
 
     ũ = √d · normalise(mean_pool(encoder(request)))     (batch, d)
     ṽ = √d · normalise(mean_pool(encoder(ad)))          (batch, d)
-    x = [ũ, ṽ, ũ⊙ṽ, cos(ũ, ṽ), E_pos[position], E_slot[slot]]
+    x = [ũ, ṽ, ũ⊙ṽ, cos(ũ, ṽ), E_pos[position], E_slot[slot], Σ_f E_cat[h_f]]
     logit = o · relu(W x + b) + o_b + s · x              (batch,)
 
-Position and slot size are per-candidate features of the head, not tower text. With
+Position, slot size and `head_categorical` columns are per-candidate features of the head, not
+tower text. A tower's hashed categoricals (`request_categorical`, `ad_categorical`: ids with no
+meaning as text) add a learned vector before the normalisation, `ũ = √d · normalise(t + P Σ_f
+E[h_f])` with t the unit text embedding (0 for a tower without text, which never runs the
+transformer); P starts at zero where the tower has text, so the start is the text's cosine. With
 `ModelInit.head_from` (a two-tower teacher folder) the head starts as the teacher's own click head
 over the student's cosine (`start_head_from_teacher`; Ray Train workers then standardise the
 student's own cosine on training rows, `start_head_on_rows`): the skip path holds the teacher's
@@ -44,7 +48,7 @@ from torch.utils.data import Dataset
 from distillery.data.text import from_text
 from distillery.data.tower_inputs import TwoTowerSpec, head_bucket, tower_inputs, tower_inputs_from_fields
 
-__all__ = ["KIND", "CONFIG_FILE", "WEIGHTS_FILE", "HEAD_FROM_CLICKS", "TwoTowerSpec", "TwoTowerStudent", "InteractionHead",
+__all__ = ["KIND", "CONFIG_FILE", "WEIGHTS_FILE", "HEAD_FROM_CLICKS", "TwoTowerSpec", "TwoTowerStudent", "InteractionHead", "CategoricalTower",
            "TwoTowerRows", "collate_two_tower", "tower_inputs", "tower_inputs_from_fields", "build_two_tower",
            "load_two_tower", "is_two_tower_student", "mean_pool", "start_head_from_teacher",
            "start_head_on_rows"]
@@ -63,15 +67,31 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
+class CategoricalTower(torch.nn.Module):
+    """A tower's hashed categoricals: `forward(cats: (b, F) int64) -> (b, d)` = P · Σ_f E[cats[:, f]] (row 0: missing, zero)."""
+
+    def __init__(self, spec: TwoTowerSpec, dim: int, with_text: bool):
+        super().__init__()
+        self.table = torch.nn.Embedding(spec.hash_buckets, spec.hash_dim, padding_idx=0)
+        self.proj = torch.nn.Linear(spec.hash_dim, dim, bias=False)
+        if with_text:  # start at the text's cosine; training moves P off zero (E's gradient flows through P's)
+            torch.nn.init.zeros_(self.proj.weight)
+
+    def forward(self, cats: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.table(cats).sum(1))
+
+
 class InteractionHead(torch.nn.Module):
-    """One logit per (request, ad, position, slot): `forward(u: (b, d), v: (b, d), position: (b,), slot: (b,)) -> (b,)`."""
+    """One logit per (request, ad, position, slot, head categoricals):
+    `forward(u: (b, d), v: (b, d), position: (b,), slot: (b,), cats: (b, F) | None) -> (b,)`."""
 
     def __init__(self, dim: int, spec: TwoTowerSpec):
         super().__init__()
-        n_in = 3 * dim + 1 + 2 * spec.feature_dim
+        n_in = 3 * dim + 1 + (3 if spec.head_categorical else 2) * spec.feature_dim
         self.dim = dim
         self.position = torch.nn.Embedding(spec.position_buckets, spec.feature_dim)
         self.slot = torch.nn.Embedding(spec.slot_buckets, spec.feature_dim)
+        self.cats = torch.nn.Embedding(spec.hash_buckets, spec.feature_dim, padding_idx=0) if spec.head_categorical else None
         self.dense = torch.nn.Linear(n_in, spec.head_hidden)
         self.skip = torch.nn.Linear(n_in, 1, bias=False)  # a linear path: the cosine alone is a useful start
         self.out = torch.nn.Linear(spec.head_hidden, 1)  # last one-logit Linear: `set_output_bias` sets its bias
@@ -79,13 +99,19 @@ class InteractionHead(torch.nn.Module):
             self.skip.weight.zero_()
             self.position.weight.mul_(0.1)
             self.slot.weight.mul_(0.1)
+            if self.cats is not None:
+                self.cats.weight.mul_(0.1)
 
-    def features(self, u: torch.Tensor, v: torch.Tensor, position: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    def features(self, u: torch.Tensor, v: torch.Tensor, position: torch.Tensor, slot: torch.Tensor,
+                 cats: torch.Tensor | None = None) -> torch.Tensor:
         cos = (u * v).sum(-1, keepdim=True) / self.dim  # ũ, ṽ have norm √d
-        return torch.cat([u, v, u * v, cos, self.position(position), self.slot(slot)], dim=-1)
+        parts = [u, v, u * v, cos, self.position(position), self.slot(slot)]
+        if self.cats is not None:
+            parts.append(self.cats(cats).sum(1))
+        return torch.cat(parts, dim=-1)
 
-    def forward(self, u, v, position, slot) -> torch.Tensor:
-        x = self.features(u, v, position, slot)
+    def forward(self, u, v, position, slot, cats=None) -> torch.Tensor:
+        x = self.features(u, v, position, slot, cats)
         return (self.out(torch.relu(self.dense(x))) + self.skip(x)).squeeze(-1)
 
 
@@ -98,7 +124,10 @@ class TwoTowerStudent(torch.nn.Module):
         super().__init__()
         self.spec = spec
         self.encoder = encoder  # an HF base model (BertModel, ...): last_hidden_state (b, seq, d)
-        self.classifier = InteractionHead(int(encoder.config.hidden_size), spec)
+        d = int(encoder.config.hidden_size)
+        self.classifier = InteractionHead(d, spec)
+        self.request_cats = CategoricalTower(spec, d, spec.has_text("request")) if spec.request_categorical else None
+        self.ad_cats = CategoricalTower(spec, d, spec.has_text("ad")) if spec.ad_categorical else None
 
     @property
     def config(self):
@@ -116,10 +145,23 @@ class TwoTowerStudent(torch.nn.Module):
         pooled = torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
         return pooled * math.sqrt(self.config.hidden_size)
 
-    def forward(self, request_input_ids, request_attention_mask, ad_input_ids, ad_attention_mask, position, slot):
-        u = self.embed(request_input_ids, request_attention_mask)
-        v = self.embed(ad_input_ids, ad_attention_mask)
-        return SimpleNamespace(logits=self.classifier(u, v, position, slot).unsqueeze(-1))
+    def tower(self, side: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              cats: torch.Tensor | None = None) -> torch.Tensor:
+        """The `side` ("request" or "ad") tower's vector `(batch, d)`, norm √d: text and hashed categoricals."""
+        table = self.request_cats if side == "request" else self.ad_cats
+        if table is None:
+            return self.embed(input_ids, attention_mask)
+        x = table(cats)
+        if self.spec.has_text(side):
+            x = x + torch.nn.functional.normalize(
+                mean_pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask), dim=-1)
+        return torch.nn.functional.normalize(x, dim=-1) * math.sqrt(self.config.hidden_size)
+
+    def forward(self, request_input_ids, request_attention_mask, ad_input_ids, ad_attention_mask, position, slot,
+                request_cat=None, ad_cat=None, head_cat=None):
+        u = self.tower("request", request_input_ids, request_attention_mask, request_cat)
+        v = self.tower("ad", ad_input_ids, ad_attention_mask, ad_cat)
+        return SimpleNamespace(logits=self.classifier(u, v, position, slot, head_cat).unsqueeze(-1))
 
     def save_pretrained(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
@@ -203,10 +245,12 @@ def start_head_from_teacher(head: InteractionHead, teacher, spec: TwoTowerSpec,
         c = b − Σ_i w_i m_i / s_i              (over the features the head reads)
 
     with column 0 of the position/slot embeddings holding `w_l / s_l` per level's bucket (0 for the
-    reference level and unknown values, as in the teacher) and a skip weight of 1 on it; the MLP
-    branch's output weights start at zero, so it adds nothing until training moves it. Categorical
-    fields other than position and slot_size have no place in the head: their terms are left out
-    (each has mean 0 over the teacher's training rows).
+    reference level and unknown values, as in the teacher) and a skip weight of 1 on it; the
+    `head_categorical` columns share one table the same way (column 0 of Σ_f E_cat[h_f] sums their
+    levels' weights, as the teacher's one-hots do); the MLP branch's output weights start at zero,
+    so it adds nothing until training moves it. Teacher categorical fields that are not head
+    features have no place in the head: their terms are left out (each has mean 0 over the
+    teacher's training rows).
 
     `cosine_moments` = (mean, std) of the *student's* cosine on training rows replaces the teacher's
     (m_cos, s_cos): a cut tower's cosine has another mean and spread than the full encoder's (layers
@@ -215,38 +259,43 @@ def start_head_from_teacher(head: InteractionHead, teacher, spec: TwoTowerSpec,
     logit spread and mean. Returns what was set, for the log.
     """
     d, fd = head.dim, spec.feature_dim
-    cos_at, pos_at, slot_at = 3 * d, 3 * d + 1, 3 * d + 1 + fd
+    cos_at = 3 * d
     names, w = teacher.feature_names, np.asarray(teacher.weights, dtype=np.float64)
     mean, std = np.array(teacher.mean, dtype=np.float64), np.array(teacher.std, dtype=np.float64)
     if cosine_moments is not None:
         mean[0], std[0] = cosine_moments[0], max(cosine_moments[1], 1e-6)
     scaled = w / std
-    tables = {"position": head.position, "slot_size": head.slot}
-    levels: dict[str, dict[int, list[float]]] = {"position": {}, "slot_size": {}}
+    # table name -> (embedding, column of x where its block starts); head categoricals share one table
+    blocks = {"position": (head.position, 3 * d + 1), "slot_size": (head.slot, 3 * d + 1 + fd)}
+    if head.cats is not None:
+        blocks["_cats"] = (head.cats, 3 * d + 1 + 2 * fd)
+    table_of = {"position": "position", "slot_size": "slot_size", **{f: "_cats" for f in spec.head_categorical}}
+    levels: dict[str, dict[int, list[float]]] = {name: {} for name in blocks}
     constant = float(teacher.intercept) - scaled[0] * mean[0]
     dropped = set()
     for i, name in enumerate(names[1:], start=1):
         field, _, level = name.partition("=")
-        if field not in tables:
+        if field not in table_of:
             dropped.add(field)
             continue
         constant -= scaled[i] * mean[i]
-        levels[field].setdefault(head_bucket(field, level, spec), []).append(float(scaled[i]))
+        levels[table_of[field]].setdefault(head_bucket(field, level, spec), []).append(float(scaled[i]))
     with torch.no_grad():
         head.skip.weight.zero_()
         head.skip.weight[0, cos_at] = float(scaled[0])
-        for field, at in (("position", pos_at), ("slot_size", slot_at)):
-            table = tables[field].weight
+        for name, (embedding, at) in blocks.items():
+            table = embedding.weight
             table[:, 0] = 0.0
-            for bucket, values in levels[field].items():  # levels clipped or hashed into one bucket share their mean
+            for bucket, values in levels[name].items():  # levels clipped or hashed into one bucket share their mean
                 table[bucket, 0] = float(np.mean(values))
-            head.skip.weight[0, at] = 1.0 if levels[field] else 0.0
+            head.skip.weight[0, at] = 1.0 if levels[name] else 0.0
         head.out.weight.zero_()
         head.out.bias.fill_(constant)
     if dropped:
         log.warning("init.head_from: teacher categorical fields %s have no place in the student's head; left out", sorted(dropped))
     return {"cosine_weight": round(float(scaled[0]), 4), "cosine_mean": round(float(mean[0]), 4), "constant": round(float(constant), 4),
-            "position_levels": len(levels["position"]), "slot_levels": len(levels["slot_size"]), "dropped": sorted(dropped)}
+            "position_levels": len(levels["position"]), "slot_levels": len(levels["slot_size"]),
+            "categorical_levels": len(levels.get("_cats", {})), "dropped": sorted(dropped)}
 
 
 def start_head_on_rows(model: TwoTowerStudent, tokenizer, head_from: str, table, max_length: int,
@@ -257,8 +306,8 @@ def start_head_on_rows(model: TwoTowerStudent, tokenizer, head_from: str, table,
     - `head_from` a teacher folder: `start_head_from_teacher` with the cosine standardised on up to
       `rows` training rows (evenly spaced);
     - `head_from` "clicks": the teacher's form (L2 logistic regression over the standardised cosine
-      and position one-hot, `fit_logistic`) fitted on the training rows' clicks instead: the
-      click-only twin's start, with no teacher in it.
+      and one-hots of position and the head categoricals' levels seen on ≥ 20 rows, `fit_logistic`)
+      fitted on the training rows' clicks instead: the click-only twin's start, with no teacher in it.
     """
     from distillery.teachers.two_tower import TwoTowerHead
 
@@ -277,15 +326,17 @@ def start_head_on_rows(model: TwoTowerStudent, tokenizer, head_from: str, table,
         return start_head_from_teacher(model.classifier, teacher, model.spec, (float(cos.mean()), float(cos.std())))
     from distillery.training.two_tower_teacher import fit_logistic
 
-    fields = [from_text(t) for t in texts]
-    counts: dict[str, int] = {}
-    for f in fields:
-        if f.get("position") is not None:
-            counts[f["position"]] = counts.get(f["position"], 0) + 1
-    reference = max(counts, key=lambda v: (counts[v], v), default=None)  # the most common position: weight 0
-    levels = sorted(v for v in counts if v != reference and counts[v] >= 20)
+    fields = [from_text(t, extras=True) for t in texts]
+    levels: dict[str, list[str]] = {}
+    for name in ("position", *model.spec.head_categorical):
+        counts: dict[str, int] = {}
+        for f in fields:
+            if f.get(name) is not None:
+                counts[f[name]] = counts.get(f[name], 0) + 1
+        reference = max(counts, key=lambda v: (counts[v], v), default=None)  # the most common level: weight 0
+        levels[name] = sorted(v for v in counts if v != reference and counts[v] >= 20)
     head = TwoTowerHead(encoder="student", request_fields=model.spec.request_fields, ad_fields=model.spec.ad_fields,
-                        levels={"position": levels}, mean=[], std=[], weights=[], intercept=0.0)
+                        levels=levels, mean=[], std=[], weights=[], intercept=0.0)
     x = head.features(cos, fields)
     mean, std = x.mean(0), x.std(0)
     std[std < 1e-12] = 1.0
@@ -303,8 +354,8 @@ def _cosines(model: TwoTowerStudent, tokenizer, texts: list[str], max_length: in
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = collate_two_tower([data[i] for i in range(start, min(start + batch_size, len(data)))])
-            u = model.embed(batch["request_input_ids"], batch["request_attention_mask"])
-            v = model.embed(batch["ad_input_ids"], batch["ad_attention_mask"])
+            u = model.tower("request", batch["request_input_ids"], batch["request_attention_mask"], batch.get("request_cat"))
+            v = model.tower("ad", batch["ad_input_ids"], batch["ad_attention_mask"], batch.get("ad_cat"))
             out.append(((u * v).sum(-1) / u.shape[-1]).double().numpy())
     model.train(was_training)
     return np.concatenate(out)
@@ -318,10 +369,16 @@ class TwoTowerRows(Dataset):
         parts = [tower_inputs(t, spec) for t in texts]
         n = len(parts)
         kw = dict(truncation=True, max_length=max_length, padding=False)
-        self.request_ids = tokenizer([p[0] for p in parts], **kw)["input_ids"] if n else []
-        self.ad_ids = tokenizer([p[1] for p in parts], **kw)["input_ids"] if n else []
-        self.position = np.array([p[2] for p in parts], dtype=np.int64)
-        self.slot = np.array([p[3] for p in parts], dtype=np.int64)
+        # a tower without text never runs the encoder: its ids are [CLS] [SEP], never read
+        self.request_ids = tokenizer([p.request for p in parts], **kw)["input_ids"] if n else []
+        self.ad_ids = tokenizer([p.ad for p in parts], **kw)["input_ids"] if n else []
+        self.position = np.array([p.position for p in parts], dtype=np.int64)
+        self.slot = np.array([p.slot for p in parts], dtype=np.int64)
+        # hashed categoricals (n, F) int64, only for the lists the spec has: collate passes what exists
+        self.cats = {key: np.array([getattr(p, attr) for p in parts], dtype=np.int64).reshape(n, len(names))
+                     for key, attr, names in (("request_cat", "request_cats", spec.request_categorical),
+                                              ("ad_cat", "ad_cats", spec.ad_categorical),
+                                              ("head_cat", "head_cats", spec.head_categorical)) if names}
         nan = np.full(n, np.nan, dtype=np.float32)
         self.target = nan if target is None else np.asarray(target, dtype=np.float32)
         self.teacher_prob = nan if teacher_prob is None else np.asarray(teacher_prob, dtype=np.float32)
@@ -344,6 +401,7 @@ class TwoTowerRows(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"request": self.request_ids[i], "ad": self.ad_ids[i], "position": self.position[i], "slot": self.slot[i],
+                **{k: v[i] for k, v in self.cats.items()},
                 "target": self.target[i], "teacher_prob": self.teacher_prob[i], "click": self.click[i], "pad_id": self.pad_id}
 
 
@@ -359,13 +417,17 @@ def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def collate_two_tower(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Model inputs `request_/ad_input_ids, _attention_mask: (batch, seq)`, `position, slot: (batch,)` int64,
-    and targets `(batch,)` float32 — the keys `TwoTowerStudent.forward` and `compute_loss` read."""
+    `request_cat, ad_cat, head_cat: (batch, F)` int64 where the spec has them, and targets `(batch,)`
+    float32 — the keys `TwoTowerStudent.forward` and `compute_loss` read."""
     pad = items[0]["pad_id"]
     req_ids, req_mask = _pad([it["request"] for it in items], pad)
     ad_ids, ad_mask = _pad([it["ad"] for it in items], pad)
     out = {"request_input_ids": req_ids, "request_attention_mask": req_mask, "ad_input_ids": ad_ids,
            "ad_attention_mask": ad_mask, "position": torch.tensor([int(it["position"]) for it in items]),
            "slot": torch.tensor([int(it["slot"]) for it in items])}
+    for key in ("request_cat", "ad_cat", "head_cat"):
+        if key in items[0]:
+            out[key] = torch.from_numpy(np.stack([it[key] for it in items]))
     for key in ("target", "teacher_prob", "click"):
         out[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
     return out
