@@ -8,6 +8,7 @@
     distillery train    --config jobs/configs/train.yaml   [key=value ...]
     distillery evaluate --config jobs/configs/evaluate.yaml [key=value ...]
     distillery compress --config jobs/configs/compress.yaml [key=value ...]
+    distillery size --budget-ms X --candidates N [--stat p99|p50] [--calls 200] [--out runs/size]
     distillery size --budget-ms X --batch 1 --seq-len L [--provider cpu|cuda]
     distillery serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--config FILE] [--ingress auto|haproxy|proxy]
     distillery pipeline --config jobs/configs/demo.yaml [--force] [key=value ...]
@@ -151,14 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
         add_job_arguments(p, job)
         p.set_defaults(func=_run_job)
 
-    size = sub.add_parser("size", help="largest student whose measured latency fits a budget")
-    size.add_argument("--budget-ms", type=float, required=True, help="latency budget, ms (p99 unless --stat p50)")
-    size.add_argument("--batch", type=int, default=1)
-    size.add_argument("--seq-len", type=int, default=64)
-    size.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    size = sub.add_parser("size", help="largest student whose measured latency fits a budget (per bid of N candidates)")
+    size.add_argument("--budget-ms", type=float, required=True,
+                      help="latency budget, ms (p99 unless --stat p50): per bid with --candidates, per session.run otherwise")
+    size.add_argument("--candidates", type=int, default=None,
+                      help="ads scored per bid: time two-tower and cross-encoder students on bids of this many")
+    size.add_argument("--calls", type=int, default=None, help="timed bids (calls) per student (default: config calls, 200)")
+    size.add_argument("--batch", type=int, default=None, help="without --candidates: rows per session.run (default 1)")
+    size.add_argument("--seq-len", type=int, default=None, help="without --candidates: tokens per row (default 64)")
+    size.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="cuda: without --candidates only")
     size.add_argument("--stat", choices=["p50", "p99"], default="p99")
-    size.add_argument("--out", default="runs/size", help="run directory for the table")
-    size.add_argument("--config", default=None, help="YAML with the candidate grid")
+    size.add_argument("--out", default="runs/size", help="run directory for the table (and, in bid mode, the built students)")
+    size.add_argument("--config", default=None, help="YAML with the candidate grid (SizeConfig)")
     size.set_defaults(func=_size)
 
     serve = sub.add_parser("serve", help="serve an ONNX model folder on Ray Serve")

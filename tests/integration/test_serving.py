@@ -317,15 +317,15 @@ def test_every_shared_openrtb_sample_gets_a_valid_response(server, shared_data, 
     for path in samples:
         request = json.loads(path.read_text())
         r = post(f"/openrtb/{route}/bid", data=path.read_bytes())
-        assert r.status_code in (200, 204), (path.name, r.status_code, r.text)
+        assert r.status_code == 200, (path.name, r.status_code, r.text)
         assert r.headers["x-model-version"]
-        if r.status_code == 204:
-            assert r.content == b""
-            assert "native" in path.name, (path.name, r.headers.get("x-no-bid-reason"))
+        response = r.json()
+        if "seatbid" not in response:  # a no-bid: only the native sample, whose request string is broken
+            assert "native" in path.name, (path.name, response)
+            assert response["id"] == request["id"] and response["nbr"] == 2  # invalid request
             assert "native.request" in r.headers["x-no-bid-reason"]
             continue
         answered += 1
-        response = r.json()
         _check_bid_response(request, response)
         assert response["ext"]["model_version"] == r.headers["x-model-version"]
         assert all(("mtype" in b) == (route == "2.6") for s in response["seatbid"] for b in s["bid"])
@@ -346,30 +346,95 @@ def test_unscorable_impression_gets_no_bid_while_others_are_answered(server, sha
 def test_no_bid_reason_header_survives_hostile_imp_ids(server):
     request = {"id": "r", "imp": [{"id": "é\r\nX-Evil: 1", "video": {"w": 1, "h": 1, "mimes": ["video/none"]}}]}
     r = post("/openrtb/2.6/bid", request)
-    assert r.status_code == 204 and "x-evil" not in r.headers
+    assert r.status_code == 200 and "x-evil" not in r.headers
+    assert r.json()["nbr"] == 500 and "seatbid" not in r.json()  # no creative fits
     assert "no creative fits" in r.headers["x-no-bid-reason"]
+
+
+def _assert_no_bid(r, request: dict, nbr: int) -> dict:
+    """A reasoned no-bid: 200, the request's id, OpenRTB `nbr`, no `seatbid`, each impression's reason."""
+    assert r.status_code == 200, (r.status_code, r.text)
+    response = r.json()
+    assert response["id"] == request["id"] and response["nbr"] == nbr, response
+    assert "seatbid" not in response
+    assert set(response["ext"]["no_bid"]) == {imp["id"] for imp in request["imp"]}
+    assert r.headers["x-no-bid-reason"] and r.headers["x-model-version"]
+    return response
+
+
+def test_no_bid_below_the_floor_says_nbr_without_seatbid(server, shared_data):
+    request = json.loads((shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_text())
+    request["tmax"] = 2000
+    assert "seatbid" in post("/openrtb/2.6/bid", request).json()  # bid at the sample's own floor
+    for imp in request["imp"]:
+        imp["bidfloor"] = 10_000.0  # past every campaign's max bid
+    for route in ("2.5", "2.6"):
+        response = _assert_no_bid(post(f"/openrtb/{route}/bid", request), request, 504)
+        assert all("floor" in why for why in response["ext"]["no_bid"].values())
 
 
 def test_tmax_too_short_answers_no_bid_in_time(server, shared_data):
     request = json.loads((shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_text())
     request["tmax"] = 10  # below the 20 ms network margin: no time left to score
     r = post("/openrtb/2.6/bid", request)
-    assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
+    _assert_no_bid(r, request, 15)  # insufficient auction time
+    assert "budget" in r.headers["x-no-bid-reason"]
     # 1 ms left, less than the 3 ms batch wait: whether the budget runs out while planning or while
     # scoring (timing), the answer is a no-bid before the deadline, never a late bid
     request["tmax"] = 21
     r = post("/openrtb/2.6/bid", request)
-    assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
+    _assert_no_bid(r, request, 15)
+    assert "budget" in r.headers["x-no-bid-reason"]
     request["tmax"] = 2000
-    assert post("/openrtb/2.6/bid", request).status_code == 200
+    r = post("/openrtb/2.6/bid", request)
+    assert r.status_code == 200 and r.json()["seatbid"]
     # the clock starts at arrival: a request stamped (by the proxy or a load balancer) as having
     # arrived 3 s ago has spent its 2 s budget while queued, and answers no-bid, not a late bid
     stamp = {"X-Request-Start": f"t={int((time.time() - 3.0) * 1e6)}"}
     r = post("/openrtb/2.6/bid", request, headers=stamp)
-    assert r.status_code == 204 and "budget" in r.headers["x-no-bid-reason"]
+    _assert_no_bid(r, request, 15)
+    assert "budget" in r.headers["x-no-bid-reason"]
     request["tmax"] = -5  # used to fall back to the default deadline and bid
     r = post("/openrtb/2.6/bid", request)
     assert r.status_code == 400 and "tmax" in r.json()["error"]
+
+
+def test_a_model_answering_nan_gets_no_bid_priced(server, shared_data):
+    """NaN clears every floor comparison: the route refuses it (422, counted unscorable) rather than bid.
+    The replica's route runs in this process with the model's answer replaced by NaN."""
+    import asyncio
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from starlette.requests import Request
+
+    from distillery.serving import deployment
+    from distillery.serving.catalog import load_catalog
+    from distillery.serving.config import AppArgs
+    from distillery.serving.limits import BadRequest
+
+    root, _, _ = server
+    routes = deployment.CTRServer.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
+    assert "_bid" in vars(routes)
+    replica = object.__new__(routes)
+    replica.args = AppArgs.model_validate(_config(root)["applications"][0]["args"])
+    replica._catalog, replica._metrics = load_catalog(), mock.Mock()
+    replica._scorer = SimpleNamespace(version="nan-model")
+    body = (shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_bytes()
+
+    async def body_of(request):
+        return body
+
+    async def nan_scores(rows):
+        return np.full(len(rows), np.nan), "nan-model"
+
+    replica._body, replica._score_inputs = body_of, nan_scores
+    request = Request({"type": "http", "method": "POST", "path": "/openrtb/2.6/bid", "headers": []})
+    with pytest.raises(BadRequest) as refused:
+        asyncio.run(replica._bid(request, "2.6"))
+    assert refused.value.status == 422 and "NaN" in refused.value.message
+    replica._metrics.unscorable.inc.assert_called_once()
+    replica._metrics.no_bid.assert_not_called()
 
 
 def test_cuda_required_but_absent_refuses_to_start(server):

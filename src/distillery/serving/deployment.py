@@ -6,7 +6,7 @@ Routes (all JSON; errors are `{"error": "..."}` with a 4xx status naming the pro
     POST /predict                                              rows or texts -> probabilities
     GET  /v2 | /v2/models/{m}[/versions/{v}][/ready]           OIP metadata and readiness
     POST /v2/models/{m}[/versions/{v}]/infer                   OIP infer (JSON or binary tensors)
-    POST /openrtb/2.5/bid, /openrtb/2.6/bid                    bid response, or 204 no-bid in tmax
+    POST /openrtb/2.5/bid, /openrtb/2.6/bid                    bid response, or 200 no-bid with `nbr`, in tmax
 
 Every scored row goes through `_score` (`serving.batcher`: one scoring thread that takes the queued
 requests, up to a batch of rows, the moment it is free), so the candidates of one bid request and
@@ -37,7 +37,8 @@ from distillery.serving import oip
 from distillery.serving.arrival import arrival_time
 from distillery.serving.batch import score_batch
 from distillery.serving.batcher import ThreadBatcher
-from distillery.serving.bidder import BidPlan, BidRequestError, decide_bids, deadline_budget_ms, plan_bids
+from distillery.serving.bidder import (BidPlan, BidRequestError, NoBid, NoBidReason, decide_bids,
+                                      deadline_budget_ms, no_bid_response, plan_bids)
 from distillery.serving.catalog import load_catalog
 from distillery.serving.config import (DEPLOYMENT_NAME, AppArgs, ModelSection, auth_required,
                                        decorator_options, load_serve_config, missing_token_message, resolve_model_dir)
@@ -60,6 +61,11 @@ class _AsciiJSON(JSONResponse):
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return _AsciiJSON({"error": message}, status_code=status, headers=headers)
+
+
+def _reasons(no_bid: dict[str, NoBid]) -> str:
+    """`imp id: why; ...`, the `x-no-bid-reason` text."""
+    return "; ".join(f"{imp_id}: {why}" for imp_id, why in no_bid.items())
 
 
 def _count_rejected(request: Request, status: int) -> None:
@@ -379,12 +385,22 @@ class CTRServer:
     async def bid_26(self, request: Request) -> Response:
         return await self._bid(request, "2.6")
 
-    def _no_bid(self, reason: str, detail: str, version: str | None = None) -> Response:
+    def _no_bid(self, reason: str, body: dict[str, Any], detail: str, version: str | None = None) -> Response:
+        """A reasoned no-bid: 200 with `body` (`bidder.no_bid_response`: `id`, `nbr`, no `seatbid`), the
+        reason also in `x-no-bid-reason`; counted by `reason` (no_candidates | floor | deadline)."""
         self._metrics.no_bid(reason)
+        response = self._json(body, version=version)
         # Reasons quote request fields (imp ids): keep the header printable ASCII, no CR/LF injection.
-        safe = "".join(c if " " <= c <= "~" else "?" for c in detail[:200])
-        return Response(status_code=204, headers={"x-model-version": version or self._scorer.version,
-                                                  "x-no-bid-reason": safe})
+        response.headers["x-no-bid-reason"] = "".join(c if " " <= c <= "~" else "?" for c in detail[:200])
+        return response
+
+    def _out_of_time(self, plan: BidPlan, detail: str, version: str | None = None) -> Response:
+        """No-bid with nbr 15 (tmax spent); impressions lost before scoring keep their own reason in `ext`."""
+        self._metrics.deadline_misses.inc()
+        late = NoBid(NoBidReason.INSUFFICIENT_AUCTION_TIME, detail)
+        no_bid = {imp_id: plan.no_bid.get(imp_id, late) for imp_id in plan.imp_ids}
+        body = no_bid_response(plan.request_id, no_bid, NoBidReason.INSUFFICIENT_AUCTION_TIME)
+        return self._no_bid("deadline", body, detail, version)
 
     def _plan(self, body: bytes) -> tuple[Any, BidPlan]:
         """Parse and plan a bid request (CPU work: a worker thread runs it). The candidates go to the
@@ -405,20 +421,24 @@ class CTRServer:
         body = await self._body(request)
         bid_request, plan = await asyncio.to_thread(self._plan, body)
         if not plan.candidates:
-            return self._no_bid("no_candidates", "; ".join(f"{k}: {v}" for k, v in plan.no_bid.items()))
+            return self._no_bid("no_candidates", no_bid_response(plan.request_id, plan.no_bid), _reasons(plan.no_bid))
         budget_s = deadline_budget_ms(bid_request, cfg.default_tmax_ms, cfg.network_margin_ms) / 1000.0
         remaining = budget_s - (time.time() - start)
         if remaining <= 0:
-            self._metrics.deadline_misses.inc()
-            return self._no_bid("deadline", f"tmax budget {budget_s * 1000:.1f} ms spent before scoring")
+            return self._out_of_time(plan, f"tmax budget {budget_s * 1000:.1f} ms spent before scoring")
         task = asyncio.ensure_future(self._score_inputs([c.row for c in plan.candidates]))
         done, _ = await asyncio.wait({task}, timeout=remaining)
         if not done:
             task.cancel()  # queued rows of a cancelled request are dropped from their batch
-            self._metrics.deadline_misses.inc()
-            return self._no_bid("deadline", f"scoring did not finish within the {budget_s * 1000:.1f} ms budget")
-        probs, version = task.result()
+            return self._out_of_time(plan, f"scoring did not finish within the {budget_s * 1000:.1f} ms budget")
+        probs, version = task.result()  # a model that raised: 422 (`_score_inputs`), never a bid
+        if not np.all((probs >= 0.0) & (probs <= 1.0)):
+            # NaN would pass every floor comparison and be priced as a bid: a failure, like a raise
+            self._metrics.unscorable.inc()
+            log.warning("model version %s returned click probabilities outside [0, 1] (NaN?) for a bid request", version)
+            raise BadRequest(422, "bid request: the model returned no usable click probability for its candidates "
+                                  "(NaN or outside [0, 1]); no bid")
         response, no_bid = decide_bids(plan, probs, model_version=version, openrtb=openrtb)
         if response is None:
-            return self._no_bid("floor", "; ".join(f"{k}: {v}" for k, v in no_bid.items()), version)
+            return self._no_bid("floor", no_bid_response(plan.request_id, no_bid), _reasons(no_bid), version)
         return self._json(response, version=version)

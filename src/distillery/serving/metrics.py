@@ -1,7 +1,7 @@
 """Replica metrics beside Ray Serve's own (`ray.serve.metrics`, exported on Ray's Prometheus port).
 
     distillery_predictions            rows scored by the model
-    distillery_no_bids{reason}        204 answers: no_candidates | floor | deadline
+    distillery_no_bids{reason}        no-bids (200 with an OpenRTB nbr): no_candidates | floor | deadline
     distillery_deadline_misses        bid requests answered no-bid because tmax would have passed
     distillery_rejected{route,status} requests refused with a 4xx
     distillery_model_swaps{outcome}   hot swaps: ok | failed
@@ -27,7 +27,7 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.predictions = Counter("distillery_predictions", description="rows scored by the click model")
-        self.no_bids = Counter("distillery_no_bids", description="OpenRTB requests answered 204 no-bid",
+        self.no_bids = Counter("distillery_no_bids", description="OpenRTB requests answered no-bid (nbr)",
                                tag_keys=("reason",))
         self.deadline_misses = Counter("distillery_deadline_misses",
                                        description="bid requests answered no-bid to stay within tmax")
