@@ -1,7 +1,8 @@
-"""python bench/bidder.py [--model-dir runs/demo/onnx] [--two-tower-dir runs/demo/onnx_two_tower] [--quick]
+"""python bench/bidder.py [--model-dir runs/demo/onnx] [--two-tower-dir DIR] [--random-students] [--quick]
 
-The bidder's request path, measured side by side in one run on one machine (one ORT thread, one
-replica, light load = one client, one request at a time on a keep-alive connection):
+The bidder's request path on the flow's own student (`make demo`'s runs/demo/onnx, whatever its
+kind), measured side by side in one run on one machine (one ORT thread, one replica, light load =
+one client, one request at a time on a keep-alive connection):
 
 1. floors, a no-op FastAPI route: plain uvicorn (no Serve), Serve through its Python proxy,
    Serve's fast path (HAProxy -> the replica's direct-ingress server) and that replica's port alone;
@@ -9,17 +10,26 @@ replica, light load = one client, one request at a time on a keep-alive connecti
    serve_overhead_p50_ms / _p99_ms = HTTP minus in-process on the fast path, measured text by text
    alternately from this process (same model, same rows, same moments of the machine's load);
 3. `/openrtb/2.6/bid` light load on the IAB banner sample (8 eligible creatives);
-4. bid_ms: bid latency over HTTP by number of eligible candidates (1 ... 1024) from a generated
-   catalog of 1,024 creatives in size groups (a request's formats pick the first N), a new request
-   context (keywords) per bid, for the cross-encoder and, hot-swapped in, the two-tower student;
+4. bid_ms: bid latency over HTTP by number of eligible candidates (1 ... 1024) from a catalog of
+   1,024 creatives in size groups made from the test split's ads (`distillery.loadtest`: a
+   request's formats pick exactly N), timed as the pipeline's serve stage times them;
 5. serve_vs_raw: saturation rows/s through Serve (1 replica, 32 clients x 8 rows) over in-process
    ORT at its best batch, slices alternating as in bench/serve.py; on the fast path, and through
    the proxy for comparison (saturation_proxy).
 
-Without --model-dir it builds bench/serve.py's student (MiniLM cut to 2 layers, random head,
-INT8); without --two-tower-dir a two-tower student of the same 2 layers (random head, INT8). Speed
-is real, scores are not. About 5 minutes on 2 cores (--quick: about 3).
-The last line is one JSON object; every figure is in ms unless its name says otherwise.
+Every timed request is fresh: texts and bid contexts come from one `loadtest.fresh_contexts`
+stream over the run's test split (its own rows, else synthetic ones), so no page/keywords text is
+sent twice in a run and none was sent before as a warm-up (warm-ups draw fresh ones too); the
+request-embedding cache of a two-tower replica never answers a timed request. Each p99 stands on
+at least 1,000 timed requests (`--quick`: 300, said in the JSON's `p99_requests`), unless a
+candidate count's `--bid-budget-s` runs out first (listed in `p99_below_1000`).
+
+`--two-tower-dir` adds a second student, hot-swapped in, for the bid figures; `--random-students`
+measures the old pair instead of the flow's model: bench/serve.py's 2-layer cross-encoder and a
+2-layer two-tower student (random heads: speed is real, scores are not).
+About 5-8 minutes on 2 cores (--quick: about 3).
+The last line is one JSON object: the CPU (`cpu_flags`, `distillery.hardware`), the model card
+(`model`: student kind, variant, version), and every figure in ms unless its name says otherwise.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ import sys
 import time
 from pathlib import Path
 
+from distillery.loadtest import bid_catalog, bid_latency, fresh_contexts
 from distillery.metrics import percentiles
+from distillery.onnx_model.card import ModelCard
 from distillery.serving.ingress import free_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,7 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = (1, 8, 32, 128, 512, 1024)
-GROUPS = (1, 7, 24, 96, 384, 512)  # creatives per size group: the first k groups hold COUNTS[k-1]
+SIZES = tuple(f"{301 + g}x250" for g in range(len(COUNTS)))  # one per size group (loadtest.size_groups)
 SAMPLE = REPO.parent / "shared" / "data" / "openrtb" / "iab-ortb26-simple-banner.json"
 
 
@@ -52,7 +64,7 @@ def _bench_module(name: str):
     return module
 
 
-bench_serve = _bench_module("serve")  # load client, student export, workload, raw throughput
+bench_serve = _bench_module("serve")  # load client, student export, raw throughput and latency
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -86,38 +98,34 @@ def model_mb(folder: Path, variant: str) -> float:
     return round(sum(p.stat().st_size for p in files if p.exists()) / 1e6, 2)
 
 
-def write_catalog(path: Path) -> None:
-    """1,024 creatives of distinct synthetic ads in size groups 301x250, 302x250, ...; the first 8
-    also fit 300x250 (the IAB sample's slot)."""
+def write_catalog(path: Path, rows: list[dict]) -> None:
+    """`loadtest.bid_catalog` of the rows' ads in size groups 301x250, 302x250, ...; the first 8
+    creatives also fit 300x250 (the IAB sample's slot)."""
     import yaml
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from bidder_inprocess import catalog_ads
-
-    ads, campaigns, k = catalog_ads(sum(GROUPS)), [], 0
-    for g, n in enumerate(GROUPS):
-        for _ in range(n):
-            ad = ads[k]
-            sizes = [f"{301 + g}x250"] + (["300x250"] if k < 8 else [])
-            domain = f"adv{k}.example.com"
-            campaigns.append({"id": f"c{k}", "advertiser": domain, "brand": ad["advertiser"],
-                              "ad_category": ad["ad_category"], "iab_categories": ["IAB1"], "value_per_click": 5.0,
-                              "max_bid_cpm": 20.0, "ads": [{"id": f"a{k}", "title": ad["ad_title"],
-                                                            "description": ad["ad_description"], "sizes": sizes}]})
-            k += 1
-    path.write_text(yaml.safe_dump({"seat": "bench", "campaigns": campaigns}, sort_keys=False))
+    catalog = bid_catalog(rows, COUNTS, sizes=SIZES, seat="bench")
+    for campaign in catalog["campaigns"][:8]:
+        campaign["ads"][0]["sizes"].append("300x250")
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
 
 
-def bid_bodies(n: int, count: int, start: int = 0) -> list[dict]:
-    """`count` bid requests with `n` eligible creatives each and a new request context per request."""
-    groups = next(k + 1 for k, c in enumerate(COUNTS) if c == n)
-    formats = [{"w": 301 + g, "h": 250} for g in range(groups)]
-    return [{"id": f"b{n}-{i}", "tmax": 30000, "cur": ["USD"],
-             "imp": [{"id": "1", "bidfloor": 0.0001, "banner": {"format": formats}}],
-             "site": {"domain": "news.example.com", "page": f"https://news.example.com/a/{i}",
-                      "keywords": f"running shoes trail {i}", "cat": ["IAB17"]},
-             "device": {"os": "android", "devicetype": 4}, "user": {"id": f"u{i}"}}
-            for i in range(start, start + count)]
+def test_rows(model_dir: Path, n: int = 5000) -> tuple[list[dict], str]:
+    """(rows, where from): the run's test split beside the model folder, else synthetic rows."""
+    import pyarrow.parquet as pq
+
+    split = model_dir.parent / "data" / "test"
+    if split.is_dir():
+        return pq.read_table(split).slice(0, n).to_pylist(), str(split)
+    from distillery.data.synthetic import SyntheticConfig, generate
+
+    return generate(SyntheticConfig(rows_train=1, rows_unlabeled=0, rows_test=n), "test").to_pylist(), "synthetic"
+
+
+def fresh_texts(rows: list[dict], contexts, n: int) -> list[str]:
+    """`n` row texts (`to_text`), each with the next fresh context's keywords as its query."""
+    from distillery.data.text import to_text
+
+    return [to_text({**rows[i % len(rows)], "query": next(contexts)["keywords"]}) for i in range(n)]
 
 
 # -- servers ----------------------------------------------------------------------------------
@@ -244,17 +252,18 @@ def asgi_floor(requests: int) -> dict:
         proc.wait(timeout=20)
 
 
-def bids_over_http(base: str, counts, budget_s: float, max_calls: int) -> tuple[dict, dict]:
-    """{"N": {"p50", "p99", "requests"}} and the statuses seen, per number of eligible candidates."""
+def bids_over_http(base: str, contexts, counts, requests: int, budget_s: float) -> tuple[dict, dict]:
+    """{"N": {"p50", "p99", "requests", "bids", "no_bids", "errors"}} and the statuses, per number of
+    eligible candidates: `loadtest.bid_latency` (5 fresh untimed bids, then `requests` fresh ones,
+    `budget_s` at most per count)."""
     out, statuses = {}, {}
     for n in counts:
-        probe = light(f"{base}/openrtb/2.6/bid", bid_bodies(n, 4, start=10**6), 1)  # warm-up, then one timed
-        calls = int(max(5, min(max_calls, budget_s / max(probe["p50"] / 1000.0, 1e-3))))
-        r = light(f"{base}/openrtb/2.6/bid", bid_bodies(n, calls + 5), calls)
-        out[str(n)] = {"p50": r["p50"], "p99": r["p99"], "requests": r["requests"]}
-        statuses[str(n)] = r["statuses"]
-        print(f"  bid with {n:>4} candidates: p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  ({r['requests']} bids, "
-              f"{r['statuses']})", flush=True)
+        r = bid_latency(base, contexts, [n], requests=requests, tmax_ms=30_000, max_seconds=budget_s,
+                        layout=COUNTS, sizes=SIZES)[str(n)]
+        statuses[str(n)] = r.pop("statuses")
+        out[str(n)] = r
+        print(f"  bid with {n:>4} candidates: p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  ({r['requests']} timed, "
+              f"{r['bids']} bids, {r['no_bids']} no-bids, {statuses[str(n)]})", flush=True)
     return out, statuses
 
 
@@ -320,42 +329,86 @@ def _cpu_share(before: dict, after: dict, wall_s: float) -> dict:
     return {k: round(v / tick / wall_s, 3) for k, v in share.items()}
 
 
-def saturation(base: str, scorer, groups: list[list[str]], slices: int, slice_s: float) -> dict:
+def _groups(texts: list[str], size: int = 8) -> list[list[str]]:
+    return [texts[i:i + size] for i in range(0, len(texts) - size + 1, size)]
+
+
+def saturation(base: str, scorer, rows: list[dict], contexts, slices: int, slice_s: float) -> dict:
     """bench/serve.py's alternation: raw ORT (batch 8 and 64) then Serve, `slices` times; with the
-    cores each process used during the Serve slices (`cores_used`: what limits the ratio)."""
+    cores each process used during the Serve slices (`cores_used`: what limits the ratio). Each
+    slice gets texts no earlier one had, twice as many as the fastest rate seen so far needs; a
+    slice that may have run out, and so repeated texts, is counted in `slices_maybe_repeating`
+    (raw_throughput re-scores its 3 warm-up batches first: in process, at most 192 rows)."""
     raw = {8: [], 64: []}
-    served, shares = [], []
-    bodies = [{"texts": g} for g in groups]
+    served, shares, short = [], [], 0
+    raw_s = max(2.0, slice_s / 3)
+    rate = bench_serve.raw_throughput(scorer, _groups(fresh_texts(rows, contexts, 1024)), 64, 0.5)[0]  # sizes the slices
     for k in range(slices + 1):
         for b in raw:
-            raw[b].append(bench_serve.raw_throughput(scorer, groups, b, max(2.0, slice_s / 3))[0])
+            texts = fresh_texts(rows, contexts, int(2 * rate * raw_s) + 4 * b)
+            rows_s = bench_serve.raw_throughput(scorer, _groups(texts), b, raw_s)[0]
+            raw[b].append(rows_s)
+            rate = max(rate, rows_s)
+            short += rows_s * raw_s + 3 * b > len(texts)
         if k == slices:
             break
+        texts = fresh_texts(rows, contexts, 8 * (int(2 * rate * (slice_s + 0.5) / 8) + 64))
         before, t0 = _cpu_ticks(), time.perf_counter()
-        served.append(bench_serve.run_client({"url": f"{base}/predict", "bodies": bodies, "concurrency": 32,
-                                              "duration_s": slice_s, "warmup_s": 0.5, "rows_per_request": 8}))
+        out = bench_serve.run_client({"url": f"{base}/predict", "bodies": [{"texts": g} for g in _groups(texts)],
+                                      "concurrency": 32, "duration_s": slice_s, "warmup_s": 0.5, "rows_per_request": 8})
         shares.append(_cpu_share(before, _cpu_ticks(), time.perf_counter() - t0))
+        served.append(out)
+        short += out["rows_per_s"] * (slice_s + 0.5) > len(texts)
     raw_best = max(sum(v) / len(v) for v in raw.values())
     serve_rows = sum(r["rows_per_s"] for r in served) / len(served)
     return {"raw_rows_per_s": round(raw_best, 1), "serve_rows_per_s": round(serve_rows, 1),
             "serve_vs_raw": round(serve_rows / raw_best, 3),
             "cores_used": {k: round(sum(s[k] for s in shares) / len(shares), 3) for k in shares[0]},
-            "statuses": [r["statuses"] for r in served]}
+            "statuses": [r["statuses"] for r in served], "slices_maybe_repeating": short}
 
 
 # -- the run ----------------------------------------------------------------------------------
 
 
+def students(args, work: Path) -> list[tuple[str, Path]]:
+    """(label, ONNX folder) of the students to measure, the served one first."""
+    if args.random_students:
+        return [("cross", bench_serve.student_onnx(work)), ("two_tower", two_tower_onnx(work))]
+    model_dir = Path(args.model_dir).resolve()
+    if not (model_dir / "model_card.json").exists():
+        sys.exit(f"{args.model_dir}: no trained student here (no model_card.json). Run `make demo` first "
+                 "(it writes runs/demo/onnx), pass --model-dir DIR, or --random-students for built random ones.")
+    out = [(ModelCard.read(str(model_dir)).student_kind, model_dir)]
+    if args.two_tower_dir:
+        second = Path(args.two_tower_dir).resolve()
+        label = ModelCard.read(str(second)).student_kind
+        out.append((label if label != out[0][0] else f"{label}_2", second))
+    return out
+
+
+def card_summary(folder: Path, variant: str) -> dict:
+    card = ModelCard.read(str(folder))
+    return {"dir": str(folder), "name": card.name, "student_kind": card.student_kind, "variant": variant,
+            "version": card.version, "mb": model_mb(folder, variant)}
+
+
+def _ms(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", default=None, help="cross-encoder ONNX folder; default: bench/serve.py's 2-layer student")
-    p.add_argument("--two-tower-dir", default=None, help="two-tower ONNX folder; default: a 2-layer two-tower student")
+    p.add_argument("--model-dir", default=str(REPO / "runs" / "demo" / "onnx"),
+                   help="the served student's ONNX folder (default: make demo's runs/demo/onnx)")
+    p.add_argument("--two-tower-dir", default=None, help="a second student, hot-swapped in for the bid figures")
+    p.add_argument("--random-students", action="store_true",
+                   help="measure built random students (2-layer cross-encoder, then two-tower) instead of --model-dir")
     p.add_argument("--work", default=str(REPO / "runs" / "bench_serve"), help="cache for the built models")
     p.add_argument("--variant", default="int8")
     p.add_argument("--counts", type=int, nargs="+", default=list(COUNTS), choices=COUNTS)
-    p.add_argument("--light-requests", type=int, default=400, help="requests per light-load figure")
-    p.add_argument("--bid-budget-s", type=float, default=12.0, help="about this many seconds per candidate count")
-    p.add_argument("--quick", action="store_true", help="fewer requests and shorter slices")
+    p.add_argument("--light-requests", type=int, default=1000, help="timed requests per light-load figure (its p99)")
+    p.add_argument("--bid-budget-s", type=float, default=60.0, help="at most this many seconds per candidate count")
+    p.add_argument("--quick", action="store_true", help="300 timed requests per figure and shorter slices")
     p.add_argument("--batch-wait-ms", type=float, default=None,
                    help="the replica's batch.batch_wait_timeout_ms; default: serve_config.yaml's")
     p.add_argument("--asgi-noop", type=int, default=None, help=argparse.SUPPRESS)
@@ -366,38 +419,35 @@ def main() -> None:
         uvicorn.run(noop_api(), host="127.0.0.1", port=args.asgi_noop, log_level="warning", access_log=False)
         return
     if args.quick:
-        args.light_requests, args.bid_budget_s = 200, 6.0
+        args.light_requests, args.bid_budget_s = 300, 20.0
     started = time.perf_counter()
 
     from distillery.hardware import cpu_info
+    from distillery.onnx_model.kinds import open_scorer
     from distillery.serving.ingress import controller_options, ingress_env
-    from distillery.onnx_model.card import ModelCard
-    from distillery.onnx_model.scorer import OnnxScorer
 
     cpu = cpu_info()
     print(f"cpu: {cpu['model']}, {cpu['cores']} cores, isa {cpu['isa']}, flags {' '.join(cpu['flags'])}", flush=True)
     work = Path(args.work).resolve()
-    cross_dir = Path(args.model_dir).resolve() if args.model_dir else bench_serve.student_onnx(work)
-    two_tower_dir, two_tower_reason = None, None
-    try:
-        two_tower_dir = Path(args.two_tower_dir).resolve() if args.two_tower_dir else two_tower_onnx(work)
-    except Exception as err:  # noqa: BLE001 - the bench still measures the cross-encoder
-        two_tower_reason = f"no two-tower student folder: {type(err).__name__}: {err}"[:300]
-    folders = [cross_dir] + ([two_tower_dir] if two_tower_dir else [])
-    model_root = Path(os.path.commonpath([str(f) for f in folders]))
-    if model_root in folders:
+    folders = students(args, work)
+    served_dir = folders[0][1]
+    model_root = Path(os.path.commonpath([str(f) for _, f in folders]))
+    if model_root in [f for _, f in folders]:
         model_root = model_root.parent
+    rows, rows_from = test_rows(served_dir)
+    contexts = fresh_contexts(rows)  # one stream for the whole run: no request text twice
     catalog = work / "bench_catalog.yaml"
-    write_catalog(catalog)
+    work.mkdir(parents=True, exist_ok=True)
+    write_catalog(catalog, rows)
+    n = args.light_requests
+    print(f"model: {card_summary(served_dir, args.variant)}; rows from {rows_from}", flush=True)
 
-    # in process: the same texts /predict gets
-    groups = bench_serve.workload(8, n_requests=100)
-    singles = [[g[0]] for g in groups]
-    scorer = OnnxScorer(str(cross_dir), variant=args.variant, intra_op_threads=1)
-    inproc = bench_serve.raw_latency_ms(scorer, [s[0] for s in singles], n=args.light_requests)
-    print(f"in process, 1 text: p50 {inproc['p50']:.2f} ms  p99 {inproc['p99']:.2f} ms", flush=True)
+    # in process: fresh texts of the kind /predict gets
+    scorer = open_scorer(str(served_dir), variant=args.variant, intra_op_threads=1)
+    inproc = bench_serve.raw_latency_ms(scorer, fresh_texts(rows, contexts, n + 20), n=n)
+    print(f"in process, 1 text: p50 {_ms(inproc['p50'])} ms  p99 {_ms(inproc['p99'])} ms", flush=True)
 
-    floors = {"asgi_noop": asgi_floor(args.light_requests)}
+    floors = {"asgi_noop": asgi_floor(n)}
     print(f"plain uvicorn no-op: {floors['asgi_noop']}", flush=True)
 
     import ray
@@ -407,10 +457,16 @@ def main() -> None:
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     port = free_ports(1)[0]
     base = f"http://127.0.0.1:{port}"
-    config = app_config(model_root, cross_dir, catalog, port, args)
+    config = app_config(model_root, served_dir, catalog, port, args)
     cfg_batch_wait = config["applications"][0]["args"]["batch"]["batch_wait_timeout_ms"]
-    predict_bodies = [{"texts": s} for s in singles]
+
+    def predict_bodies() -> list[dict]:  # enough for the 1 s warm-up and the timed requests, all fresh
+        return [{"texts": [t]} for t in fresh_texts(rows, contexts, n + 1500)]
+
     result: dict = {}
+    bids: dict = {}
+    bid_statuses: dict = {}
+    swap_reason = None
     try:
         # Serve's Python proxy: the no-op floor and /predict
         env, _ = ingress_env("proxy")
@@ -418,11 +474,11 @@ def main() -> None:
         deploy(config, [noop_app()])
         wait_status(f"{base}/noop/x")
         wait_status(f"{base}/healthz")
-        floors["serve_noop_proxy"] = light(f"{base}/noop/x", [{}], args.light_requests)
-        predict_proxy = light(f"{base}/predict", predict_bodies, args.light_requests)
+        floors["serve_noop_proxy"] = light(f"{base}/noop/x", [{}], n)
+        predict_proxy = light(f"{base}/predict", predict_bodies(), n)
         print(f"proxy: no-op {floors['serve_noop_proxy']}  /predict {predict_proxy}", flush=True)
         deploy(config)  # the no-op app goes: its replica's CPU is not the model's
-        sat_proxy = saturation(base, scorer, groups, *((1, 5.0) if args.quick else (2, 8.0)))
+        sat_proxy = saturation(base, scorer, rows, contexts, *((1, 5.0) if args.quick else (2, 8.0)))
         print(f"proxy saturation: {sat_proxy}", flush=True)
         serve.shutdown()
 
@@ -437,76 +493,76 @@ def main() -> None:
             while not (direct_ports(env, "noop") and direct_ports(env, "distillery")) and time.monotonic() < deadline:
                 time.sleep(0.5)
             time.sleep(3.0)  # HAProxy's first health checks
-        floors["serve_noop_fast_path"] = light(f"{base}/noop/x", [{}], args.light_requests)
+        floors["serve_noop_fast_path"] = light(f"{base}/noop/x", [{}], n)
         if ingress == "haproxy" and (ports := direct_ports(env, "noop")):
-            floors["serve_noop_direct_port"] = light(f"http://127.0.0.1:{ports[0]}/noop/x", [{}], args.light_requests)
+            floors["serve_noop_direct_port"] = light(f"http://127.0.0.1:{ports[0]}/noop/x", [{}], n)
         print(f"{ingress}: no-op {floors['serve_noop_fast_path']}  replica port {floors.get('serve_noop_direct_port')}",
               flush=True)
         deploy(config)  # the no-op app goes: its replica's CPU is not the model's
 
-        predict_fast = light(f"{base}/predict", predict_bodies, args.light_requests)
-        paired = paired_overhead(scorer, base, [t[0] for t in singles], args.light_requests)
+        predict_fast = light(f"{base}/predict", predict_bodies(), n)
+        paired = paired_overhead(scorer, base, fresh_texts(rows, contexts, n + 20), n)
         print(f"{ingress}: in process vs /predict, alternating: {paired}", flush=True)
         openrtb = None
         if SAMPLE.exists():
             sample = json.loads(SAMPLE.read_text())
             sample["tmax"] = 30000
-            bodies = [{**sample, "id": f"s{i}", "site": {**sample["site"], "keywords": f"sample {i}"}}
-                      for i in range(args.light_requests + 50)]
-            openrtb = light(f"{base}/openrtb/2.6/bid", bodies, args.light_requests // 2)
+            bodies = [{**sample, "id": f"s{i}", "site": {**sample["site"], "keywords": next(contexts)["keywords"]}}
+                      for i in range(n + 1500)]
+            openrtb = light(f"{base}/openrtb/2.6/bid", bodies, n)
         print(f"{ingress}: /predict {predict_fast}  /openrtb/2.6/bid (8 candidates) {openrtb}", flush=True)
 
         slices, slice_s = (2, 5.0) if args.quick else (3, 8.0)
-        sat = saturation(base, scorer, groups, slices, slice_s)
+        sat = saturation(base, scorer, rows, contexts, slices, slice_s)
         print(f"saturation: {sat}", flush=True)
 
-        print("cross-encoder bids over HTTP:", flush=True)
-        cross_bids, cross_statuses = bids_over_http(base, args.counts, args.bid_budget_s, 100)
-        tt_bids, tt_statuses = None, None
-        if two_tower_dir:
+        label = folders[0][0]
+        print(f"{label} bids over HTTP:", flush=True)
+        bids[label], bid_statuses[label] = bids_over_http(base, contexts, args.counts, n, args.bid_budget_s)
+        for label, folder in folders[1:]:
             swapped = json.loads(json.dumps(config))
             swapped["applications"][0]["deployments"][0]["user_config"] = {
-                "model_dir": str(two_tower_dir.relative_to(model_root)), "variant": args.variant}
+                "model_dir": str(folder.relative_to(model_root)), "variant": args.variant}
             deploy(swapped)  # hot swap: the replica encodes the 1,024 catalog ads once
-            tt_version = ModelCard.read(str(two_tower_dir)).version
+            version = ModelCard.read(str(folder)).version
             deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if served_version(base) == tt_version:
-                    break
+            while served_version(base) != version and time.monotonic() < deadline:
                 time.sleep(1.0)
-            else:
-                two_tower_reason = "the hot swap to the two-tower student did not finish in 180 s"
-            if two_tower_reason is None:
-                print("two-tower bids over HTTP:", flush=True)
-                tt_bids, tt_statuses = bids_over_http(base, args.counts, args.bid_budget_s, 200)
+            if served_version(base) != version:
+                swap_reason = f"the hot swap to {folder} did not finish in 180 s"
+                break
+            print(f"{label} bids over HTTP:", flush=True)
+            bids[label], bid_statuses[label] = bids_over_http(base, contexts, args.counts, n, args.bid_budget_s)
     finally:
         serve.shutdown()
         ray.shutdown()
 
     overhead = {"p50": paired["overhead_p50"], "p99": paired["overhead_p99"]}
-    tt128 = (tt_bids or {}).get("128")
-    tt1024 = (tt_bids or {}).get("1024")
-    best128 = min((b["128"] for b in (tt_bids, cross_bids) if b and "128" in b), key=lambda b: b["p50"], default=None)
+    tt = bids.get("two_tower") or {}
+    at128 = [b["128"] for b in bids.values() if "128" in b and b["128"]["p50"] is not None]
+    best128 = min(at128, key=lambda b: b["p50"], default=None)
+    short = sorted({f"{label}:{c}" for label, b in bids.items() for c, r in b.items() if r["requests"] < 1000})
     result.update({
         "cpu_flags": cpu, "ingress": ingress,
+        "model": card_summary(served_dir, args.variant),
+        "rows_from": rows_from,
+        "quick": args.quick, "p99_requests": n,
+        "p99_below_1000": short,
+        **({"note": f"--quick: {n} timed requests behind each p99, fewer than 1,000"} if args.quick else {}),
         "floors_ms": floors,
         "predict_light_ms": {"inprocess_1_text": inproc, ingress: predict_fast, "proxy": predict_proxy},
         "openrtb_light_ms": None if openrtb is None else {**openrtb, "candidates": 8},
         "serve_overhead_p50_ms": overhead["p50"], "serve_overhead_p99_ms": overhead["p99"],
         "serve_overhead_paired": paired,
-        "bid_ms": {"two_tower": tt_bids, "cross": cross_bids},
-        "bid_statuses": {"two_tower": tt_statuses, "cross": cross_statuses},
-        "two_tower_reason": two_tower_reason,
+        "bid_ms": bids, "bid_statuses": bid_statuses, "hot_swap_reason": swap_reason,
         "serve_vs_raw": sat["serve_vs_raw"], "saturation": sat, "saturation_proxy": sat_proxy,
-        "model_mb": {"cross": model_mb(cross_dir, args.variant),
-                     "two_tower": model_mb(two_tower_dir, args.variant) if two_tower_dir else None},
+        "model_mb": {label: model_mb(folder, args.variant) for label, folder in folders},
         "goals": {
             "serve_overhead_p50_le_2ms": overhead["p50"] <= 2.0, "serve_overhead_p99_le_5ms": overhead["p99"] <= 5.0,
             "bid_128_p50_le_10ms_p99_le_20ms": None if best128 is None else best128["p50"] <= 10 and best128["p99"] <= 20,
-            "bid_1024_p99_le_30ms_two_tower": None if tt1024 is None else tt1024["p99"] <= 30,
+            "bid_1024_p99_le_30ms_two_tower": None if (tt.get("1024") or {}).get("p99") is None else tt["1024"]["p99"] <= 30,
             "serve_vs_raw_ge_0_9": sat["serve_vs_raw"] >= 0.9,
         },
-        "two_tower_128": tt128,
         "variant": args.variant, "ort_threads": 1, "cores_visible": os.cpu_count(),
         "batch_wait_timeout_ms": cfg_batch_wait,
         "load_avg_1m_end": round(os.getloadavg()[0], 1), "wall_s": round(time.perf_counter() - started, 1),

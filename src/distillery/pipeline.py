@@ -61,6 +61,10 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     upstream = ""
     selected = [s for s in STAGES if s in cfg.stages]
     print(f"pipeline: {cfg.run_dir}: {' → '.join(selected)}", flush=True)
+    if "student" in selected:
+        from distillery.pipeline_stages import check_bid
+
+        check_bid(cfg)  # seconds: a student that cannot answer the bid stops the run before any stage
     if any(STAGES[s].needs_ray for s in selected):
         ensure_ray(cfg.ray)
     for stage in STAGES:

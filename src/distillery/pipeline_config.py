@@ -16,23 +16,49 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
 
+from distillery.compress.size import BidSection
 from distillery.config import AbsolutePath, Section, validate_config
 from distillery.data.split import LogsConfig
 from distillery.data.synthetic import SyntheticConfig
+from distillery.loadtest import BID_COUNTS
 from distillery.ray_runtime import RaySection
 from distillery.stages import JOBS, STAGES, Stage
 
-__all__ = ["PipelineConfig", "ServeStageConfig", "pipeline_config_class"]
+__all__ = ["PipelineConfig", "ServeStageConfig", "BidCheck", "pipeline_config_class"]
 
 
 class ServeStageConfig(Section):
-    app: dict[str, Any] = Field(default_factory=dict, description="serving app args (see serve/serve_config.yaml); model_dir is set to <run_dir>/onnx")
+    """The serve stage: /predict at saturation, then OpenRTB bids at light load by number of
+    candidates, then a bids/s saturation sweep, all over HTTP on 127.0.0.1 (`distillery.loadtest`)."""
+
+    app: dict[str, Any] = Field(default_factory=dict, description="serving app args (see serve/serve_config.yaml); model_dir is set to <run_dir>/onnx, bidder.catalog to the generated one")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port on 127.0.0.1 for the load test")
-    requests: int = Field(2000, ge=1, description="prediction requests in the load test (bounded)")
+    requests: int = Field(2000, ge=1, description="/predict requests in the saturation load test (bounded)")
     candidates: int = Field(8, ge=1, description="candidate ads per /predict request (the bidder pattern)")
-    concurrency: int = Field(8, ge=1, description="concurrent client connections")
-    openrtb_requests: int = Field(200, ge=0, description="OpenRTB bid requests in the load test")
-    max_seconds: float = Field(120, gt=0, description="the load test stops after this long whatever is left")
+    concurrency: int = Field(8, ge=1, description="concurrent /predict connections: its p50/p99 are at saturation, queueing included")
+    max_seconds: float = Field(120, gt=0, description="the /predict load test stops after this long whatever is left")
+    openrtb_requests: int = Field(200, ge=0, description="fresh OpenRTB bids timed per candidate count at light load (one client, sequential); 0 skips the bid tests")
+    bid_counts: list[int] = Field(default_factory=lambda: list(BID_COUNTS), min_length=1, description="eligible candidates per bid, ascending; the catalog written to <run_dir>/serve/ holds max(bid_counts) creatives in size groups so a bid's formats select exactly each count")
+    bid_tmax_ms: int = Field(100, ge=1, le=60_000, description="the bid requests' tmax, ms (the replica answers no-bid when it would miss it)")
+    bid_max_seconds: float = Field(6, gt=0, description="time limit of each count's light-load run; fewer bids are timed when it runs out (requests says how many)")
+    saturation_candidates: int = Field(128, ge=1, description="candidates per bid in the saturation sweep; one of bid_counts")
+    saturation_concurrency: list[int] = Field(default_factory=lambda: [1, 2, 4], description="closed-loop clients of the saturation sweep, raised in this order until p99 exceeds bid_tmax_ms; [] skips it")
+    saturation_seconds: float = Field(3.0, gt=0, description="seconds per saturation level")
+
+    @model_validator(mode="after")
+    def _bid_counts(self) -> "ServeStageConfig":
+        counts = self.bid_counts
+        if counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])) or counts[-1] > 100_000:
+            raise ValueError(f"bid_counts: expected ascending distinct numbers from 1 to 100000, got {counts}")
+        if self.saturation_concurrency and self.saturation_candidates not in counts:
+            raise ValueError(f"saturation_candidates: {self.saturation_candidates} is not one of bid_counts {counts}")
+        if any(c < 1 for c in self.saturation_concurrency):
+            raise ValueError(f"saturation_concurrency: expected client counts ≥ 1, got {self.saturation_concurrency}")
+        return self
+
+
+class BidCheck(BidSection):
+    calls: int = Field(200, ge=10, description="timed bids of the student stage's check (fewer when they pass 10 s)")
 
 
 def _data_source(value: Any) -> str:
@@ -58,6 +84,8 @@ class PipelineSections(Section):
     ray: RaySection = Field(default_factory=RaySection, description="Ray connection / embedded resources, shared by all stages")
     data: DataConfig = Field(default_factory=SyntheticConfig, description="ad logs: synthetic (default) or `source: logs` with path, format, label_column, time_column, fractions")
     serve: ServeStageConfig = Field(default_factory=ServeStageConfig, description="Ray Serve load test")
+    bid: BidCheck | None = Field(None, description="the bid the student must answer in (budget_ms, candidates, stat): the student stage measures "
+                                 "its shape on this machine first and stops, naming the budget it needs, when it does not fit; null: no check")
 
     @field_validator("stages")
     @classmethod

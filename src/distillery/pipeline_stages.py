@@ -14,12 +14,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from distillery import io
+from distillery.loadtest import BID_COUNTS
 from distillery.metrics import percentiles
 from distillery.pipeline_config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DESIGN_KEYS", "missing_design_keys", "run_data", "run_teacher", "run_label", "run_student", "run_student_direct", "run_compress",
+__all__ = ["DESIGN_KEYS", "missing_design_keys", "run_data", "run_teacher", "run_label", "run_student", "run_student_direct", "check_bid", "run_compress",
            "run_evaluate", "run_serve", "run_report", "summary_table", "measure_latency"]
 
 
@@ -66,6 +67,50 @@ def run_student(cfg: PipelineConfig) -> dict[str, Any]:
     from distillery.training.job import run as train
 
     return {"best": train(cfg.stage_config("student"))["best"]}
+
+
+def check_bid(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """Measure the configured student's shape at the bid's candidates on this machine (`distillery
+    size`'s `measure_student_kind`, MiniLM's layers or random weights: speed does not depend on them);
+    raise `ConfigError` naming the budget it would need when it does not fit. The pipeline calls it
+    before its first stage whenever the student stage is selected. None without `bid`."""
+    if cfg.bid is None:
+        return None
+    from transformers import AutoConfig
+
+    from distillery.compress.size import fits_bid, measure_student_kind, needed_budget_message
+    from distillery.config import ConfigError
+    from distillery.models import resolve_model_path
+
+    init = cfg.stage_config("student").init
+    kind = "two_tower" if init.kind == "two_tower" else "cross"
+    layers = len(init.layers) if init.kind in ("two_tower", "layer_subset") else None
+    source = AutoConfig.from_pretrained(resolve_model_path(init.source))
+    if init.kind == "fresh":
+        layers = int(init.overrides.get("num_hidden_layers", source.num_hidden_layers))
+    elif layers is None:
+        layers = int(source.num_hidden_layers)
+    hidden = int(init.overrides.get("hidden_size", source.hidden_size))
+    b = cfg.bid
+    print(f"[student] bid: measuring a {kind} {layers}x{hidden} student at {b.candidates} candidates per bid "
+          f"(budget {b.budget_ms} ms {b.stat})", flush=True)
+    work_dir = os.path.join(os.path.abspath(io.join(cfg.run_dir, "size")), "students") if "://" not in cfg.run_dir else None
+    row = measure_student_kind(kind, layers, hidden, b.candidates, calls=b.calls, seconds=10.0, work_dir=work_dir)
+    tries = [{k: row[k] for k in ("p50", "p99", "bids")}]
+    if fits_bid([row], b) is None:  # one stall of a shared machine decides a p99 of 200 bids: look again once
+        print(f"[student] bid: p99 {row['p99']:.2f} ms does not fit; measuring again", flush=True)
+        row = measure_student_kind(kind, layers, hidden, b.candidates, calls=b.calls, seconds=10.0, work_dir=work_dir)
+        tries.append({k: row[k] for k in ("p50", "p99", "bids")})
+    fits = fits_bid([row], b) is not None
+    result = {"budget_ms": b.budget_ms, "candidates": b.candidates, "stat": b.stat, "fits": fits, "tries": tries,
+              "student": {k: row.get(k) for k in ("kind", "layers", "hidden", "params", "p50", "p99", "bids")}}
+    _merge_report(cfg.run_dir, "bid", result)
+    print(f"[student] bid: p50 {row['p50']:.2f} ms, p99 {row['p99']:.2f} ms per bid of {b.candidates} "
+          f"over {row['bids']} bids: {'fits' if fits else 'does NOT fit'} {b.budget_ms} ms {b.stat}", flush=True)
+    if not fits:
+        raise ConfigError(f"bid: {needed_budget_message([row], b)}; `distillery size --budget-ms {b.budget_ms} "
+                          f"--candidates {b.candidates}` lists the students that fit (student.init)")
+    return result
 
 
 def run_student_direct(cfg: PipelineConfig) -> dict[str, Any]:
@@ -191,68 +236,82 @@ def _replica_counter(app_name: str, samples: list, stop, t0: float) -> None:
 
 
 def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
-    """Start Ray Serve with the INT8 student, drive a bounded load test over HTTP, shut it down."""
+    """Serve the INT8 student (`serving.app.start_serving`) and measure it over HTTP on 127.0.0.1:
+    /predict at saturation (`serve.concurrency` clients: p50_ms / p99_ms include queueing), then
+    OpenRTB bids at light load by number of eligible candidates (fresh requests: `bid_ms`), then
+    bids/s per core at saturation (`bid_saturation`); stop it. Seconds per step in `stage_seconds`."""
     import threading
 
-    from ray import serve
+    import yaml
 
-    from distillery.loadtest import openrtb_bodies, predict_bodies, run_load
-
-    from distillery.config import validate_config
-    from distillery.serving.app import bind_app
-    from distillery.serving.config import AppArgs, app_args as shipped_args, deployment_options, load_serve_config
+    from distillery.loadtest import bid_catalog, bid_latency, bid_saturation, fresh_contexts, predict_bodies, run_load
+    from distillery.serving.app import start_serving
 
     s = cfg.serve
-    serve_yaml = load_serve_config()  # the shipped serve/serve_config.yaml, whatever the cwd
-    base_args = shipped_args(serve_yaml)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    rows = _test_rows(cfg.run_dir, 5000)
     onnx_dir = os.path.abspath(io.join(cfg.run_dir, "onnx"))
-    app_args = {**base_args, **s.app, "model_root": os.path.dirname(onnx_dir),
-                "model": {**(base_args.get("model") or {}), **(s.app.get("model") or {}), "model_dir": onnx_dir}}
-    app_args = validate_config(AppArgs, app_args, "pipeline.serve.app")
-    options = deployment_options(serve_yaml)
-    options.pop("user_config", None)
-    from distillery.serving.ingress import controller_options, ingress_env
-
-    env, ingress = ingress_env("auto")  # HAProxy + direct ingress where a binary runs, else Serve's proxy
-    serve.start(http_options={"host": "127.0.0.1", "port": s.port}, controller_options=controller_options(env))
-    app_name = "distillery-demo"
-    serve.run(bind_app(app_args, options), name=app_name, route_prefix="/")
-    url = f"http://127.0.0.1:{s.port}"
-    rows = _test_rows(cfg.run_dir, 500)
+    catalog = os.path.abspath(io.join(cfg.run_dir, "serve", "bid_catalog.yaml"))  # read by the replica: local
+    io.write_bytes(catalog, yaml.safe_dump(bid_catalog(rows, s.bid_counts), sort_keys=False).encode())
+    bidder = {**(s.app.get("bidder") or {}), "catalog": catalog}
+    bidder["max_candidates"] = max(bidder.get("max_candidates") or 0, s.bid_counts[-1])
+    serving = start_serving(onnx_dir, port=s.port, overrides={**s.app, "bidder": bidder},
+                            model_root=os.path.dirname(onnx_dir), app_name="distillery-demo")
+    seconds["start"] = round(time.perf_counter() - t, 2)
     samples: list = []
     stop = threading.Event()
     t0 = time.perf_counter()
-    poller = threading.Thread(target=_replica_counter, args=(app_name, samples, stop, t0), daemon=True)
+    poller = threading.Thread(target=_replica_counter, args=(serving.app_name, samples, stop, t0), daemon=True)
     poller.start()
-    token = os.environ.get(app_args.auth_token_env or "", "")
+    token = os.environ.get(serving.args.auth_token_env or "", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    bid_ms, saturation = {}, None
     try:
-        pred = run_load(url, predict_bodies(rows, s.candidates), s.requests, s.concurrency, s.max_seconds, headers)
-        rtb = run_load(url, openrtb_bodies(rows), s.openrtb_requests, max(1, s.concurrency // 2), s.max_seconds, headers) \
-            if s.openrtb_requests else None
+        pred = run_load(serving.url, predict_bodies(rows, s.candidates), s.requests, s.concurrency, s.max_seconds, headers)
+        seconds["predict"] = round(time.perf_counter() - t0, 2)
+        contexts = fresh_contexts(rows)  # one stream: no page/keywords text twice in this stage
+        if s.openrtb_requests:
+            t = time.perf_counter()
+            bid_ms = bid_latency(serving.url, contexts, s.bid_counts, requests=s.openrtb_requests, tmax_ms=s.bid_tmax_ms,
+                                 max_seconds=s.bid_max_seconds, headers=headers)
+            seconds["bids"] = round(time.perf_counter() - t, 2)
+        if s.openrtb_requests and s.saturation_concurrency:
+            t = time.perf_counter()
+            saturation = bid_saturation(serving.url, contexts, s.saturation_candidates, s.saturation_concurrency,
+                                        seconds=s.saturation_seconds, tmax_ms=s.bid_tmax_ms, counts=s.bid_counts,
+                                        headers=headers)
+            seconds["saturation"] = round(time.perf_counter() - t, 2)
     finally:
         stop.set()
         poller.join(timeout=5)
-        final = _running_replicas(app_name)
+        final = _running_replicas(serving.app_name)
         if final is not None:
             samples.append([round(time.perf_counter() - t0, 2), final])
-        serve.delete(app_name)
-        serve.shutdown()
+        t = time.perf_counter()
+        serving.shutdown()
+        seconds["shutdown"] = round(time.perf_counter() - t, 2)
     lat = percentiles(pred.latencies_ms)
+    bid_errors = sum(b["errors"] for b in bid_ms.values()) + sum(lv["errors"] for lv in (saturation or {}).get("levels", []))
     summary = {
         "p50_ms": lat["p50"], "p99_ms": lat["p99"],
         "rps": round(pred.requests / pred.seconds, 2) if pred.seconds else None,
         "rows_per_s": round(pred.rows / pred.seconds, 2) if pred.seconds else None,
-        "errors": pred.errors + (rtb.errors if rtb else 0),
+        "errors": pred.errors + bid_errors,
         "max_replicas": max((n for _, n in samples), default=None),
         "requests": pred.requests, "candidates_per_request": s.candidates, "concurrency": s.concurrency,
-        "ingress": ingress,
+        "ingress": serving.ingress,
         "statuses": {str(k): v for k, v in pred.statuses.items()},
-        "openrtb": None if rtb is None else {**percentiles(rtb.latencies_ms), "requests": rtb.requests,
-                                              "statuses": {str(k): v for k, v in rtb.statuses.items()}},
+        "bid_ms": bid_ms, "bid_tmax_ms": s.bid_tmax_ms, "bid_catalog": catalog,
+        "bid_saturation": saturation,
         "replicas_over_time": samples,
         "latency_hist_ms": [round(x, 3) for x in pred.latencies_ms],
+        "stage_seconds": seconds,
     }
+    if not s.openrtb_requests:
+        summary["bid_ms_reason"] = "serve.openrtb_requests is 0: no bids timed"
+    if saturation is None:
+        summary["bid_saturation_reason"] = "serve.saturation_concurrency is empty or openrtb_requests 0: no sweep"
     if summary["max_replicas"] is None:
         summary["max_replicas_reason"] = "serve.status() returned no replica counts during the load test"
     io.write_json(io.join(cfg.run_dir, "serve", "loadtest.json"), summary)
@@ -278,6 +337,7 @@ DESIGN_KEYS = (
     *(f"latency_ms.{m}.{k}" for m in ("teacher", "student_fp32", "student_int8") for k in ("p50", "p99")),
     *(f"size_mb.{m}" for m in ("teacher", "student_fp32", "student_int8")),
     *(f"serve.{k}" for k in ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")),
+    *(f"serve.bid_ms.{n}.{k}" for n in BID_COUNTS for k in ("p50", "p99")),
 )
 
 
@@ -336,6 +396,16 @@ def _fill_nulls(run_dir: str, report: dict[str, Any]) -> None:
         if section == "quality" and part.get("oracle_auc") is None and not part.get("oracle_auc_reason"):
             part["oracle_auc_reason"] = "the test split carries no true click probability (click_prob): real logs never do"
         merge_report(path, section, part)
+    serve = io.read_json(path).get("serve") or {}
+    bids = serve.get("bid_ms") if isinstance(serve.get("bid_ms"), dict) else {}
+    for n in BID_COUNTS:
+        entry = bids.get(str(n)) if isinstance(bids.get(str(n)), dict) else {}
+        for key in ("p50", "p99"):
+            if key not in entry:
+                entry[key] = None
+                entry[f"{key}_reason"] = serve.get("bid_ms_reason") or f"no bids with {n} candidates were timed (serve stage)"
+        bids[str(n)] = entry
+    merge_report(path, "serve", {"bid_ms": bids})
 
 
 def summary_table(report: dict[str, Any]) -> str:
@@ -355,6 +425,18 @@ def summary_table(report: dict[str, Any]) -> str:
     lines += [f"oracle AUC {fmt(q.get('oracle_auc'), '.4f')}   distillation efficiency "
               f"{fmt(q.get('distillation_efficiency'), '.4f')}   lift over click-only student "
               f"{fmt(q.get('lift_auc'), '+.4f')}",
-              f"serve: p50 {fmt(sv.get('p50_ms'), '.2f')} ms, p99 {fmt(sv.get('p99_ms'), '.2f')} ms, "
-              f"{fmt(sv.get('rps'), '.1f')} req/s, errors {sv.get('errors', '—')}, max replicas {sv.get('max_replicas', '—')}"]
+              f"serve /predict at saturation ({sv.get('concurrency', '—')} clients): p50 {fmt(sv.get('p50_ms'), '.2f')} ms, "
+              f"p99 {fmt(sv.get('p99_ms'), '.2f')} ms, {fmt(sv.get('rps'), '.1f')} req/s, errors {sv.get('errors', '—')}, "
+              f"max replicas {sv.get('max_replicas', '—')}"]
+    bids = sv.get("bid_ms") or {}
+    if bids:
+        lines.append("bids, light load, p50/p99 ms by candidates: " + ", ".join(
+            f"{n}: {fmt((b or {}).get('p50'), '.2f')}/{fmt((b or {}).get('p99'), '.2f')}"
+            + (f" (n={b['requests']})" if isinstance(b, dict) and b.get("requests") is not None else "")
+            for n, b in sorted(((n, b) for n, b in bids.items() if str(n).isdigit()), key=lambda kv: int(kv[0]))))
+    sat = sv.get("bid_saturation") or {}
+    if sat:
+        lines.append(f"bid saturation at {sat.get('candidates', '—')} candidates: {fmt(sat.get('bids_per_s_per_core'), '.1f')} "
+                     f"bids/s per core ({fmt(sat.get('bids_per_s'), '.1f')} bids/s on {sat.get('cores', '—')} cores, "
+                     f"{sat.get('concurrency', '—')} clients, p99 {fmt(sat.get('p99_ms'), '.2f')} ms)")
     return "\n".join(lines)

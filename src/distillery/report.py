@@ -22,11 +22,14 @@ import numpy as np
 
 from distillery import io
 from distillery import report_charts as charts
+from distillery.loadtest import BID_COUNTS
 
 __all__ = ["write_report", "render_html", "format_value", "lookup", "flatten", "load_predictions"]
 
 _FOUR_DECIMALS = ("auc", "logloss", "ece", "efficiency", "lift", "fraction", "rate", "mean_prob")
-_COUNTS = ("errors", "max_replicas", "requests", "concurrency", "candidates_per_request", "replicas")
+_COUNTS = ("errors", "max_replicas", "requests", "concurrency", "candidates_per_request", "replicas", "bids",
+           "no_bids", "cores", "candidates", "tmax_ms", "bid_tmax_ms")
+_TILE_BIDS = 128  # candidates per bid of the headline tile (one of the report contract's counts)
 
 
 # ------------------------------------------------------------------------------- figures and keys
@@ -206,7 +209,8 @@ def _grid(*parts: str) -> str:
 def _quality(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
     cards = [("Distillation efficiency (INT8 AUC / teacher AUC)", "quality.distillation_efficiency"),
              ("Lift over click-only student (AUC)", _lift_key(report)),
-             ("INT8 student p50 latency, ms", "latency_ms.student_int8.p50"), ("Serving p99, ms", "serve.p99_ms")]
+             ("INT8 student p50 latency, ms", "latency_ms.student_int8.p50"),
+             (f"Bid p99 at {_TILE_BIDS} candidates, light load, ms", f"serve.bid_ms.{_TILE_BIDS}.p99")]
     headline = _rows(report, "quality", {
         "distillation_efficiency": "Distillation efficiency",
         "distillation_efficiency_student": "Distillation efficiency, FP32 student"}, ("distillation_efficiency",))
@@ -224,7 +228,8 @@ def _quality(report: dict[str, Any], figures: dict[str, str], notes: dict[str, s
     per_model = [(charts.label(m), [f"quality.{m}.{k}" for k in ("auc", *(("auc_ci",) if with_ci else ()),
                                                                   "logloss", "ece")]) for m in models]
     card_html = "".join(f'<div class="card"><div class="label">{html.escape(label)}</div>'
-                        f'{_cell(report, key, "div", "big")}{_card_ci(report, key, level)}</div>' for label, key in cards)
+                        f'{_cell(report, key, "div", "big")}{_card_ci(report, key, level)}{_card_beside(report, key)}</div>'
+                        for label, key in cards)
     problems = f'<p class="note">Predictions: {html.escape(notes["predictions"])}</p>' if "predictions" in notes else ""
     warning = (f'<p class="warn" data-key="quality.few_clicks_warning">{html.escape(str(q["few_clicks_warning"]))}</p>'
                if q.get("few_clicks_warning") else "")
@@ -241,6 +246,18 @@ def _card_ci(report: dict[str, Any], key: str, level: str) -> str:
         return ""
     return (f'<div class="ci" data-key="{html.escape(key)}_ci">{html.escape(level)} '
             f'{html.escape(format_value(key + "_ci", value))}</div>')
+
+
+def _card_beside(report: dict[str, Any], key: str) -> str:
+    """Under the light-load bid tile: the saturation figure at the same candidate count, so neither
+    is read as the other."""
+    if key != f"serve.bid_ms.{_TILE_BIDS}.p99":
+        return ""
+    n = _node(report, ["serve", "bid_saturation", "candidates"]) or _TILE_BIDS
+    sample = (f'<div class="ci">p99 of {_cell(report, f"serve.bid_ms.{_TILE_BIDS}.requests", "span", "num")} bids</div>'
+              if _node(report, ["serve", "bid_ms", str(_TILE_BIDS), "requests"]) is not None else "")
+    return sample + (f'<div class="ci">Saturation: {_cell(report, "serve.bid_saturation.bids_per_s_per_core", "span", "num")} '
+                     f'bids/s per core at {html.escape(format_value("candidates", n))}</div>')
 
 
 def _speed(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
@@ -261,18 +278,56 @@ def _labeling(report: dict[str, Any], figures: dict[str, str], notes: dict[str, 
 
 def _serving(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
     sv = report.get("serve") or {}
+    clients = format_value("serve.concurrency", sv.get("concurrency")) if sv.get("concurrency") else "C"
     required = ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")
-    rows = _rows(report, "serve", {"p50_ms": "p50, ms", "p99_ms": "p99, ms", "rps": "Requests/s",
-                                   "rows_per_s": "Rows scored/s", "errors": "Errors", "max_replicas": "Max replicas"},
-                 required)
-    rows += _rows(report, "serve.openrtb", {"p50": "OpenRTB p50, ms", "p99": "OpenRTB p99, ms"})
+    rows = _rows(report, "serve", {"p50_ms": f"/predict p50 at saturation ({clients} clients), ms",
+                                   "p99_ms": f"/predict p99 at saturation ({clients} clients), ms",
+                                   "rps": "/predict requests/s at saturation", "rows_per_s": "Rows scored/s",
+                                   "errors": "Errors (all load tests)", "max_replicas": "Max replicas"}, required)
     load = _rows(report, "serve", {"requests": "/predict requests",
-                                   "candidates_per_request": "Candidate ads per request",
-                                   "concurrency": "Concurrent connections"})
-    load += _rows(report, "serve.openrtb", {"requests": "OpenRTB requests"})
-    load += [(f"HTTP {code} answers", [f"serve.statuses.{code}"]) for code in (sv.get("statuses") or {})]
-    return (_grid(_table(report, ["Figure", "Value"], rows), _figure(figures, notes, "serve_latency"))
-            + _grid(_figure(figures, notes, "replicas"), _table(report, ["Load test", "Value"], load) if load else ""))
+                                   "candidates_per_request": "Candidate ads per /predict request",
+                                   "concurrency": "/predict concurrent connections"})
+    load += [(f"/predict HTTP {code} answers", [f"serve.statuses.{code}"]) for code in (sv.get("statuses") or {})]
+    return (_grid(_table(report, ["/predict at saturation", "Value"], rows), _figure(figures, notes, "serve_latency"))
+            + _grid(_bid_table(report), _figure(figures, notes, "bid_latency"))
+            + _grid(_saturation_table(report), _figure(figures, notes, "replicas"))
+            + (_grid(_table(report, ["Load test", "Value"], load), "") if load else ""))
+
+
+def _bid_counts(report: dict[str, Any]) -> list[str]:
+    """Candidate counts of `serve.bid_ms`: the report contract's, then any other measured, ascending."""
+    bids = _node(report, ["serve", "bid_ms"])
+    found = [k for k, v in bids.items() if isinstance(v, dict) and k.isdigit()] if isinstance(bids, dict) else []
+    return sorted({*map(str, BID_COUNTS), *found}, key=int)
+
+
+def _bid_table(report: dict[str, Any]) -> str:
+    """Light-load bid latency by number of eligible candidates, with the sample behind each p99."""
+    cols = (("p50", "p50, ms"), ("p99", "p99, ms"), ("requests", "Bids timed"), ("bids", "Bids"),
+            ("no_bids", "No-bids"), ("errors", "Errors"))
+    rows = [(n, [f"serve.bid_ms.{n}.{k}" if k in ("p50", "p99") or k in (_node(report, ["serve", "bid_ms", n]) or {})
+                 else "" for k, _ in cols]) for n in _bid_counts(report)]
+    tmax = _node(report, ["serve", "bid_tmax_ms"])
+    note = (f'<p class="note">OpenRTB bids over HTTP, one client, one bid at a time on a keep-alive connection; '
+            f'every bid a new page and keywords (no request-cache hits); tmax '
+            f'{html.escape(format_value("serve.bid_tmax_ms", tmax))} ms. p50 and p99 over every answer, bid or no-bid.</p>')
+    return _table(report, ["Candidates (light load)", *(h for _, h in cols)], rows) + note
+
+
+def _saturation_table(report: dict[str, Any]) -> str:
+    """Bids/s at saturation: the headline figure, then every concurrency level the sweep ran."""
+    rows = _rows(report, "serve.bid_saturation", {
+        "bids_per_s_per_core": "Bids/s per core", "bids_per_s": "Bids/s", "candidates": "Candidates per bid",
+        "concurrency": "Clients at that rate", "p99_ms": "p99 at that rate, ms", "cores": "Cores (client and server share them)",
+        "tmax_ms": "tmax, ms"}, ("bids_per_s_per_core",))
+    levels = _node(report, ["serve", "bid_saturation", "levels"]) or []
+    cols = (("concurrency", "Clients"), ("bids_per_s", "Bids/s"), ("p50", "p50, ms"), ("p99", "p99, ms"),
+            ("requests", "Requests"), ("no_bids", "No-bids"), ("errors", "Errors"))
+    body = "".join("<tr>" + "".join(f'<td class="num">{html.escape(format_value(k, lv.get(k)))}</td>' for k, _ in cols)
+                   + "</tr>" for lv in levels if isinstance(lv, dict))
+    head = "".join(f"<th>{h}</th>" for _, h in cols)
+    sweep = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if body else ""
+    return _table(report, ["Saturation (bids)", "Value"], rows) + sweep
 
 
 def _timings(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str]) -> str:
@@ -283,7 +338,7 @@ def _timings(report: dict[str, Any], figures: dict[str, str], notes: dict[str, s
 _SECTIONS = (("quality", "Quality on the held-out test split", _quality),
              ("speed", "Latency and size (batch 1, in process, this host)", _speed),
              ("labeling", "Teacher labeling", _labeling),
-             ("serving", "Serving (Ray Serve, INT8 student, load test over HTTP)", _serving),
+             ("serving", "Serving (Ray Serve, INT8 student, over HTTP on this host)", _serving),
              ("timings", "Stage timings", _timings))
 
 

@@ -1,5 +1,5 @@
-"""The report's charts: ROC, reliability, latency against size, labeling, serving latency, replicas
-and stage timings, drawn with matplotlib.
+"""The report's charts: ROC, reliability, latency against size, labeling, /predict latency at
+saturation, bid latency by number of candidates, replicas and stage timings, drawn with matplotlib.
 
 `build_charts` turns report.json plus the test predictions into `{chart name: SVG document}` and
 records in `notes` why a chart is missing or partial; `inline(svg)` is one of those documents as an
@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator, StrMethodFormatter
+from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullLocator, StrMethodFormatter
 
 from distillery.metrics import calibration_bins, roc_auc, roc_points
 from distillery.stages import STAGES
@@ -261,7 +261,8 @@ def _serve_latency_chart(report: dict[str, Any], notes: dict[str, str]) -> Figur
         return None
     if overflow:
         notes["serve_latency"] = f"{overflow:,} slowest requests (above {edges[-1]:,.2f} ms) not drawn."
-    fig, ax = _axes("Serving latency per request")
+    clients = _num(sv.get("concurrency"))
+    fig, ax = _axes("/predict latency at saturation" + (f" ({clients:,.0f} clients)" if clients else ""))
     ax.stairs(counts, edges, fill=True, color=COLORS["teacher"], alpha=0.8)
     for (name, key), dash in zip((("p50", "p50_ms"), ("p99", "p99_ms")), ((0, (5, 3)), (0, (1, 2)))):
         v = _num(sv.get(key))
@@ -271,6 +272,29 @@ def _serve_latency_chart(report: dict[str, Any], notes: dict[str, str]) -> Figur
            ylabel="Requests")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right")
+    return fig
+
+
+def _bid_latency_chart(report: dict[str, Any], notes: dict[str, str]) -> Figure | None:
+    bids = (report.get("serve") or {}).get("bid_ms")
+    points = sorted((int(n), _num(b.get("p50")), _num(b.get("p99"))) for n, b in (bids or {}).items()
+                    if str(n).isdigit() and isinstance(b, dict))
+    points = [(n, p50, p99) for n, p50, p99 in points if p50 is not None and p99 is not None and p50 > 0]
+    if not points:
+        notes["bid_latency"] = "serve.bid_ms holds no measured bids: no bid latency chart."
+        return None
+    n = [x for x, _, _ in points]
+    fig, ax = _axes("Bid latency over HTTP, light load, fresh requests")
+    for i, (name, color, dash) in enumerate((("p50", COLORS["teacher"], "-"), ("p99", COLORS["student"], (0, (5, 3))))):
+        ax.plot(n, [p[1 + i] for p in points], marker="o", color=color, linestyle=dash, label=name)
+    if len(n) > 1 and max(n) / min(n) > 8:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(n))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(bottom=0, top=max(p[2] for p in points) * 1.15)
+    ax.set(xlabel="Eligible candidates per bid", ylabel="Latency, ms")
+    ax.legend(loc="upper left")
     return fig
 
 
@@ -335,11 +359,12 @@ def build_charts(report: dict[str, Any], predictions: Predictions | None, notes:
                 "latency_size": lambda: _latency_size_chart(report, notes),
                 "labeling": lambda: _labeling_chart(report),
                 "serve_latency": lambda: _serve_latency_chart(report, notes),
+                "bid_latency": lambda: _bid_latency_chart(report, notes),
                 "replicas": lambda: _replicas_chart(report, notes),
                 "timings": lambda: _timings_chart(report)}
     out = {}
     for name, build in builders.items():
-        # a salt per chart keeps the ids of the seven inline SVGs apart within one page
+        # a salt per chart keeps the ids of the inline SVGs apart within one page
         with matplotlib.rc_context({**_STYLE, "svg.hashsalt": f"distillery-{name}"}):
             fig = build()
             if fig is not None:

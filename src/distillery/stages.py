@@ -78,9 +78,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # fine-tune and two-tower teachers both write training_summary.json
     Stage("teacher", "teacher", f"{_RUNNERS}:run_teacher", ("teacher/training_summary.json",), "TeacherJobConfig fields"),
     Stage("label", "label", f"{_RUNNERS}:run_label", ("labels/_MANIFEST.json",), "LabelConfig fields"),
-    Stage("student", "train", f"{_RUNNERS}:run_student", ("student/config.json",),
+    Stage("student", "train", f"{_RUNNERS}:run_student", ("student/training_summary.json",),
           "TrainJobConfig fields of the distilled student"),
-    Stage("student_direct", "train", f"{_RUNNERS}:run_student_direct", ("student_direct/config.json",),
+    Stage("student_direct", "train", f"{_RUNNERS}:run_student_direct", ("student_direct/training_summary.json",),
           "TrainJobConfig fields of the click-only student"),
     Stage("compress", "compress", f"{_RUNNERS}:run_compress", ("onnx/model_card.json",), "CompressConfig fields"),
     Stage("evaluate", "evaluate", f"{_RUNNERS}:run_evaluate", ("report.json",), "EvaluateConfig fields"),

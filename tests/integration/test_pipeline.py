@@ -18,6 +18,7 @@ TINY_SCALING = {"num_workers": 1, "cpus_per_worker": 0.5}
 def _tiny_overrides(run_dir, tiny_bert, port):
     return [
         f"run_dir={run_dir}",
+        "bid.budget_ms=1000",  # the flow, not this box's p99: a loaded CI box must not stop it
         "data.rows_train=240", "data.rows_unlabeled=360", "data.rows_test=200", "data.files_per_split=2",
         f"teacher.two_tower.encoder={tiny_bert}", "teacher.two_tower.max_length=32",
         "label.teacher.max_length=32", "label.teacher.num_threads=1", "label.actors.batch_size=64",
@@ -29,7 +30,7 @@ def _tiny_overrides(run_dir, tiny_bert, port):
         "compress.validation.latency_calls=10", "compress.validation.gate=warn", "compress.try_fusion=false",
         "evaluate.max_length=32",
         f"serve.port={port}", "serve.requests=60", "serve.openrtb_requests=10", "serve.concurrency=2",
-        "serve.max_seconds=60",
+        "serve.max_seconds=60", "serve.saturation_concurrency=[1,2]", "serve.saturation_seconds=1",
     ]
 
 
@@ -52,6 +53,12 @@ def test_pipeline_end_to_end_then_skips(local_ray, tmp_path, tiny_bert, capsys):
     assert manifest["rows_kept"] == lab["rows_kept"]
     sv = report["serve"]
     assert sv["errors"] == 0 and sv["p50_ms"] <= sv["p99_ms"] and sv["max_replicas"] >= 1
+    for n in ("1", "8", "128", "1024"):  # fresh bids at light load, every answer a bid or a no-bid
+        b = sv["bid_ms"][n]
+        assert b["requests"] == 10 and b["bids"] + b["no_bids"] == 10 and b["p50"] <= b["p99"], (n, b)
+    assert sv["bid_saturation"]["candidates"] == 128 and 1 <= len(sv["bid_saturation"]["levels"]) <= 2
+    assert set(sv["stage_seconds"]) >= {"start", "predict", "bids", "saturation", "shutdown"}
+    assert (run_dir / "serve" / "bid_catalog.yaml").exists()
     for m in ("teacher", "student_fp32", "student_int8"):
         assert report["latency_ms"][m]["p50"] <= report["latency_ms"][m]["p99"]
         assert report["size_mb"][m] > 0

@@ -20,6 +20,7 @@ from distillery.report import flatten, format_value, lookup, write_report
 from distillery.report_charts import build_charts, inline, latency_histogram
 
 CHROMIUM = Path("/usr/bin/chromium")
+CHARTS = {"roc", "reliability", "latency_size", "labeling", "serve_latency", "bid_latency", "replicas", "timings"}
 
 
 # ------------------------------------------------------------------------------ sample run dir
@@ -50,7 +51,20 @@ def sample_report(predictions: pa.Table | None = None) -> dict:
                   "rps": 310.512, "errors": 0,
                   "max_replicas": None, "max_replicas_reason": "serve.status() returned no replica counts",
                   "requests": 2000, "concurrency": 8, "candidates_per_request": 8, "statuses": {"200": 2000},
-                  "openrtb": {"p50": 9.81, "p99": 30.2, "requests": 200},
+                  "bid_ms": {"1": {"p50": 3.12, "p99": 5.87, "requests": 200, "bids": 200, "no_bids": 0, "errors": 0},
+                             "8": {"p50": 3.4, "p99": 6.91, "requests": 200, "bids": 199, "no_bids": 1, "errors": 0},
+                             "128": {"p50": 5.02, "p99": 9.4417, "requests": 200, "bids": 200, "no_bids": 0,
+                                     "errors": 0, "statuses": {"200": 200}},
+                             "1024": {"p50": 14.8, "p99": 30.2, "requests": 187, "bids": 180, "no_bids": 7,
+                                      "errors": 0}},
+                  "bid_tmax_ms": 100,
+                  "bid_saturation": {"candidates": 128, "cores": 2, "tmax_ms": 100, "seconds_per_level": 3.0,
+                                     "bids_per_s_per_core": 80.12, "bids_per_s": 160.24, "concurrency": 4,
+                                     "p99_ms": 62.4, "levels": [
+                                         {"concurrency": 1, "bids_per_s": 97.9, "p50": 8.5, "p99": 24.3, "requests": 294,
+                                          "bids": 294, "no_bids": 0, "errors": 0},
+                                         {"concurrency": 4, "bids_per_s": 160.24, "p50": 18.2, "p99": 62.4,
+                                          "requests": 483, "bids": 483, "no_bids": 0, "errors": 0}]},
                   "replicas_over_time": [[0.0, 1], [0.5, 1], [4.0, 2], [9.5, 2], [12.0, 1]],
                   "latency_hist_ms": latencies},
         "timings_s": {"data": 3.21, "teacher": 121.5, "label": 94.2, "student": 88.74, "student_direct": 80.1,
@@ -156,6 +170,11 @@ def test_latency_histogram_keeps_every_request():
     ("timings_s.total", 484.6, "484.60"),
     ("quality.oracle_auc", float("nan"), "NaN"),
     ("serve.max_replicas", None, "—"),
+    ("serve.bid_ms.128.bids", 200, "200"),
+    ("serve.bid_ms.1024.no_bids", 7, "7"),
+    ("serve.bid_saturation.bids_per_s_per_core", 80.12, "80.12"),
+    ("serve.bid_saturation.cores", 2, "2"),
+    ("serve.bid_tmax_ms", 100, "100"),
 ])
 def test_format_value(key, value, text):
     assert format_value(key, value) == text
@@ -177,9 +196,10 @@ def test_lookup_finds_reasons_wherever_they_are():
 
 def test_flatten_skips_lists_and_reasons():
     flat = flatten(sample_report())
-    assert flat["quality.student.auc"] == 0.731532 and flat["serve.openrtb.p99"] == 30.2
+    assert flat["quality.student.auc"] == 0.731532 and flat["serve.bid_ms.1024.p99"] == 30.2
     assert not any(k.endswith("_reason") or "null_reasons" in k for k in flat)
     assert "serve.latency_hist_ms" not in flat and "quality.skipped" not in flat
+    assert "serve.bid_saturation.levels" not in flat
 
 
 # ----------------------------------------------------------------------------------------- charts
@@ -192,7 +212,7 @@ def _model_predictions(table: pa.Table) -> tuple:
 def test_charts_are_deterministic_well_formed_svg():
     predictions = sample_predictions(500)
     first = build_charts(sample_report(), _model_predictions(predictions), {})
-    assert set(first) == {"roc", "reliability", "latency_size", "labeling", "serve_latency", "replicas", "timings"}
+    assert set(first) == CHARTS
     assert first == build_charts(sample_report(), _model_predictions(predictions), {})  # same input, same bytes
     for svg_text in first.values():
         assert ET.fromstring(svg_text.encode()).tag == "{http://www.w3.org/2000/svg}svg"
@@ -252,9 +272,8 @@ def test_report_shows_every_figure_of_report_json(tmp_path):
     assert all(ref.startswith("url(#") for ref in re.findall(r"url\([^)]*", page))
     assert "script" not in parsed.tags and "link" not in parsed.tags
 
-    expected = {"roc", "reliability", "latency_size", "labeling", "serve_latency", "replicas", "timings"}
-    assert parsed.tags.count("svg") == len(expected)
-    assert {p.stem for p in (run / "plots").glob("*.svg")} == expected
+    assert parsed.tags.count("svg") == len(CHARTS)
+    assert {p.stem for p in (run / "plots").glob("*.svg")} == CHARTS
     for p in (run / "plots").glob("*.svg"):
         ET.parse(p)
     roc_text = "".join(ET.parse(run / "plots" / "roc.svg").getroot().itertext())
@@ -283,6 +302,8 @@ def test_report_without_predictions_or_most_figures(tmp_path):
     assert figures["quality.teacher.auc"] == "0.7000"
     assert "not in report.json" in figures["quality.student_int8.auc"]
     assert "not in report.json" in figures["serve.p99_ms"]
+    assert "not in report.json" in figures["serve.bid_ms.128.p99"]
+    assert "not in report.json" in figures["serve.bid_saturation.bids_per_s_per_core"]
     assert "predictions.parquet absent" in page
     assert not (run / "plots" / "roc.svg").exists()
 
@@ -342,7 +363,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     figures = {k: t for k, _, t in parse(dom).figures}
     assert figures["quality.student.auc"] == f"{report['quality']['student']['auc']:.4f}"
     assert figures["latency_ms.student_int8.p50"] == "1.87"
-    assert parse(dom).tags.count("svg") == 7
+    assert parse(dom).tags.count("svg") == len(CHARTS)
 
 
 def test_missing_design_keys_names_absent_and_null_figures():
@@ -362,3 +383,55 @@ def test_missing_design_keys_names_absent_and_null_figures():
     del full["quality"]["teacher"]["auc"]
     assert missing_design_keys(full, ("data",)) == ["quality.teacher.auc", "serve.rps"]
     assert missing_design_keys(full, ("data",), allow_null=True) == ["quality.teacher.auc"]
+
+
+def test_tile_is_light_load_bid_latency_with_saturation_beside(tmp_path):
+    """The headline serving tile is a bid's p99 at 128 candidates at light load, with the sample it
+    stands on and the saturation throughput beside it; /predict's queueing figures are labelled as
+    at saturation, and every measured candidate count has its row."""
+    report = sample_report()
+    page = Path(write_report(str(write_run(tmp_path / "run", report)))).read_text()
+    cards = page[page.index('<div class="cards">'):page.index('<div class="tables">')]
+    assert "Bid p99 at 128 candidates, light load, ms" in cards and "Serving p99" not in cards
+    shown = {k: t for k, _, t in parse(cards).figures}
+    assert shown["serve.bid_ms.128.p99"] == "9.44" and shown["serve.bid_ms.128.requests"] == "200"
+    assert shown["serve.bid_saturation.bids_per_s_per_core"] == "80.12"
+    assert "serve.p99_ms" not in shown
+    assert re.search(r"Saturation: <span[^>]*>80\.12</span> bids/s per core at 128", cards)
+    serving = page[page.index('id="serving"'):page.index('id="timings"')]
+    assert "/predict p99 at saturation (8 clients), ms" in serving
+    rows = re.findall(r"<tr><th scope=row>(\d+)</th>(.*?)</tr>", serving)
+    assert [n for n, _ in rows] == ["1", "8", "128", "1024"]  # by count, not as text
+    cells = {n: [t for _, _, t in parse(f"<table><tr>{body}</tr></table>").figures] for n, body in rows}
+    assert cells["1024"] == ["14.80", "30.20", "187", "180", "7", "0"]
+    assert "Bids/s per core" in serving and "160.24" in serving
+
+
+def test_tile_without_bids_says_why(tmp_path):
+    report = sample_report()
+    report["serve"]["bid_ms"] = {"128": {"p50": None, "p99": None, "p99_reason": "no bids with 128 candidates were timed"}}
+    del report["serve"]["bid_saturation"]
+    page = Path(write_report(str(write_run(tmp_path / "run", report)))).read_text()
+    shown = {k: (a, t) for k, a, t in parse(page).figures}
+    attrs, text = shown["serve.bid_ms.128.p99"]
+    assert attrs.get("data-null") == "true" and "no bids with 128 candidates were timed" in text
+    assert "not in report.json" in shown["serve.bid_ms.1024.p99"][1]  # a contract count still gets its row
+    assert "not in report.json" in shown["serve.bid_saturation.bids_per_s_per_core"][1]
+
+
+def test_fill_nulls_gives_every_bid_count_a_reason(tmp_path):
+    from distillery.pipeline_stages import DESIGN_KEYS, _fill_nulls, missing_design_keys
+
+    assert {f"serve.bid_ms.{n}.{k}" for n in (1, 8, 128, 1024) for k in ("p50", "p99")} <= set(DESIGN_KEYS)
+    run = tmp_path / "run"
+    run.mkdir()
+    partial = {"serve": {"p50_ms": 1.0, "bid_ms": {"8": {"p50": 2.0, "p99": 3.0, "requests": 200}}}}
+    (run / "report.json").write_text(json.dumps(partial))
+    _fill_nulls(str(run), partial)
+    report = json.loads((run / "report.json").read_text())
+    bids = report["serve"]["bid_ms"]
+    assert bids["8"] == {"p50": 2.0, "p99": 3.0, "requests": 200}
+    assert bids["128"]["p99"] is None and "128 candidates" in bids["128"]["p99_reason"]
+    missing = missing_design_keys(report, allow_null=True)
+    assert not [k for k in missing if k.startswith("serve.")]
+    assert "serve.bid_ms.128.p99" in missing_design_keys(report)

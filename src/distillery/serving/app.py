@@ -10,24 +10,30 @@ and resources. Hot model swap: set `user_config: {model_dir: ..., variant: ...}`
 and `serve deploy` again; replicas load the new folder beside the old one and switch atomically.
 Requests reach the replicas through HAProxy and each replica's own HTTP server (direct ingress)
 where an HAProxy binary runs, else through Serve's Python proxy (serving.ingress).
+
+`start_serving(model_dir, ...)` starts Serve in this process (`distillery serve` and the pipeline's
+serve stage both call it); `resolve_app` is its Ray-free part: the app args and options, checked.
 """
 
 import logging
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillery.config import ConfigError, validate_config
 from distillery.onnx_model.card import ModelCard, ModelCardError
+from distillery.ray_runtime import RaySection
 from distillery.serving.config import (AppArgs, app_args, auth_required, deployment_options, load_serve_config,
                                        missing_token_message)
+from distillery.serving.limits import load_token
 
 if TYPE_CHECKING:
     from ray.serve import Application
 
-__all__ = ["build_app", "bind_app", "cli_main", "check_model_folder"]
+__all__ = ["build_app", "bind_app", "cli_main", "check_model_folder", "resolve_app", "start_serving", "Serving"]
 
 log = logging.getLogger(__name__)
 
@@ -64,35 +70,91 @@ def check_model_folder(model_dir: str, variant: str) -> None:
                           f"{make}, or pick one it has with `--config` and model.variant")
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid over `base`, sections (dicts) merged key by key rather than replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_app(model_dir: str, config: str | None = None, overrides: dict[str, Any] | None = None,
+                model_root: str | None = None, host: str = "127.0.0.1") -> tuple[AppArgs, dict[str, Any]]:
+    """(validated `AppArgs`, CTRServer deployment options) for serving `model_dir`, before Ray starts.
+
+    The app args are the Serve config's (`config`, None: the shipped serve/serve_config.yaml) with
+    `overrides` merged section by section, `model_root` (None: the config's) and `model.model_dir`
+    set; the folder is checked (`check_model_folder`) and so is the bearer token that serving on
+    `host` needs. The options are the config's `deployments:` entry less `user_config`: `model_dir`
+    decides what is served. Raises `ConfigError` naming the field."""
+    serve_config = load_serve_config(config)
+    model_dir = str(Path(model_dir).expanduser().resolve())
+    raw = _merge(app_args(serve_config), overrides or {})
+    if model_root is not None:
+        raw["model_root"] = model_root
+    raw["model"] = {**(raw.get("model") or {}), "model_dir": model_dir}
+    parsed = validate_config(AppArgs, raw, config or "serve args")
+    check_model_folder(model_dir, parsed.variant(parsed.model))
+    if auth_required(parsed.auth, host) and load_token(parsed.auth_token_env) is None:
+        raise ConfigError(missing_token_message(parsed.auth_token_env, host))
+    options = deployment_options(serve_config)
+    options.pop("user_config", None)
+    return parsed, options
+
+
+@dataclass
+class Serving:
+    """A running app: where it answers, what it runs, and how to stop it."""
+
+    url: str              # http://host:port
+    app_name: str
+    ingress: str          # haproxy (fast path) or proxy
+    args: AppArgs
+    model_dir: str        # absolute
+
+    def shutdown(self) -> None:
+        """Delete the app and stop Serve (Ray itself keeps running)."""
+        from ray import serve
+
+        try:
+            serve.delete(self.app_name)
+        finally:
+            serve.shutdown()
+
+
+def start_serving(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, config: str | None = None,
+                  overrides: dict[str, Any] | None = None, model_root: str | None = None, ingress: str = "auto",
+                  app_name: str = "distillery", ray: RaySection | None = None) -> Serving:
+    """Serve `model_dir` on Ray Serve at http://host:port (route prefix /) and return once the app
+    runs. Arguments as `resolve_app`; `ingress`: auto (HAProxy + direct ingress where a binary
+    runs, else Serve's proxy), haproxy or proxy. Joins the Ray this process is connected to, else
+    starts an embedded one (`ray`, default: as many logical CPUs as cores, at least 4)."""
+    from ray import serve
+
+    from distillery.ray_runtime import ensure_ray
+    from distillery.serving.ingress import controller_options, ingress_env
+
+    args, options = resolve_app(model_dir, config, overrides, model_root, host)
+    try:  # arrival stamps on either path (serving.ingress)
+        env, mode = ingress_env(ingress)
+    except RuntimeError as err:
+        raise ConfigError(f"--ingress: {err}") from None
+    ensure_ray(ray or RaySection(num_cpus=max(4, os.cpu_count() or 1)))
+    serve.start(http_options={"host": host, "port": port}, controller_options=controller_options(env))
+    serve.run(bind_app(args, options), name=app_name, route_prefix="/")
+    return Serving(f"http://{host}:{port}", app_name, mode, args, args.model.model_dir)
+
+
 def cli_main(args) -> int:
     """`distillery serve`: start an embedded Ray + Serve, print the URL, serve until interrupted."""
     from ray import serve
 
-    from distillery.ray_runtime import RaySection, ensure_ray
-    from distillery.serving.ingress import controller_options, ingress_env
-    from distillery.serving.limits import load_token
-
-    config = load_serve_config(args.config)  # None: the shipped serve/serve_config.yaml
-    raw = app_args(config)
     model_dir = str(Path(args.model_dir).expanduser().resolve())
-    if not args.config:  # the operator named the folder: trust its parent as the root
-        raw["model_root"] = str(Path(model_dir).parent)
-    raw["model"] = {**(raw.get("model") or {}), "model_dir": model_dir}
-    parsed = validate_config(AppArgs, raw, args.config or "serve args")
-    check_model_folder(model_dir, parsed.variant(parsed.model))
-    if auth_required(parsed.auth, args.host) and load_token(parsed.auth_token_env) is None:
-        raise ConfigError(missing_token_message(parsed.auth_token_env, args.host))
-    options = deployment_options(config)
-    options.pop("user_config", None)  # --model-dir decides what is served
-
-    try:  # HAProxy + direct ingress where it runs; arrival stamps on either path (serving.ingress)
-        env, ingress = ingress_env(getattr(args, "ingress", "auto"))
-    except RuntimeError as err:
-        raise ConfigError(f"--ingress: {err}") from None
-    ensure_ray(RaySection(num_cpus=max(4, os.cpu_count() or 1)))
-    serve.start(http_options={"host": args.host, "port": args.port}, controller_options=controller_options(env))
-    serve.run(bind_app(parsed, options), name="distillery", route_prefix="/")
-    print(f"distillery serving {model_dir} at http://{args.host}:{args.port} via {ingress} "
+    # without --config the operator named the folder: trust its parent as the root
+    serving = start_serving(model_dir, host=args.host, port=args.port, config=args.config,
+                            model_root=None if args.config else str(Path(model_dir).parent),
+                            ingress=getattr(args, "ingress", "auto"))
+    print(f"distillery serving {model_dir} at {serving.url} via {serving.ingress} "
           f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
