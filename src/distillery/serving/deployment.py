@@ -147,6 +147,18 @@ class _LastGood:
 _SHIPPED = load_serve_config()
 
 
+def _one_blas_thread() -> None:
+    """Numpy's BLAS on one thread in this replica, however it was started. The two-tower head is a
+    numpy product per bid; with OpenBLAS's default of a thread per core, its idle threads spin-wait
+    between calls: a replica answering sequential bids used 1.7 cores for ~2.6 ms of work per bid
+    and pushed the client, HAProxy and Ray off the other core (measured on 2 cores). The serve
+    config's `OMP_NUM_THREADS: 1` does the same where Serve applies the app's runtime_env
+    (`serve deploy`); `distillery serve` and the pipeline bind the app in process, where it does not."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def _freeze_long_lived() -> None:
     """Move what the replica holds for good (Ray, FastAPI, the model, the catalog: ~250k objects) out
     of the cyclic collector's sight (`gc.freeze`). Otherwise every gen-2 collection walks them all: a
@@ -164,6 +176,7 @@ class CTRServer:
 
     def __init__(self, args: dict[str, Any]):
         self.args = AppArgs.model_validate(args)
+        _one_blas_thread()
         self._token = load_token(self.args.auth_token_env)
         if self._token is None and auth_required(self.args.auth, host := _proxy_host()):
             raise RuntimeError(missing_token_message(self.args.auth_token_env, host))  # fail closed

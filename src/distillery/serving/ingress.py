@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from typing import Literal
 
 from distillery.serving.arrival import CALLBACK, CALLBACK_ENV
@@ -153,6 +154,47 @@ def ingress_env(mode: Ingress = "auto", local: bool = True) -> tuple[dict[str, s
     if local:
         env.update(_local_env())
     return env, "haproxy"
+
+
+def direct_ingress_ports(env: dict[str, str]) -> list[int]:
+    """The replicas' direct-ingress ports HAProxy routes to now: the `server` lines of the config
+    files Ray writes under `RAY_SERVE_HAPROXY_CONFIG_FILE_LOC`'s folder (<work>/<node id>/haproxy.cfg),
+    less the fallback (Serve's proxy, a `backup` server). Empty before HAProxy knows a replica."""
+    import pathlib
+
+    work = pathlib.Path(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
+    lines = [ln.split() for cfg in work.rglob("haproxy.cfg") for ln in cfg.read_text().splitlines()]
+    return [int(w[2].rsplit(":", 1)[1]) for w in lines if w[:1] == ["server"] and len(w) > 2 and "backup" not in w]
+
+
+def replicas_up(env: dict[str, str]) -> int:
+    """Replica servers (not the fallback proxy) HAProxy's own stats page reports UP now."""
+    import csv
+    import io
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{env['RAY_SERVE_HAPROXY_STATS_PORT']}/stats;csv", timeout=2) as r:
+        rows = csv.DictReader(io.StringIO(r.read().decode().lstrip("# ")))
+        return sum(1 for row in rows if row.get("svname", "").startswith("SERVE_REPLICA_") and row.get("status") == "UP")
+
+
+def wait_for_fast_path(env: dict[str, str], timeout_s: float = 60.0) -> bool:
+    """Wait until HAProxy routes to a replica's own port (True), or `timeout_s` passed (False).
+
+    Serve reports an app RUNNING, and its /healthz answers, before HAProxy's config lists the new
+    replica and its health checks mark it UP; until then every request takes the fallback through
+    Serve's Python proxy, ~15-40 ms slower (measured: the first ~10 bids after start at 20-50 ms
+    against 4-7 ms after). A bidder that announces itself ready then misses deadlines on its first
+    requests."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if direct_ingress_ports(env) and replicas_up(env):
+                return True
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def controller_options(env: dict[str, str]) -> dict:
