@@ -102,7 +102,9 @@ def test_avazu_hf_classifier_over_the_row_text(local_ray, tiny_bert, tmp_path):
     path = _sample("avazu")
     run_dir = tmp_path / "avazu"
     overrides = _overrides(run_dir, tiny_bert, path, "[data, label, student]") + [
-        "label.teacher.kind=hf-classifier", f"label.teacher.model={tiny_bert}"]
+        "label.teacher.kind=hf-classifier", f"label.teacher.model={tiny_bert}",
+        # the student a log without any tower column can have: a cross-encoder over the row text
+        f"student.init={{kind: layer_subset, source: {tiny_bert}, layers: [0]}}"]
     cfg = load_config(PipelineConfig, "jobs/configs/pipeline_logs.yaml", overrides)
     run(cfg)
     _check_accounting(run_dir, read_logs(path).table["id"].to_pylist())
