@@ -44,6 +44,16 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def fingerprint(path: str) -> dict[str, int | None]:
+    """What says a file changed without reading it: `{"size": bytes, "mtime_ns": ...}` (local disks
+    and object stores alike; an object store's mtime is its last write). Raises FileNotFoundError."""
+    fs, p = filesystem(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    return {"size": info.size, "mtime_ns": info.mtime_ns}
+
+
 def makedirs(path: str) -> None:
     fs, p = filesystem(path)
     fs.create_dir(p, recursive=True)

@@ -22,8 +22,13 @@ Guarantees (the folder layout is in `distillery.label_store`):
   and readers use only the files it lists;
 - one run at a time writes an output (`_LOCK.json`); a run clears staging left by a killed one.
 
-A re-run skips input files whose `_done` marker exists (unless `force`), so a job killed mid-run
-relabels only the round that was in flight. Output names and default row ids come from each input's
+Labels follow their inputs: each file's marker records the input's fingerprint (size, mtime) and
+the labeling key (`labeling_key`: the teacher's config with the fingerprints of every file it
+names, the filters, the reader settings). A re-run relabels exactly the files whose marker is
+missing or records another fingerprint or key, keeps the rest, and leaves inputs that are gone out
+of the manifest; `force` relabels everything. While anything is relabelled the manifest is removed,
+so no training run reads a half-relabelled folder. A job killed mid-run relabels only the round
+that was in flight and the files it had not reached. Output names and default row ids come from each input's
 path relative to `run_dir` (`label_store.input_name`), so `runs/demo` and `/abs/runs/demo` are one run.
 `_MANIFEST.json` is rebuilt from the markers at the end.
 """
@@ -285,7 +290,8 @@ def _reject_taken_ids(part: pa.Table, claimed: _ClaimedIds) -> pa.Table:
     return part.set_column(part.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
 
 
-def _commit(staging: str, out: str, files: list[str], run_dir: str, claimed: _ClaimedIds) -> list[dict]:
+def _commit(staging: str, out: str, files: list[str], run_dir: str, claimed: _ClaimedIds,
+            stamps: dict[str, dict]) -> list[dict]:
     """Split a staged round by input file into final outputs, each input row exactly once, each id
     labelled at most once across the output; a file's marker is written after its two parquet files."""
     fs, base = io.filesystem(staging)
@@ -307,6 +313,7 @@ def _commit(staging: str, out: str, files: list[str], run_dir: str, claimed: _Cl
             "rows_kept": int(pc.sum(labels["kept"]).as_py() or 0), "rows_rejected": rejects.num_rows,
             "output": f"{key}.parquet", "committed_at": time.time(),
             "teacher_ids": sorted(x for x in pc.unique(labels["teacher_id"]).to_pylist() if x),
+            **stamps[path],  # fingerprint (taken before reading) and labeling_key
         }
         io.write_json(done_marker(out, key), marker)
         claimed.add(part[ID], name)
@@ -335,6 +342,52 @@ def _label_round(cfg: LabelConfig, teacher_cfg: TeacherConfig, files: list[str],
     ds.write_parquet(staging)
 
 
+_MODEL_KEYS = ("model", "encoder", "index")  # teacher config fields naming what it scores with
+
+
+def _local_paths(value: Any, named: bool = False) -> list[str]:
+    """Existing local files or folders named by a teacher config's `model`, `encoder` or `index`
+    fields, at any depth (an ensemble's members). Other strings (a log folder in a custom teacher's
+    kwargs) are not what a label depends on."""
+    import os
+
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _local_paths(v, named or k in _MODEL_KEYS)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _local_paths(v, named)]
+    if named and isinstance(value, str) and "://" not in value and os.path.exists(value):
+        return [os.path.realpath(value)]
+    return []
+
+
+def labeling_key(cfg: LabelConfig) -> str:
+    """A hash of everything a label depends on besides its input: the teacher's config and the
+    fingerprint of every file it names (a refitted teacher folder changes it), the filters, and
+    how the input is read. Not the actors, batch sizes or inputs list: they do not change a label."""
+    import hashlib
+    import json
+
+    teacher = cfg.teacher.model_dump(mode="json")
+    files = []
+    for root in sorted(set(_local_paths(teacher))):
+        for f in io.list_files(root):
+            files.append([f, *io.fingerprint(f).values()])
+    blob = {"teacher": teacher, "teacher_files": files, "filters": cfg.filters.model_dump(mode="json"),
+            "format": cfg.format, "label_column": cfg.label_column, "max_field_chars": cfg.max_field_chars}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _why_stale(marker: dict | None, fingerprint: dict, key: str) -> str | None:
+    """Why a file's committed labels cannot be kept (None: they can)."""
+    if marker is None:
+        return "new"
+    if marker.get("fingerprint") != fingerprint:
+        return "input changed"
+    if marker.get("labeling_key") != key:
+        return "teacher or config changed"
+    return None
+
+
 def _warn_orphans(out: str, keys: set[str]) -> None:
     """Label files of inputs this run does not cover stay on disk but out of the manifest (never read)."""
     orphans = [f for f in io.list_files(out, (".parquet",)) if f.rsplit("/", 1)[-1].removesuffix(".parquet") not in keys]
@@ -359,8 +412,17 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
             io.remove_file(io.join(out, MANIFEST))
             io.remove_dir(io.join(out, "_done"))
         keys = {f: label_file_key(f, cfg.run_dir) for f in files}
-        pending = [f for f in files if not io.exists(done_marker(out, keys[f]))]
-        log.info("labeling: %d input files, %d already done, %d to label", len(files), len(files) - len(pending), len(pending))
+        key = labeling_key(cfg)
+        # fingerprints before reading: a file rewritten while it is labelled is relabelled next run
+        stamps = {f: {"fingerprint": io.fingerprint(f), "labeling_key": key} for f in files}
+        why = {f: _why_stale(io.read_json(done_marker(out, keys[f])) if io.exists(done_marker(out, keys[f])) else None,
+                             stamps[f]["fingerprint"], key) for f in files}
+        pending = [f for f in files if why[f]]
+        if pending:  # until the new manifest, readers find no finished run rather than a mix
+            io.remove_file(io.join(out, MANIFEST))
+        reasons = {r: sum(1 for f in pending if why[f] == r) for r in ("new", "input changed", "teacher or config changed")}
+        print(f"labeling: {len(files)} input files: {len(files) - len(pending)} kept, {len(pending)} to label "
+              f"({', '.join(f'{n} {r}' for r, n in reasons.items() if n) or 'none'})", flush=True)
         rows_this_run = 0
         if pending:
             ensure_ray(cfg.ray)
@@ -370,7 +432,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
             staging = io.join(out, "_staging", uuid.uuid4().hex[:12])
             try:
                 _label_round(cfg, teacher_cfg, round_files, staging)
-                rows_this_run += sum(m["rows_in"] for m in _commit(staging, out, round_files, cfg.run_dir, claimed))
+                rows_this_run += sum(m["rows_in"] for m in _commit(staging, out, round_files, cfg.run_dir, claimed, stamps))
             finally:  # the lock makes this round the only thing under _staging/
                 io.remove_dir(io.join(out, "_staging"))
             log.info("labeling: committed %d/%d pending files", min(start + cfg.files_per_round, len(pending)), len(pending))
@@ -385,6 +447,8 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
             "inputs": markers,
             "teacher_ids": sorted(teacher_ids),
             "config_hash": config_hash(cfg),
+            "labeling_key": key,
+            "relabelled": {r: n for r, n in reasons.items() if n},
             "format": cfg.format,
             "timings": {"total_s": round(elapsed, 3), "rows_this_run": rows_this_run,
                         "rows_per_s": round(rows_this_run / elapsed, 2) if rows_this_run and elapsed > 0 else None},

@@ -52,7 +52,10 @@ def run_teacher(cfg: PipelineConfig) -> dict[str, Any]:
 def run_label(cfg: PipelineConfig) -> dict[str, Any]:
     from distillery.labeling import run as label
 
-    manifest = label(cfg.stage_config("label"))
+    label_cfg = cfg.stage_config("label")
+    if cfg.force:  # the pipeline's --force relabels too, not only re-runs the stage
+        label_cfg = label_cfg.model_copy(update={"force": True})
+    manifest = label(label_cfg)
     _merge_report(cfg.run_dir, "labeling", {
         "rows_in": manifest["rows_in"], "rows_labeled": manifest["rows_labeled"],
         "rows_kept": manifest["rows_kept"], "rows_rejected": manifest["rows_rejected"],
