@@ -124,18 +124,26 @@ def test_shipped_yaml_parses_and_bad_keys_name_the_field():
     assert yaml.safe_load((REPO / "jobs" / "configs" / "compress.yaml").read_text())["run_dir"] == "runs/demo"
 
 
-def test_a_failed_gate_publishes_nothing_servable(tmp_path):
+def test_a_failed_gate_never_touches_the_model_being_served(tmp_path):
+    """Issue 27: `onnx` names the last model that passed. A passing build becomes a new immutable
+    version and `onnx` is switched to it; a failing build is kept aside and `onnx` still names the
+    passing one (before: compress removed `onnx` first, so a failed build left nothing to serve)."""
     run_dir = tmp_path / "run"
     save_tiny_bert(run_dir / "student")
     (run_dir / "onnx").mkdir(parents=True)
-    (run_dir / "onnx" / CARD_FILE).write_text("{}")  # an earlier run's folder must not survive either
+    (run_dir / "onnx" / CARD_FILE).write_text("{}")  # published before versions existed: kept as one
+    validation = {"rows": 300, "parity_rows": 16, "calibration_rows": 16, "latency_calls": 0, "num_threads": 1}
+    lenient = {**validation, "min_spearman": -1.0, "max_auc_drop": 1.0, "max_mean_abs_dp": 1.0}  # a random tiny model
+    passed = run(CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False, validation=lenient))
+    assert (run_dir / "onnx").is_symlink() and json.loads((run_dir / "onnx" / CARD_FILE).read_text())["version"] == passed["version"]
+    served = (run_dir / "onnx").resolve()
+    assert served.parent == run_dir / "onnx.versions" and len(list((run_dir / "onnx.versions").iterdir())) == 2
     # min_spearman=1: INT8 can never rank exactly like FP32, so the gate must fail.
-    cfg = CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False,
-                         validation={"rows": 300, "parity_rows": 16, "calibration_rows": 16, "latency_calls": 0,
-                                     "min_spearman": 1.0, "num_threads": 1})
+    cfg = CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False, validation={**validation, "min_spearman": 1.0})
     with pytest.raises(QualityGateError, match=r"(?s)Spearman.*onnx\.rejected"):
         run(cfg)
-    assert not (run_dir / "onnx").exists() and not (run_dir / "onnx.staging").exists()
+    assert (run_dir / "onnx").resolve() == served and not (run_dir / "onnx.staging").exists()
+    assert json.loads((run_dir / "onnx" / CARD_FILE).read_text())["version"] == passed["version"]
     card = json.loads((run_dir / "onnx.rejected" / CARD_FILE).read_text())
     gate = card["metrics"]["quality_gate"]
     assert gate["passed"] is False and gate["failed"] == ["int8"] and "int8" in card["rejected_variants"]

@@ -3,9 +3,14 @@
     python -m jobs.compress --config jobs/configs/compress.yaml run_dir=runs/demo
     distillery compress --config jobs/configs/compress.yaml ffn_keep_ratio=0.5 presets=[int8-dynamic,fp16]
 
-Reads `<run_dir>/<student>/` (a Hugging Face folder), writes `<run_dir>/onnx/` (the serving
-contract: see `export.py`) and, when pruning, the pruned checkpoint to `<run_dir>/student_pruned/`
-so the training job can re-distil it. Validation rows come from `<run_dir>/data/<split>/`; when
+Reads `<run_dir>/<student>/` (a Hugging Face folder), writes a new immutable version
+`<run_dir>/onnx.versions/<time>-<version>/` (the serving contract: see `export.py`) and, only when
+its gate passes, makes it current by one atomic switch of the `<run_dir>/onnx` link: `onnx` always
+names the last model that passed, a failed or killed build never touches it (a rejected build is
+kept at `<run_dir>/onnx.rejected/` with its figures), and a replica that loaded a version keeps
+reading that version's files. The newest `keep_versions` versions are kept. (On object stores,
+which have no links, `onnx/` is replaced by an upload after the gate passed.) When pruning, the
+pruned checkpoint goes to `<run_dir>/student_pruned/` so the training job can re-distil it. Validation rows come from `<run_dir>/data/<split>/`; when
 the run has no data yet, from the synthetic generator (recorded in the card). Fails, naming the
 field or the preset to try instead, when FP32 parity or the AUC quality gate is not met.
 """
@@ -66,6 +71,7 @@ class CompressConfig(RunSection):
     max_length: int = Field(128, ge=8, le=4096, description="truncation length in tokens, written to the card")
     opset: int = Field(17, ge=14, le=21, description="ONNX opset")
     teacher_id: str | None = Field(None, description="teacher id for lineage; default: from labels/_MANIFEST.json")
+    keep_versions: int = Field(3, ge=1, description="published versions kept under <out>.versions/ (the current one always)")
     validation: ValidationSection = Field(default_factory=ValidationSection, description="parity, AUC gate, calibration")
 
 
@@ -194,7 +200,6 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
     student_path = cfg.student if ("://" in cfg.student or os.path.isabs(cfg.student)) else io.join(cfg.run_dir, cfg.student)
     out_uri = io.join(cfg.run_dir, cfg.out)
     rejected_uri = out_uri.rstrip("/") + ".rejected"
-    io.remove_dir(out_uri)  # a stale folder from an earlier student must not look servable
     io.remove_dir(rejected_uri)
     with tempfile.TemporaryDirectory(prefix="compress-") as tmp, contextlib.ExitStack() as cleanup:
         src = _local_dir(student_path, tmp, "student")
@@ -268,10 +273,10 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         except QualityGateError as err:
             if v.gate == "fail":
                 # The build is kept for inspection under <out>.rejected, never under the served name.
-                _publish(out_dir, rejected_uri)
+                _move(out_dir, rejected_uri)
                 raise QualityGateError(f"{err}\n  (the rejected build, with every figure in model_card.json, is in {rejected_uri})") from None
             log.warning("%s (validation.gate=warn: keeping the variants)", err)
-        _publish(out_dir, out_uri)
+        _publish(out_dir, out_uri, f"{card.version}", cfg.keep_versions)
         if pruning:
             _upload(pruned_dir, io.join(cfg.run_dir, "student_pruned"))
     log.info("compress: %s in %.1fs; AUC %s", out_uri, time.perf_counter() - t0, {k: round(a, 4) for k, a in aucs.items()})
@@ -286,13 +291,46 @@ def _print_gate(gate: dict[str, Any]) -> None:
               f"mean |Δp| {r['mean_abs_dp']:.2e}, max |Δp| {r['max_abs_dp']:.2e}", flush=True)
 
 
-def _publish(local: str, dest: str) -> None:
+def _move(local: str, dest: str) -> None:
     """Move a finished local folder to `dest` (a rename on the same local filesystem, else an upload)."""
     if "://" in dest:
         _upload(local, dest)
         return
     io.remove_dir(dest)
     os.replace(local, dest)
+
+
+def _publish(local: str, dest: str, version: str, keep: int) -> str:
+    """Make the build at `local` the current model `dest`; returns the folder it now names.
+
+    Local: moved to `<dest>.versions/<time>-<version>/` (immutable from here on), then `dest`, a
+    relative symlink, is switched to it by one rename, so a reader of `dest` sees the old model or
+    the new one, never a mix or nothing; a real folder left by an earlier release becomes a version
+    first. Versions beyond the newest `keep` are removed (the current one never). URIs: an upload
+    over `dest` (object stores have no links)."""
+    if "://" in dest:
+        _upload(local, dest)
+        return dest
+    versions = f"{dest.rstrip('/')}.versions"
+    os.makedirs(versions, exist_ok=True)
+    if os.path.isdir(dest) and not os.path.islink(dest):  # published before versions existed
+        os.replace(dest, os.path.join(versions, time.strftime("%Y%m%dT%H%M%S", time.localtime(os.path.getmtime(dest))) + "-earlier"))
+    final = os.path.join(versions, f"{time.strftime('%Y%m%dT%H%M%S')}-{version}")
+    if os.path.exists(final):
+        final = f"{final}-{os.getpid()}"
+    os.replace(local, final)
+    link = f"{dest.rstrip('/')}.link-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(link)
+    os.symlink(os.path.relpath(final, os.path.dirname(os.path.abspath(dest))), link)
+    os.replace(link, dest)  # the atomic switch
+    current = os.path.realpath(dest)
+    for old in sorted(os.listdir(versions))[:-keep]:
+        path = os.path.join(versions, old)
+        if os.path.realpath(path) != current:
+            shutil.rmtree(path, ignore_errors=True)
+    log.info("compress: %s now names %s", dest, final)
+    return final
 
 
 def _upload(local: str, dest: str) -> None:
