@@ -19,7 +19,7 @@ def run_job(name: str, argv: list[str] | None = None, doc: str = "") -> int:
     job = JOBS[name]
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0] if doc else None)
     add_job_arguments(parser, job)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides on both sides of --force
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_job_config(job, args)

@@ -142,3 +142,19 @@ def test_stage_order_is_the_registry_order_everywhere():
     names = list(stages.STAGES)
     assert load_config(PipelineConfig, None, [f"stages={list(reversed(names))}", "label.teacher.kind=hf-classifier"]).stages == names
     assert stage_order({"timings_s": {"total": 9, **{n: 1 for n in reversed(names)}}}) == [*names, "total"]
+
+
+def test_overrides_parse_on_both_sides_of_force(monkeypatch, tmp_path):
+    """`… run_dir=X --force stages=[data]` used to fail with "unrecognized arguments" in both the
+    job entrypoint and the `distillery` command; the overrides after --force count like the others."""
+    from distillery import cli
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run", lambda cfg: seen.append(cfg) or {})
+    demo = str(REPO / "jobs/configs/demo.yaml")
+    assert run_job("pipeline", ["--config", demo, f"run_dir={tmp_path}", "--force", "stages=[data]"]) == 0
+    assert cli.main(["pipeline", "--config", demo, f"run_dir={tmp_path}", "--force", "stages=[data, teacher]"]) == 0
+    assert [(c.force, c.run_dir, c.stages) for c in seen] == [(True, str(tmp_path), ["data"]),
+                                                               (True, str(tmp_path), ["data", "teacher"])]
+    with pytest.raises(SystemExit):
+        cli.main(["pipeline", "--config", demo, "--force", "--bogus"])
