@@ -374,7 +374,7 @@ def students(args, work: Path) -> list[tuple[str, Path]]:
     """(label, ONNX folder) of the students to measure, the served one first."""
     if args.random_students:
         return [("cross", bench_serve.student_onnx(work)), ("two_tower", two_tower_onnx(work))]
-    model_dir = Path(args.model_dir).resolve()
+    model_dir = Path(args.model_dir).absolute()  # not resolved: `onnx` links to a version folder; its run is beside the link
     if not (model_dir / "model_card.json").exists():
         sys.exit(f"{args.model_dir}: no trained student here (no model_card.json). Run `make demo` first "
                  "(it writes runs/demo/onnx), pass --model-dir DIR, or --random-students for built random ones.")

@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--tmax", type=int, default=100)
     args = p.parse_args()
-    model_dir = Path(args.model_dir).resolve()
+    model_dir = Path(args.model_dir).absolute()  # not resolved: `onnx` links to a version folder; its run is beside the link
     if not (model_dir / "model_card.json").exists():
         raise SystemExit(f"{model_dir}: no model_card.json; run `make demo` first")
     run_dir = Path(args.run_dir or model_dir.parent)
