@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["Section", "RunSection", "AbsolutePath", "ConfigError", "load_config", "validate_config", "parse_overrides",
+__all__ = ["Section", "RunSection", "AbsolutePath", "FolderName", "ConfigError", "load_config", "validate_config", "parse_overrides",
            "substitute_run_dir", "config_hash"]
 
 
@@ -41,6 +41,18 @@ def _absolute(path: str) -> str:
 # A local path made absolute when the config is built (Ray workers do not run in the driver's cwd);
 # a URI is kept as written.
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+
+
+def _folder_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith((".", "_")) or ":" in name:
+        raise ValueError(f"{name!r}: expected one folder name inside run_dir (no '/', '..', ':', leading '.' or '_'); "
+                         "the job replaces that folder, so it must be its own")
+    return name
+
+
+# An output a job replaces wholesale: one folder name under run_dir, never a path that could name the
+# run directory itself (`..`), an absolute path outside it (`/tmp/x`) or a hidden folder of the run.
+FolderName = Annotated[str, AfterValidator(_folder_name)]
 
 
 def substitute_run_dir(value: Any, run_dir: str) -> Any:

@@ -87,3 +87,18 @@ def test_every_job_config_works_in_a_run_dir():
     for name, job in JOBS.items():
         if name != "pipeline":
             assert issubclass(job.config_class(), RunSection), f"{name}: {job.config} does not substitute {{run_dir}}"
+
+
+@pytest.mark.parametrize("job, field, bad", [
+    ("train", "output", ".."), ("train", "output", "/tmp/x"), ("train", "output", "a/b"),
+    ("teacher", "output", "."), ("compress", "out", "../onnx"), ("compress", "out", "_stages"),
+])
+def test_an_output_name_is_one_folder_inside_the_run(job, field, bad):
+    """A job replaces its output folder: `output=..` used to delete the run directory before
+    training, `output=/tmp/x` that absolute path (issue 27's review)."""
+    from distillery.config import ConfigError, load_config
+    from distillery.stages import JOBS
+
+    with pytest.raises(ConfigError, match=field):
+        load_config(JOBS[job].config_class(), None, [f"{field}={bad}"])
+    assert getattr(load_config(JOBS[job].config_class(), None, [f"{field}=student_v2"]), field) == "student_v2"

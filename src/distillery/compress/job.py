@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from distillery import io
-from distillery.config import RunSection, Section, config_hash
+from distillery.config import FolderName, RunSection, Section, config_hash
 
 __all__ = ["CompressConfig", "ValidationSection", "run"]
 
@@ -58,7 +58,7 @@ class ValidationSection(Section):
 
 class CompressConfig(RunSection):
     student: str = Field("student", description="student checkpoint: folder name under run_dir, or a path")
-    out: str = Field("onnx", description="output folder name under run_dir")
+    out: FolderName = Field("onnx", description="output folder name under run_dir (the current-version link; versions beside it)")
     name: str = Field("ctr", description="model name in the card (served under this name)")
     keep_layers: list[int] | int | None = Field(None, description="encoder (or only stack) layers to keep: indices, or a count spread evenly; None keeps all")
     keep_decoder_layers: list[int] | int | None = Field(None, description="decoder layers to keep (encoder-decoders only)")

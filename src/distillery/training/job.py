@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 from pydantic import Field, model_validator
 
 from distillery import io
-from distillery.config import RunSection, config_hash
+from distillery.config import FolderName, RunSection, config_hash
 from distillery.ray_runtime import RaySection, ensure_ray
 from distillery.training.two_tower_teacher import TwoTowerFit, fit_two_tower
 from distillery.training.data import DataSection
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 class TrainJobConfig(RunSection):
     absolute_paths = True  # {run_dir} paths are read by Ray Train workers, which do not run in the driver's cwd
-    output: str = Field("student", description="folder under run_dir for the trained model: student | student_direct | teacher | …")
+    output: FolderName = Field("student", description="folder under run_dir for the trained model: student | student_direct | teacher | …")
     init: ModelInit = Field(default_factory=lambda: ModelInit(kind="layer_subset", source="{run_dir}/teacher", layers=[0, 5]),
                             description="student initialisation ({run_dir} is substituted in source)")
     data: DataSection = Field(default_factory=DataSection, description="training rows and targets")
@@ -73,7 +73,7 @@ class TeacherJobConfig(TrainJobConfig):
 
     kind: Literal["fine-tune", "two-tower"] = Field("fine-tune", description="fine-tune: a cross-encoder on Ray Train; two-tower: fit the click head of `two_tower` (data.splits, data.val_fraction and loop.seed apply; the rest is unused)")
     two_tower: TwoTowerFit = Field(default_factory=TwoTowerFit, description="kind=two-tower: encoder, tower fields and the head's features")
-    output: str = Field("teacher", description="folder under run_dir for the teacher")
+    output: FolderName = Field("teacher", description="folder under run_dir for the teacher")
     init: ModelInit = Field(default_factory=lambda: ModelInit(kind="pretrained", source="minilm"),
                             description="the backbone the teacher starts from")
     data: DataSection = Field(default_factory=lambda: DataSection(splits=["train"]), description="rows with known clicks")
