@@ -163,23 +163,6 @@ def light(url: str, bodies: list, requests: int, headers: dict | None = None) ->
     return {"p50": out["p50_ms"], "p99": out["p99_ms"], "requests": out["requests"], "statuses": out["statuses"]}
 
 
-def direct_ports(env: dict[str, str], app_prefix: str) -> list[int]:
-    """Replica direct-ingress ports HAProxy forwards to for the backend of `app_prefix`, from its config."""
-    work = Path(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
-    lo, hi = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
-    ports, backend = [], ""
-    for cfg in work.rglob("haproxy.cfg"):
-        for line in cfg.read_text().splitlines():
-            words = line.split()
-            if words[:1] == ["backend"]:
-                backend = words[1]
-            elif words[:1] == ["server"] and app_prefix in backend:
-                port = int(words[2].rsplit(":", 1)[1])
-                if lo <= port <= hi:
-                    ports.append(port)
-    return ports
-
-
 def app_config(model_root: Path, model_dir: Path, catalog: Path, port: int, args) -> dict:
     """serve/serve_config.yaml with the bench's model, catalog, port and one replica."""
     from distillery.serving.config import load_serve_config
@@ -424,7 +407,7 @@ def main() -> None:
 
     from distillery.hardware import cpu_info
     from distillery.onnx_model.kinds import open_scorer
-    from distillery.serving.ingress import controller_options, ingress_env
+    from distillery.serving.ingress import controller_options, direct_ingress_ports, ingress_env, wait_for_fast_path
 
     cpu = cpu_info()
     print(f"cpu: {cpu['model']}, {cpu['cores']} cores, isa {cpu['isa']}, flags {' '.join(cpu['flags'])}", flush=True)
@@ -489,13 +472,10 @@ def main() -> None:
         deploy(config, [noop_app()])
         wait_status(f"{base}/noop/x")
         wait_status(f"{base}/healthz")
-        if ingress == "haproxy":  # until HAProxy routes to the replicas, requests take the fallback proxy
-            deadline = time.monotonic() + 120
-            while not (direct_ports(env, "noop") and direct_ports(env, "distillery")) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            time.sleep(3.0)  # HAProxy's first health checks
+        if ingress == "haproxy":  # until HAProxy routes to both apps' replicas, requests take the fallback proxy
+            wait_for_fast_path(env, timeout_s=120, replicas=2)
         floors["serve_noop_fast_path"] = light(f"{base}/noop/x", [{}], n)
-        if ingress == "haproxy" and (ports := direct_ports(env, "noop")):
+        if ingress == "haproxy" and (ports := direct_ingress_ports(env, "noop")):
             floors["serve_noop_direct_port"] = light(f"http://127.0.0.1:{ports[0]}/noop/x", [{}], n)
         print(f"{ingress}: no-op {floors['serve_noop_fast_path']}  replica port {floors.get('serve_noop_direct_port')}",
               flush=True)

@@ -36,7 +36,10 @@ path relative to `run_dir` (`label_store.input_name`), so `runs/demo` and `/abs/
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -349,8 +352,6 @@ def _local_paths(value: Any, named: bool = False) -> list[str]:
     """Existing local files or folders named by a teacher config's `model`, `encoder` or `index`
     fields, at any depth (an ensemble's members). Other strings (a log folder in a custom teacher's
     kwargs) are not what a label depends on."""
-    import os
-
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in _local_paths(v, named or k in _MODEL_KEYS)]
     if isinstance(value, (list, tuple)):
@@ -364,9 +365,6 @@ def labeling_key(cfg: LabelConfig) -> str:
     """A hash of everything a label depends on besides its input: the teacher's config and the
     fingerprint of every file it names (a refitted teacher folder changes it), the filters, and
     how the input is read. Not the actors, batch sizes or inputs list: they do not change a label."""
-    import hashlib
-    import json
-
     teacher = cfg.teacher.model_dump(mode="json")
     files = []
     for root in sorted(set(_local_paths(teacher))):

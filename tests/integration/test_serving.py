@@ -99,15 +99,10 @@ def test_requests_take_the_fast_path_where_haproxy_runs(server):
         pytest.skip("no HAProxy binary here (or the proxy path was asked for): the proxy path is tested")
     _, _, (ingress_env, mode) = server
     assert mode == "haproxy"
-    work = Path(ingress_env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent  # Ray writes <work>/<node id>/haproxy.cfg
+    from distillery.serving.ingress import direct_ingress_ports
 
     lo, hi = (int(ingress_env[f"RAY_SERVE_DIRECT_INGRESS_{k}_HTTP_PORT"]) for k in ("MIN", "MAX"))
-
-    def replica_ports():  # servers other than the fallback (Serve's proxy, a `backup` server)
-        lines = [ln.split() for cfg in work.rglob("haproxy.cfg") for ln in cfg.read_text().splitlines()]
-        return [int(w[2].rsplit(":", 1)[1]) for w in lines if w[:1] == ["server"] and "backup" not in w]
-
-    ports = wait_for(replica_ports, 60, "a replica's direct-ingress port in HAProxy's config")
+    ports = wait_for(lambda: direct_ingress_ports(ingress_env), 60, "a replica's direct-ingress port in HAProxy's config")
     assert all(lo <= p <= hi for p in ports), ports
     direct = ports[0]
     r = requests.post(f"http://127.0.0.1:{direct}/predict", json={"texts": [TEXT]}, timeout=10)

@@ -188,7 +188,7 @@ def _choose_fusion(out_dir: str, cfg: CompressConfig, texts: list[str]) -> dict[
 def run(cfg: CompressConfig) -> dict[str, Any]:
     """Prune, export, quantize and validate; returns the model card (also in `<run_dir>/<out>/model_card.json`)."""
     from distillery.onnx_model.card import ModelCard
-    from distillery.onnx_model.kinds import TWO_TOWER, kind_of_folder
+    from distillery.onnx_model.kinds import kind_of_folder
     from distillery.compress.quantize import PRESET_VARIANT, apply_preset
     from distillery.compress.gate import GateThresholds
     from distillery.compress.validate import QualityGateError, batch1_latency, quality_gate, raise_if_failed
@@ -254,9 +254,8 @@ def run(cfg: CompressConfig) -> dict[str, Any]:
         latency = {}
         if v.latency_calls:
             for variant in card.variants:
-                # a two-tower's caches off: one row = one request-tower and one ad-tower pass, the cold path
-                cold = {"ad_cache_size": 0, "request_cache_size": 0} if kind.name == TWO_TOWER else {}
-                scorer = kind.open_scorer(out_dir, variant, intra_op_threads=v.num_threads or 1, **cold)
+                # caches off: one row = the whole model (a two-tower: a request- and an ad-tower pass)
+                scorer = kind.open_scorer(out_dir, variant, cold=True, intra_op_threads=v.num_threads or 1)
                 latency[variant] = batch1_latency(scorer.predict_proba, texts, calls=v.latency_calls)
         card.metrics = {
             "fp32_parity": parity, "auc": aucs, "auc_drop": {k: r["auc_drop"] for k, r in gate["variants"].items()},

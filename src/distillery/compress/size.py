@@ -134,20 +134,13 @@ class BidWorkload:
 
     def __init__(self, candidates: int, seed: int = 0):
         from distillery.data.synthetic import SLOT_SIZES, SyntheticConfig, generate
+        from distillery.loadtest import catalog_ads
 
         if candidates < 1:
             raise ValueError(f"candidates={candidates}: must be >= 1")
         logs = generate(SyntheticConfig(seed=seed, rows_test=max(4 * candidates, 256)), "test").to_pylist()
         self.contexts = [{k: r[k] for k in ("query", "site_category", "device", "os", "hour")} for r in logs[:256]]
-        distinct: dict[tuple, dict[str, Any]] = {}
-        for r in logs:
-            ad = {k: r[k] for k in ("advertiser", "ad_title", "ad_description", "ad_category")}
-            distinct.setdefault(tuple(ad.values()), ad)
-        ads = list(distinct.values())
-        while len(ads) < candidates:  # synthetic creatives repeat: the rest made distinct by a numbered title
-            base = ads[len(ads) % len(distinct)]
-            ads.append(dict(base, ad_title=f"{base['ad_title']} {len(ads)}"))
-        self.ads = ads[:candidates]
+        self.ads = catalog_ads(logs, candidates)  # distinct ads; repeats made distinct by a numbered title
         self.slots = SLOT_SIZES
 
     def rows(self, i: int) -> list[dict[str, Any]]:

@@ -32,8 +32,8 @@ from distillery.config import Section
 from distillery.data.schema import is_text_column
 from distillery.data.text import from_text, render_value, to_text
 
-__all__ = ["TwoTowerSpec", "TowerInputs", "tower_inputs", "tower_inputs_from_fields", "head_bucket", "hash_bucket",
-           "HEAD_FEATURES"]
+__all__ = ["TwoTowerSpec", "TowerInputs", "tower_inputs", "tower_inputs_from_fields", "tower_side", "tower_text",
+           "cats_of", "head_bucket", "hash_bucket", "HEAD_FEATURES"]
 
 HEAD_FEATURES = ("position", "slot_size")
 
@@ -68,10 +68,8 @@ class TwoTowerSpec(Section):
                 raise ValueError(f"{name}: {bad} are identity, time or label columns, never model input")
             if len(set(values)) != len(values):
                 raise ValueError(f"{name}: {values} names a column twice")
-            if name != "head_categorical" and set(values) & set(HEAD_FEATURES):
-                raise ValueError(f"{name}: {sorted(set(values) & set(HEAD_FEATURES))} feed the head (position, slot size), not a tower")
-        if set(self.head_categorical) & set(HEAD_FEATURES):
-            raise ValueError(f"head_categorical: position and slot_size are head features already")
+            if set(values) & set(HEAD_FEATURES):
+                raise ValueError(f"{name}: {sorted(set(values) & set(HEAD_FEATURES))} always feed the head (position, slot size)")
         request = set(self.request_fields) | set(self.request_categorical)
         ad = set(self.ad_fields) | set(self.ad_categorical)
         for side, cols in (("request", request), ("ad", ad)):
@@ -145,14 +143,19 @@ def cats_of(fields: Mapping[str, Any], names: list[str], buckets: int) -> tuple[
     return tuple(hash_bucket(k, fields.get(k), buckets) for k in names)
 
 
+def tower_side(fields: Mapping[str, Any], spec: TwoTowerSpec, side: Literal["request", "ad"]) -> tuple[str, tuple[int, ...]]:
+    """(text, hashed categoricals) of one tower: what its vector depends on, so the key it is cached by."""
+    text_cols, cat_cols = ((spec.request_fields, spec.request_categorical) if side == "request"
+                           else (spec.ad_fields, spec.ad_categorical))
+    return tower_text(fields, text_cols, spec.text), cats_of(fields, cat_cols, spec.hash_buckets)
+
+
 def tower_inputs_from_fields(fields: Mapping[str, Any], spec: TwoTowerSpec) -> TowerInputs:
     """`TowerInputs` of one row's fields (a row dict or `from_text(text, extras=True)`)."""
-    b = spec.hash_buckets
-    return TowerInputs(tower_text(fields, spec.request_fields, spec.text), tower_text(fields, spec.ad_fields, spec.text),
-                       _bucket_position(fields.get("position"), spec.position_buckets),
-                       _bucket_slot(fields.get("slot_size"), spec.slot_buckets),
-                       cats_of(fields, spec.request_categorical, b), cats_of(fields, spec.ad_categorical, b),
-                       cats_of(fields, spec.head_categorical, b))
+    (request, request_cats), (ad, ad_cats) = tower_side(fields, spec, "request"), tower_side(fields, spec, "ad")
+    return TowerInputs(request, ad, _bucket_position(fields.get("position"), spec.position_buckets),
+                       _bucket_slot(fields.get("slot_size"), spec.slot_buckets), request_cats, ad_cats,
+                       cats_of(fields, spec.head_categorical, spec.hash_buckets))
 
 
 def tower_inputs(text: str, spec: TwoTowerSpec) -> TowerInputs:

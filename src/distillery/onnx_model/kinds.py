@@ -16,7 +16,6 @@ imports neither torch nor the training package.
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,7 +33,8 @@ class StudentKind:
 
     name: str                 # `ModelCard.student_kind`
     marker: str | None        # the file that marks a trained folder of this kind (None: a Hugging Face folder)
-    dataset: str              # class with `(tokenizer, texts, max_length, spec=...)` and `from_table(tokenizer, table, max_length, ...)`
+    dataset: str              # class `(tokenizer, texts, max_length, [spec,] target=, teacher_prob=, click=)`
+    dataset_takes_spec: bool  # whether the dataset reads the model's `spec` (which columns feed which tower)
     loader: str | None        # (model in eval mode, tokenizer) of a trained folder; None: a Hugging Face
                               # classifier folder, scored by the teacher backends
     exporter: str             # export_*(model_dir, out_dir, *, opset, max_length, name, lineage) -> card dict
@@ -45,11 +45,12 @@ class StudentKind:
     prunable: bool            # whether compress may drop layers, heads and FFN units
     fusion: bool              # whether ORT's transformer fusion is worth trying (cost per candidate)
     starts_head_on_rows: bool  # whether `init.head_from` is fitted on the training rows before training
+    uncached: tuple[tuple[str, int], ...] = ()  # scorer kwargs that turn its caches off (the cold path, per row)
 
     def rows(self, tokenizer, texts: list[str], max_length: int, model=None, **targets):
         """The dataset `model` trains on / is scored with, over row texts (targets: target, teacher_prob, click)."""
         cls = _call(self.dataset)
-        return cls(tokenizer, texts, max_length, **({"spec": model.spec} if self.name == TWO_TOWER else {}), **targets)
+        return cls(tokenizer, texts, max_length, **({"spec": model.spec} if self.dataset_takes_spec else {}), **targets)
 
     def rows_of_table(self, tokenizer, table, max_length: int, model=None):
         return self.rows(tokenizer, table.texts, max_length, model, target=table.target,
@@ -69,8 +70,9 @@ class StudentKind:
     def variant_probs(self, onnx_dir: str, variants: list[str], texts: list[str], **kwargs):
         return _call(self.probs)(onnx_dir, variants, texts, **kwargs)
 
-    def open_scorer(self, onnx_dir: str, variant: str = "int8", **kwargs):
-        return _call(self.scorer)(onnx_dir, variant, **kwargs)
+    def open_scorer(self, onnx_dir: str, variant: str = "int8", cold: bool = False, **kwargs):
+        """The serving scorer; `cold`: its caches off, so every row pays the whole model (latency per row)."""
+        return _call(self.scorer)(onnx_dir, variant, **(dict(self.uncached) if cold else {}), **kwargs)
 
     def check_pruning(self, asked: list[str]) -> None:
         """Refuse the pruning settings `asked` (field names) when this kind cannot apply them (ValueError naming the field)."""
@@ -83,7 +85,7 @@ CROSS, TWO_TOWER = "cross", "two_tower"
 
 KINDS: dict[str, StudentKind] = {
     CROSS: StudentKind(
-        name=CROSS, marker=None, dataset="distillery.training.loop:TokenizedRows",
+        name=CROSS, marker=None, dataset="distillery.training.loop:TokenizedRows", dataset_takes_spec=False,
         loader=None,
         exporter="distillery.compress.export:export_onnx", parity_check="distillery.compress.validate:fp32_parity",
         probs="distillery.compress.validate:variant_probs",
@@ -91,6 +93,7 @@ KINDS: dict[str, StudentKind] = {
         prunable=True, fusion=True, starts_head_on_rows=False),
     TWO_TOWER: StudentKind(
         name=TWO_TOWER, marker="two_tower_student.json", dataset="distillery.training.two_tower_student:TwoTowerRows",
+        dataset_takes_spec=True, uncached=(("ad_cache_size", 0), ("request_cache_size", 0)),
         loader="distillery.training.two_tower_student:load_two_tower",
         exporter="distillery.compress.export_two_tower:export_two_tower",
         parity_check="distillery.compress.export_two_tower:two_tower_parity",
@@ -105,7 +108,7 @@ def kind_of_folder(folder: str) -> StudentKind:
     from distillery import io
 
     for kind in KINDS.values():
-        if kind.marker and io.exists(io.join(folder, kind.marker) if "://" in folder else os.path.join(folder, kind.marker)):
+        if kind.marker and io.exists(io.join(folder, kind.marker)):
             return kind
     return KINDS[CROSS]
 

@@ -25,8 +25,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from distillery.config import validate_config
-from distillery.data.tower_inputs import (TowerInputs, TwoTowerSpec, cats_of, head_bucket, tower_inputs,
-                                          tower_inputs_from_fields, tower_text)
+from distillery.data.tower_inputs import (TowerInputs, TwoTowerSpec, head_bucket, tower_inputs, tower_inputs_from_fields,
+                                          tower_side)
 from distillery.onnx_model.card import variant_path
 from distillery.onnx_model.scorer import OnnxScorer, check_row, sigmoid
 
@@ -162,7 +162,8 @@ class TwoTowerScorer:
         fresh: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         if missing:
             text_emb = self.embed([k[0] for k in missing]) if self.spec.has_text(side) else None
-            cats = np.array([k[1] for k in missing], dtype=np.int64).reshape(len(missing), -1)
+            cats = (np.array([k[1] for k in missing], dtype=np.int64).reshape(len(missing), -1)
+                    if side in self.head.tower_tables else None)
             emb = self.head.tower_vectors(side, text_emb, cats)
             parts = part(emb)
             fresh = {t: (emb[i], parts[i]) for i, t in enumerate(missing)}
@@ -183,14 +184,10 @@ class TwoTowerScorer:
 
     def warm_ads(self, ads: Iterable[Mapping[str, Any]]) -> int:
         """Encode every ad (row fields, e.g. `CandidateAd.row_fields()`) not yet cached; returns how many were encoded."""
-        keys = list(dict.fromkeys(self._ad_key(a) for a in ads))
+        keys = list(dict.fromkeys(tower_side(a, self.spec, "ad") for a in ads))
         missing = sum(k not in self._ads for k in keys)
         self._lookup(keys, "ad")
         return missing
-
-    def _ad_key(self, fields: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
-        spec = self.spec
-        return tower_text(fields, spec.ad_fields, spec.text), cats_of(fields, spec.ad_categorical, spec.hash_buckets)
 
     def score_parts(self, parts: list[TowerInputs]) -> np.ndarray:
         """Logits `(n,)` float64 of `TowerInputs` rows."""
@@ -252,9 +249,7 @@ class TwoTowerScorer:
         if request is None or ad is None:
             if len(memo) >= self.ad_cache_size + self.request_cache_size:
                 memo.clear()  # bounded; refilled by the next bids
-            b = spec.hash_buckets
-            request = (tower_text(row, spec.request_fields, spec.text), cats_of(row, spec.request_categorical, b))
-            ad = (tower_text(row, spec.ad_fields, spec.text), cats_of(row, spec.ad_categorical, b))
+            request, ad = tower_side(row, spec, "request"), tower_side(row, spec, "ad")
             memo[rkey], memo[akey] = request, ad
         if head is None:
             if len(self._bucket_memo) > 10_000:

@@ -137,6 +137,7 @@ def warm_up(url: str, args: AppArgs, steady: int = 16, min_seconds: float = 3.0,
     import json
     from urllib.parse import urlparse
 
+    from distillery.loadtest import bid_request
     from distillery.serving.catalog import load_catalog
     from distillery.serving.limits import load_token
 
@@ -161,9 +162,7 @@ def warm_up(url: str, args: AppArgs, steady: int = 16, min_seconds: float = 3.0,
                 rows = [{**ads[(i + j) % len(ads)], "query": words} for j in range(1 + i % 8)]
                 path, body = "/predict", {"rows": rows}
             else:
-                path, body = "/openrtb/2.6/bid", {
-                    "id": f"warm-up-{i}", "tmax": 1000, "cur": ["USD"], "site": {"page": f"https://warm.up/{i}", "keywords": words},
-                    "imp": [{"id": "1", "banner": {"format": formats}, "bidfloor": 0.0}]}
+                path, body = "/openrtb/2.6/bid", bid_request({"keywords": words}, formats, f"warm-up-{i}", tmax_ms=1000)
             t = time.perf_counter()
             conn.request("POST", path, body=json.dumps(body), headers=headers)
             conn.getresponse().read()

@@ -287,7 +287,7 @@ class CTRServer:
 
     async def _score_inputs(self, inputs: list[str | dict]) -> tuple[np.ndarray, str]:
         """Probabilities (n,) float64 of texts or rows, and the model version; large requests are cut to batch size."""
-        size = self._batch_rows()
+        size = self._batcher.max_rows  # the served kind's rows per call, set at load and swap
         parts = await asyncio.gather(*(self._score(inputs[i:i + size]) for i in range(0, len(inputs), size)))
         if failed := next((p for p, _ in parts if isinstance(p, Exception)), None):
             self._metrics.unscorable.inc()

@@ -156,15 +156,22 @@ def ingress_env(mode: Ingress = "auto", local: bool = True) -> tuple[dict[str, s
     return env, "haproxy"
 
 
-def direct_ingress_ports(env: dict[str, str]) -> list[int]:
-    """The replicas' direct-ingress ports HAProxy routes to now: the `server` lines of the config
-    files Ray writes under `RAY_SERVE_HAPROXY_CONFIG_FILE_LOC`'s folder (<work>/<node id>/haproxy.cfg),
-    less the fallback (Serve's proxy, a `backup` server). Empty before HAProxy knows a replica."""
+def direct_ingress_ports(env: dict[str, str], app: str | None = None) -> list[int]:
+    """The replicas' direct-ingress ports HAProxy routes to now (of the backends naming `app`, or all):
+    the `server` lines of the config files Ray writes under `RAY_SERVE_HAPROXY_CONFIG_FILE_LOC`'s
+    folder (<work>/<node id>/haproxy.cfg), less the fallback (Serve's proxy, a `backup` server).
+    Empty before HAProxy knows a replica."""
     import pathlib
 
     work = pathlib.Path(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
-    lines = [ln.split() for cfg in work.rglob("haproxy.cfg") for ln in cfg.read_text().splitlines()]
-    return [int(w[2].rsplit(":", 1)[1]) for w in lines if w[:1] == ["server"] and len(w) > 2 and "backup" not in w]
+    ports, backend = [], ""
+    for cfg in work.rglob("haproxy.cfg"):
+        for words in (ln.split() for ln in cfg.read_text().splitlines()):
+            if words[:1] == ["backend"] and len(words) > 1:
+                backend = words[1]
+            elif words[:1] == ["server"] and len(words) > 2 and "backup" not in words and (app is None or app in backend):
+                ports.append(int(words[2].rsplit(":", 1)[1]))
+    return ports
 
 
 def replicas_up(env: dict[str, str]) -> int:
@@ -178,8 +185,8 @@ def replicas_up(env: dict[str, str]) -> int:
         return sum(1 for row in rows if row.get("svname", "").startswith("SERVE_REPLICA_") and row.get("status") == "UP")
 
 
-def wait_for_fast_path(env: dict[str, str], timeout_s: float = 60.0) -> bool:
-    """Wait until HAProxy routes to a replica's own port (True), or `timeout_s` passed (False).
+def wait_for_fast_path(env: dict[str, str], timeout_s: float = 60.0, replicas: int = 1) -> bool:
+    """Wait until HAProxy routes to `replicas` replicas' own ports (True), or `timeout_s` passed (False).
 
     Serve reports an app RUNNING, and its /healthz answers, before HAProxy's config lists the new
     replica and its health checks mark it UP; until then every request takes the fallback through
@@ -189,7 +196,7 @@ def wait_for_fast_path(env: dict[str, str], timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if direct_ingress_ports(env) and replicas_up(env):
+            if len(direct_ingress_ports(env)) >= replicas and replicas_up(env) >= replicas:
                 return True
         except (OSError, ValueError, KeyError):
             pass

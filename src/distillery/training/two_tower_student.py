@@ -139,11 +139,14 @@ class TwoTowerStudent(torch.nn.Module):
     def set_input_embeddings(self, value) -> None:
         self.encoder.set_input_embeddings(value)
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One tower pass: `(batch, seq)` int64 ids and mask → `(batch, d)` float, norm √d."""
+    def _text_unit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The mean-pooled text embedding, unit norm, `(batch, d)`."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
-        return pooled * math.sqrt(self.config.hidden_size)
+        return torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One tower pass over text (the exported graph): `(batch, seq)` int64 ids and mask → `(batch, d)` float, norm √d."""
+        return self._text_unit(input_ids, attention_mask) * math.sqrt(self.config.hidden_size)
 
     def tower(self, side: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               cats: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,8 +156,7 @@ class TwoTowerStudent(torch.nn.Module):
             return self.embed(input_ids, attention_mask)
         x = table(cats)
         if self.spec.has_text(side):
-            x = x + torch.nn.functional.normalize(
-                mean_pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask), dim=-1)
+            x = x + self._text_unit(input_ids, attention_mask)
         return torch.nn.functional.normalize(x, dim=-1) * math.sqrt(self.config.hidden_size)
 
     def forward(self, request_input_ids, request_attention_mask, ad_input_ids, ad_attention_mask, position, slot,
