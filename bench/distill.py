@@ -39,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from distillery.config import load_config  # noqa: E402
+from distillery.evaluate_ci import gain_retention  # noqa: E402
 
 STUDENT_LAYERS = "[0, 5]"  # 2 of MiniLM-L6's 6 layers: ~3x fewer encoder FLOPs than the 6-layer encoder
 TEACHERS = {
@@ -118,6 +119,8 @@ def _seed_run(args, seed: int) -> dict:
             continue
         row.update({f"{prefix}student_auc": q[student]["auc"], f"{prefix}student_direct_auc": q[direct]["auc"],
                     f"{prefix}efficiency": q[student]["auc"] / q["teacher"]["auc"],
+                    f"{prefix}gain_retention": gain_retention(q[student]["auc"], q["teacher"]["auc"]),
+                    f"{prefix}gain_retention_ci": q[student].get("gain_retention_ci"),
                     f"{prefix}lift": q[student]["auc"] - q[direct]["auc"],
                     f"{prefix}student_logloss": q[student]["logloss"], f"{prefix}student_direct_logloss": q[direct]["logloss"],
                     f"{prefix}student_ece": q[student]["ece"]})
@@ -125,9 +128,10 @@ def _seed_run(args, seed: int) -> dict:
             row.update({f"{prefix}student_direct_strict_auc": q[strict]["auc"], f"{prefix}strict_lift": q[student]["auc"] - q[strict]["auc"],
                         f"{prefix}student_direct_strict_logloss": q[strict]["logloss"]})
     shown = [("student", "student_auc"), ("direct", "student_direct_auc"), ("direct_strict", "student_direct_strict_auc"),
-             ("efficiency", "efficiency"), ("lift", "lift"), ("strict_lift", "strict_lift"),
+             ("efficiency", "efficiency"), ("gain_retention", "gain_retention"), ("lift", "lift"), ("strict_lift", "strict_lift"),
              ("two_tower", "two_tower_student_auc"), ("two_tower_direct", "two_tower_student_direct_auc"),
-             ("two_tower_efficiency", "two_tower_efficiency"), ("two_tower_lift", "two_tower_lift"),
+             ("two_tower_efficiency", "two_tower_efficiency"), ("two_tower_gain_retention", "two_tower_gain_retention"),
+             ("two_tower_lift", "two_tower_lift"),
              ("two_tower_ece", "two_tower_student_ece")]
     print(f"seed {seed}: teacher {row['teacher_auc']:.4f}  oracle {row['oracle_auc']:.4f}  "
           + "  ".join(f"{label} {row[key]:+.4f}" if "lift" in key else f"{label} {row[key]:.4f}" for label, key in shown if key in row)
@@ -200,17 +204,21 @@ def main(argv: list[str] | None = None) -> int:
                      "student": f"layer_subset {STUDENT_LAYERS} of MiniLM-L6 (student and both baselines)",
                      "students": args.students, "skip_strict": args.skip_strict}
     for key in ("teacher_auc", "student_auc", "student_direct_auc", "student_direct_strict_auc", "oracle_auc",
-                "efficiency", "lift", "strict_lift", "student_logloss", "student_ece", "two_tower_student_auc", "two_tower_student_direct_auc",
-                "two_tower_efficiency", "two_tower_lift", "two_tower_student_logloss", "two_tower_student_ece"):
+                "efficiency", "gain_retention", "lift", "strict_lift", "student_logloss", "student_ece", "two_tower_student_auc",
+                "two_tower_student_direct_auc", "two_tower_efficiency", "two_tower_gain_retention", "two_tower_lift", "two_tower_student_logloss", "two_tower_student_ece"):
         if key not in rows[0]:
             continue
         mean, std = _stats(rows, key)
         summary[key] = round(mean, 4)
         summary[f"{key}_std"] = round(std, 4)
         print(f"{key:>28}: {mean:.4f} ± {std:.4f}")
-    for key in ("efficiency", "lift", "strict_lift", "two_tower_efficiency", "two_tower_lift"):
+    for key in ("efficiency", "gain_retention", "lift", "strict_lift", "two_tower_efficiency", "two_tower_gain_retention",
+                "two_tower_lift"):
         if key in rows[0]:
             summary[f"{key}_min"] = round(min(r[key] for r in rows), 4)
+    for key in ("gain_retention", "two_tower_gain_retention"):
+        if key in rows[0]:
+            summary[f"{key}_mean"] = summary[key]
     if "lift" in rows[0]:
         summary["student_beats_direct_every_seed"] = all(r["lift"] > 0 for r in rows)
     if "strict_lift" in rows[0]:

@@ -2,7 +2,7 @@
 
 Exits non-zero, naming each key, when a finished run's report.json lacks a key of the report contract
 (`distillery.pipeline_stages.DESIGN_KEYS`) or holds null for it (a figure some stage did not measure).
-CI runs it after `make demo`.
+Prints the report's headline (a student that learned nothing) when it has one. CI runs it after `make demo`.
 """
 
 import argparse
@@ -25,6 +25,8 @@ def main() -> int:
     for key in missing:
         print(f"report.json: missing {key}", file=sys.stderr)
     print(f"{args.report}: {'complete' if not missing else f'{len(missing)} key(s) missing'}")
+    if report.get("headline"):
+        print(f"headline: {report['headline']}")
     return 1 if missing else 0
 
 

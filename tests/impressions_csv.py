@@ -7,7 +7,8 @@ not in time order), hashed categorical columns `site_hash, app_hash, device_hash
 campaign_hash` (8 hex digits) and ~`ctr` clicks. Clicks depend on `ad_hash` × `site_hash` and
 `slot_hash`, so a model can rank them. `bad_lines` malformed lines (a missing field, an unparseable
 timestamp) exercise the reader's and the split's rejects. Returns `{rows, bad_lines, clicks, ids}`
-where `ids` are the row ids the readers give (`<stem>:<line>`), one per data line, bad ones included.
+where `ids` are the row ids the readers give (content ids: a hash of the row's columns), one per data
+line, None for a line the reader cannot split into the columns.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+
+from distillery.data.parsing import content_id, generic_mapper
 
 COLUMNS = ["", "click", "timestamp", "site_hash", "app_hash", "device_hash", "ad_hash", "slot_hash", "campaign_hash"]
 
@@ -44,6 +47,7 @@ def write_impressions_csv(path: Path, rows: int = 6000, ctr: float = 0.005, seed
     seconds = rng.integers(0, 3 * 86_400, rows)  # three days, shuffled in the file
     bad_at = set(rng.choice(np.arange(1, rows), size=bad_lines, replace=False).tolist()) if bad_lines else set()
     path = Path(path)
+    to_row, ids = generic_mapper(None), []
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(COLUMNS)
@@ -54,6 +58,5 @@ def write_impressions_csv(path: Path, rows: int = 6000, ctr: float = 0.005, seed
             if i in bad_at:
                 line = line[:-1] if len(bad_at) and i % 2 else line[:2] + ["not-a-time"] + line[3:]
             out.writerow(line)
-    stem = path.name.rsplit(".", 1)[0]
-    return {"rows": rows, "bad_lines": len(bad_at), "clicks": int(click.sum()),
-            "ids": [f"{stem}:{line}" for line in range(2, rows + 2)]}
+            ids.append(content_id(to_row(dict(zip(COLUMNS, map(str, line))), None)) if len(line) == len(COLUMNS) else None)
+    return {"rows": rows, "bad_lines": len(bad_at), "clicks": int(click.sum()), "ids": ids}

@@ -12,6 +12,7 @@
     distillery size --budget-ms X --batch 1 --seq-len L [--provider cpu|cuda]
     distillery serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--config FILE] [--ingress auto|haproxy|proxy]
     distillery pipeline --config jobs/configs/demo.yaml [--force] [key=value ...]
+    distillery promote --run-dir runs/demo [--version V] [--variant int8] [--address HOST:PORT]
 
 Each job subcommand (`distillery.stages.JOBS`) loads one typed config (YAML + overrides) and calls
 the job's `run(cfg)`.
@@ -173,7 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="serve config YAML (default serve/serve_config.yaml's app args)")
     serve.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
                        help="auto: HAProxy + direct ingress where an HAProxy binary runs, else Serve's proxy")
+    # internal: set by `distillery serve` for the server process it starts (serving.app)
+    serve.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
+
+    from distillery.serving import promote
+
+    prom = sub.add_parser("promote", help="canary a built model version, make it current, hot-swap the running app")
+    promote.add_arguments(prom)
+    prom.set_defaults(func=promote.cli_main)
     return parser
 
 

@@ -9,8 +9,8 @@ count, so an AUC always exists), and the *same* draw scores every model (paired:
 lift intervals keep the correlation between models, which makes them much narrower than two
 independent intervals would suggest). Intervals are percentile intervals at `level`.
 
-Keys (merged into `quality`): `<model>.auc_ci`, `distillation_efficiency_ci`,
-`distillation_efficiency_student_ci`, `lift_auc_ci` ([low, high]), `test_clicks`,
+Keys (merged into `quality`): `<model>.auc_ci`, `<model>.gain_retention_ci` (against the teacher), `distillation_efficiency_ci`,
+`distillation_efficiency_student_ci`, `gain_retention_ci`, `lift_auc_ci` ([low, high]), `test_clicks`,
 `few_clicks_warning` (a sentence, or null with enough clicks), `bootstrap` (how they were made).
 """
 
@@ -23,7 +23,18 @@ from pydantic import Field
 
 from distillery.config import Section
 
-__all__ = ["BootstrapSection", "bootstrap_aucs", "confidence_intervals"]
+__all__ = ["BootstrapSection", "bootstrap_aucs", "confidence_intervals", "gain_retention"]
+
+
+def gain_retention(student_auc, teacher_auc):
+    """(AUC_student − 0.5) / (AUC_teacher − 0.5): the share of the teacher's gain over chance that the
+    student keeps (floats or arrays of paired resamples). Unlike AUC_student / AUC_teacher, which is
+    near 1 at AUCs near 0.6 whatever the student learned, it reads 0 for a student at chance; NaN where
+    the teacher itself is at chance."""
+    gain = np.asarray(teacher_auc, dtype=np.float64) - 0.5
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(np.abs(gain) > 1e-12, (np.asarray(student_auc, dtype=np.float64) - 0.5) / gain, np.nan)
+    return float(out) if out.ndim == 0 else out
 
 
 class BootstrapSection(Section):
@@ -107,10 +118,13 @@ def confidence_intervals(clicks: np.ndarray, scored: dict[str, np.ndarray], cfg:
     aucs = bootstrap_aucs(y, scored, cfg)
     for name, values in aucs.items():
         out[name] = {"auc_ci": _interval(values, cfg.level)}
+        if "teacher" in aucs and name != "teacher":
+            out[name]["gain_retention_ci"] = _interval(gain_retention(values, aucs["teacher"]), cfg.level)
     final = "student_int8" if "student_int8" in aucs else "student"
     with np.errstate(divide="ignore", invalid="ignore"):
         if "teacher" in aucs and final in aucs:
             out["distillation_efficiency_ci"] = _interval(aucs[final] / aucs["teacher"], cfg.level)
+            out["gain_retention_ci"] = _interval(gain_retention(aucs[final], aucs["teacher"]), cfg.level)
         if "teacher" in aucs and "student" in aucs:
             out["distillation_efficiency_student_ci"] = _interval(aucs["student"] / aucs["teacher"], cfg.level)
     if "student" in aucs and "student_direct" in aucs:

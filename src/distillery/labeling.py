@@ -20,16 +20,21 @@ Guarantees (the folder layout is in `distillery.label_store`):
   a reject naming where the id was first seen;
 - a file's outputs appear whole (temp + rename) before its marker; the manifest is written last
   and readers use only the files it lists;
-- one run at a time writes an output (`_LOCK.json`); a run clears staging left by a killed one.
+- one run at a time writes an output (`_LOCK.json`, a lease renewed by a heartbeat; an expired or
+  dead holder's lock is taken over atomically); a run that loses its lease stops before its next
+  commit; a run clears staging left by a killed one.
 
 Labels follow their inputs: each file's marker records the input's fingerprint (size, mtime) and
 the labeling key (`labeling_key`: the teacher's config with the fingerprints of every file it
 names, the filters, the reader settings). A re-run relabels exactly the files whose marker is
 missing or records another fingerprint or key, keeps the rest, and leaves inputs that are gone out
-of the manifest; `force` relabels everything. While anything is relabelled the manifest is removed,
-so no training run reads a half-relabelled folder. A job killed mid-run relabels only the round
-that was in flight and the files it had not reached. Output names and default row ids come from each input's
-path relative to `run_dir` (`label_store.input_name`), so `runs/demo` and `/abs/runs/demo` are one run.
+of the manifest; `force` relabels everything. Before anything is relabelled the folder is marked
+unfinished (`label_store.mark_incomplete`: `_INCOMPLETE.json`, manifest removed; `force` does so
+before it drops the markers), so no training run reads a half-relabelled folder, even one a killed
+run left. A job killed mid-run relabels only the round that was in flight
+and the files it had not reached. Output names come from each input's path relative to `run_dir`
+(`label_store.input_name`), so `runs/demo` and `/abs/runs/demo` are one run; rows without an id are
+named by their content (`parsing.content_id`), so the same impression in two inputs is one id.
 `_MANIFEST.json` is rebuilt from the markers at the end.
 """
 
@@ -57,12 +62,13 @@ from distillery.data.text import to_text
 from distillery.filters import FilterConfig, apply_filters, clip_probs
 from distillery.label_store import (
     LABEL_SCHEMA,
-    MANIFEST,
     REJECT_SCHEMA,
     OutputLock,
     done_marker,
     input_name,
     label_file_key,
+    mark_complete,
+    mark_incomplete,
 )
 from distillery.ray_runtime import RaySection, ensure_ray
 from distillery.teachers import TeacherConfig, check_teacher_sources
@@ -102,6 +108,7 @@ class LabelConfig(RunSection):
     max_field_chars: int = Field(2000, ge=16, description="a text field longer than this sends the row to rejects")
     files_per_round: int = Field(8, ge=1, description="input files labeled and committed together (the resume unit)")
     force: bool = Field(False, description="relabel files that are already done")
+    lock_ttl_s: float = Field(60.0, gt=0, description="lease of the output lock in s: renewed every third of it; an unrenewed lock may be taken over after it")
     ray: RaySection = Field(default_factory=RaySection, description="Ray connection / embedded resources")
 
     @field_validator("format")
@@ -116,7 +123,7 @@ class LabelConfig(RunSection):
 # ---------------------------------------------------------------- read stage (Ray tasks)
 
 def _read_and_prepare(batch: dict[str, np.ndarray], fmt: str, label_column: str | None,
-                      required: tuple[str, ...], max_chars: int, run_dir: str) -> pa.Table:
+                      required: tuple[str, ...], max_chars: int) -> pa.Table:
     """Input files → (id, _source, _row, _of, _text, _problem) rows; unreadable rows carry their reason.
 
     Within a file the first row carrying an id owns it; later rows with that id get a problem.
@@ -126,7 +133,7 @@ def _read_and_prepare(batch: dict[str, np.ndarray], fmt: str, label_column: str 
     columns: dict[str, list] = {ID: [], "_source": [], "_row": [], "_of": [], "_text": [], "_problem": []}
     for path in batch["path"]:
         path = str(path)
-        result = read_logs(path, fmt=fmt, label_column=label_column, id_root=run_dir)
+        result = read_logs(path, fmt=fmt, label_column=label_column)
         ids, texts, problems = [], [], []
         seen: set[str] = set()
         for row in result.table.to_pylist():
@@ -330,7 +337,7 @@ def _label_round(cfg: LabelConfig, teacher_cfg: TeacherConfig, files: list[str],
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
     ds = ds.map_batches(
         _read_and_prepare, batch_size=1, batch_format="numpy", num_cpus=cfg.read_num_cpus,
-        fn_kwargs={"fmt": cfg.format, "label_column": cfg.label_column, "run_dir": io.absolute(cfg.run_dir),
+        fn_kwargs={"fmt": cfg.format, "label_column": cfg.label_column,
                    "required": tuple(cfg.filters.required_fields), "max_chars": cfg.max_field_chars},
     )
     a = cfg.actors
@@ -403,11 +410,11 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
     check_teacher_sources(teacher_cfg)
     started = time.perf_counter()
     io.makedirs(out)
-    with OutputLock(out):
+    with OutputLock(out, cfg.lock_ttl_s) as lock:
         # Holding the lock, no other run writes here: any staging is a killed run's leftover.
         io.remove_dir(io.join(out, "_staging"))
-        if cfg.force:  # the old manifest no longer describes what is on disk
-            io.remove_file(io.join(out, MANIFEST))
+        if cfg.force:  # readers refuse the folder before the markers the old manifest lists go
+            mark_incomplete(out, "force")
             io.remove_dir(io.join(out, "_done"))
         keys = {f: label_file_key(f, cfg.run_dir) for f in files}
         key = labeling_key(cfg)
@@ -416,8 +423,8 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
         why = {f: _why_stale(io.read_json(done_marker(out, keys[f])) if io.exists(done_marker(out, keys[f])) else None,
                              stamps[f]["fingerprint"], key) for f in files}
         pending = [f for f in files if why[f]]
-        if pending:  # until the new manifest, readers find no finished run rather than a mix
-            io.remove_file(io.join(out, MANIFEST))
+        if pending:  # until the new manifest, readers find an unfinished run rather than a mix
+            mark_incomplete(out, ("force: " if cfg.force else "") + f"{len(pending)} input file(s) to label")
         reasons = {r: sum(1 for f in pending if why[f] == r) for r in ("new", "input changed", "teacher or config changed")}
         print(f"labeling: {len(files)} input files: {len(files) - len(pending)} kept, {len(pending)} to label "
               f"({', '.join(f'{n} {r}' for r, n in reasons.items() if n) or 'none'})", flush=True)
@@ -430,10 +437,12 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
             staging = io.join(out, "_staging", uuid.uuid4().hex[:12])
             try:
                 _label_round(cfg, teacher_cfg, round_files, staging)
+                lock.check()  # a run that lost its lease commits nothing
                 rows_this_run += sum(m["rows_in"] for m in _commit(staging, out, round_files, cfg.run_dir, claimed, stamps))
-            finally:  # the lock makes this round the only thing under _staging/
-                io.remove_dir(io.join(out, "_staging"))
+            finally:  # only this round's: after a lost lease, `_staging/` may hold the new holder's
+                io.remove_dir(staging)
             log.info("labeling: committed %d/%d pending files", min(start + cfg.files_per_round, len(pending)), len(pending))
+        io.remove_dir(io.join(out, "_staging"))
         elapsed = time.perf_counter() - started
         markers = [io.read_json(done_marker(out, keys[f])) for f in files]
         _warn_orphans(out, set(keys.values()))
@@ -451,7 +460,8 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
             "timings": {"total_s": round(elapsed, 3), "rows_this_run": rows_this_run,
                         "rows_per_s": round(rows_this_run / elapsed, 2) if rows_this_run and elapsed > 0 else None},
         }
-        io.write_json(io.join(out, MANIFEST), manifest)
+        lock.check()
+        mark_complete(out, manifest)
     print(f"labeling: {total['rows_in']} rows in {len(files)} files ({rows_this_run} this run) in {elapsed:.1f}s"
           + (f" = {rows_this_run / elapsed:.1f} rows/s" if rows_this_run else "")
           + f"; kept {total['rows_kept']}, filtered {total['rows_labeled'] - total['rows_kept']}, rejected {total['rows_rejected']}",

@@ -98,5 +98,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         print(f"[{n}/{len(selected)}] {stage}: done in {elapsed:.1f}s", flush=True)
     print(f"pipeline: finished in {time.perf_counter() - started:.1f}s", flush=True)
     report_path = io.join(cfg.run_dir, "report.json")
-    return io.read_json(report_path) if io.exists(report_path) else {}
+    report = io.read_json(report_path) if io.exists(report_path) else {}
+    if report.get("headline"):  # a student that learned nothing: said before any table
+        print(f"pipeline: {report['headline']}", flush=True)
+    return report
 

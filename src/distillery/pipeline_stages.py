@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from distillery import io
@@ -123,26 +124,29 @@ def run_student_direct(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def run_compress(cfg: PipelineConfig) -> dict[str, Any]:
+    """Compress; a variant the gate rejects is left out and said so in the report (`compress.rejected`).
+    Fails only when nothing can be served (the rejected build's figures still go in the report)."""
     from distillery.compress.job import run as compress
-
-    from distillery.compress.validate import QualityGateError
+    from distillery.compress.validate import ParityError, QualityGateError
 
     ccfg = cfg.stage_config("compress")
     try:
         card = compress(ccfg)
-    except QualityGateError:
+    except (ParityError, QualityGateError):
         rejected = io.join(cfg.run_dir, ccfg.out.rstrip("/") + ".rejected", "model_card.json")
-        if io.exists(rejected):  # the figures that failed the gate go in the report too
+        if io.exists(rejected):  # the figures that refused the build go in the report too
             _merge_report(cfg.run_dir, "compress", _compress_summary(io.read_json(rejected)))
         raise
     summary = _compress_summary(card)
     _merge_report(cfg.run_dir, "compress", summary)
-    return {"quality_gate_passed": summary["quality_gate"]["passed"], "variants": sorted(card["variants"])}
+    return {"quality_gate_passed": (summary["quality_gate"] or {}).get("passed"), "variants": sorted(card["variants"]),
+            "rejected_variants": summary["rejected_variants"], "default_variant": summary["default_variant"]}
 
 
 def _compress_summary(card: dict[str, Any]) -> dict[str, Any]:
     m = card.get("metrics") or {}
-    return {"variants": sorted(card.get("variants", {})), "rejected_variants": sorted(card.get("rejected_variants", {})),
+    return {"variants": sorted(card.get("variants", {})), "rejected_variants": sorted(card.get("rejected_variants") or {}),
+            "default_variant": card.get("default_variant"), "rejected": m.get("rejected") or {},
             "quality_gate": m.get("quality_gate"), "fp32_parity": m.get("fp32_parity"),
             "graph_optimization": (m.get("graph_optimization") or {}).get("chosen"), "seconds": m.get("compress_s")}
 
@@ -259,7 +263,8 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     io.write_bytes(catalog, yaml.safe_dump(bid_catalog(rows, s.bid_counts), sort_keys=False).encode())
     bidder = {**(s.app.get("bidder") or {}), "catalog": catalog}
     bidder["max_candidates"] = max(bidder.get("max_candidates") or 0, s.bid_counts[-1])
-    serving = start_serving(onnx_dir, port=s.port, overrides={**s.app, "bidder": bidder},
+    overrides = {**s.app, "bidder": bidder, "model": _served_model(s.app, onnx_dir)}
+    serving = start_serving(onnx_dir, port=s.port, overrides=overrides,
                             model_root=os.path.dirname(onnx_dir), app_name="distillery-demo")
     seconds["start"] = round(time.perf_counter() - t, 2)
     samples: list = []
@@ -322,14 +327,43 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     return {k: summary[k] for k in ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")}
 
 
+def _served_model(app: dict[str, Any], onnx_dir: str) -> dict[str, Any]:
+    """The app's `model` section; without a variant chosen, the card's `default_variant` (the best
+    that passed the gate: an INT8 the gate rejected is not in the folder to serve)."""
+    from distillery.onnx_model.card import ModelCard
+
+    model = dict(app.get("model") or {})
+    card = ModelCard.read(onnx_dir)
+    if not model.get("variant") and "int8" not in card.variants:
+        default = getattr(card, "default_variant", None)
+        if default:
+            print(f"[serve] serving the {default} variant: int8 was left out by the quality gate", flush=True)
+            model["variant"] = default
+    return model
+
+
 def run_report(cfg: PipelineConfig) -> dict[str, Any]:
     from distillery.report import write_report
 
     timings = io.read_json(io.join(cfg.run_dir, "_stages", "timings.json"))
+    _merge_report(cfg.run_dir, "data", _split_clicks(cfg.run_dir))  # what the headline says the student saw
     report = _merge_report(cfg.run_dir, "timings_s", timings)
     _fill_nulls(cfg.run_dir, report)
     path = write_report(cfg.run_dir)
     return {"html": path}
+
+
+def _split_clicks(run_dir: str) -> dict[str, int]:
+    """`{<split>_rows, <split>_clicks}` of the train and test splits that have a click column."""
+    out = {}
+    for split in ("train", "test"):
+        fs, base = io.filesystem(io.join(run_dir, "data", split))
+        try:
+            clicks = pq.read_table(base, columns=["click"], filesystem=fs)["click"].to_numpy(zero_copy_only=False)
+        except (OSError, KeyError, ValueError):  # no such split, or no click column
+            continue
+        out[f"{split}_rows"], out[f"{split}_clicks"] = int(len(clicks)), int(np.nansum(clicks.astype(float)))
+    return out
 
 
 # report.json keys that other tools read (the project design's report contract); `timings_s.<stage>` for every stage that ran.
@@ -376,6 +410,7 @@ def _fill_nulls(run_dir: str, report: dict[str, Any]) -> None:
     from distillery.evaluate import merge_report
 
     path = io.join(run_dir, "report.json")
+    int8_out = _left_out(report, "int8")
     for section, models in _REQUIRED.items():
         part = report.get(section) or {}
         for model, keys in models.items():
@@ -383,7 +418,8 @@ def _fill_nulls(run_dir: str, report: dict[str, Any]) -> None:
             for key in keys:
                 if key not in entry:
                     entry[key] = None
-                    entry[f"{key}_reason"] = f"stage producing {section}.{model} did not run or failed"
+                    entry[f"{key}_reason"] = ((model == "student_int8" and int8_out)
+                                              or f"stage producing {section}.{model} did not run or failed")
             part[model] = entry
         merge_report(path, section, part)
     flat = {"quality": ("oracle_auc", "distillation_efficiency"),
@@ -395,7 +431,8 @@ def _fill_nulls(run_dir: str, report: dict[str, Any]) -> None:
         for key in keys:
             if key not in part:
                 part[key] = None
-                part[f"{key}_reason"] = f"the stage producing {section}.{key} did not run"
+                part[f"{key}_reason"] = ((key == "student_int8" and int8_out)
+                                         or f"the stage producing {section}.{key} did not run")
         if section == "quality" and part.get("oracle_auc") is None and not part.get("oracle_auc_reason"):
             part["oracle_auc_reason"] = "the test split carries no true click probability (click_prob): real logs never do"
         merge_report(path, section, part)
@@ -409,6 +446,12 @@ def _fill_nulls(run_dir: str, report: dict[str, Any]) -> None:
                 entry[f"{key}_reason"] = serve.get("bid_ms_reason") or f"no bids with {n} candidates were timed (serve stage)"
         bids[str(n)] = entry
     merge_report(path, "serve", {"bid_ms": bids})
+
+
+def _left_out(report: dict[str, Any], variant: str) -> str | None:
+    """Why the quality gate left `variant` out of the published model, or None."""
+    why = ((report.get("compress") or {}).get("rejected") or {}).get(variant)
+    return f"the quality gate left the {variant} variant out of the published model: {why['why']}" if why else None
 
 
 def summary_table(report: dict[str, Any]) -> str:

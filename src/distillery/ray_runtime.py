@@ -14,7 +14,7 @@ from pydantic import Field
 
 from distillery.config import Section
 
-__all__ = ["RaySection", "ensure_ray", "quiet_worker_logs", "no_progress_bars"]
+__all__ = ["RaySection", "ensure_ray", "setup_worker", "quiet_worker_logs", "no_progress_bars", "NODE_ADDRESS_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class RaySection(Section):
     num_cpus: float | None = Field(None, ge=1, description="logical CPUs for an embedded Ray (may exceed cores); ignored when joining a cluster")
     num_gpus: float | None = Field(None, ge=0, description="logical GPUs for an embedded Ray")
     object_store_mb: int | None = Field(None, ge=64, description="object store size for an embedded Ray, MB")
+    node_ip_address: str | None = Field(None, description="address an embedded Ray's processes listen on and advertise; 127.0.0.1 keeps every one of them on loopback (one machine only); None: Ray's choice (this machine's address, gRPC on every interface)")
     include_dashboard: bool = Field(False, description="start the dashboard with an embedded Ray (bound to 127.0.0.1)")
     log_to_driver: bool = Field(True, description="stream worker logs to the driver")
     data_operator_progress: bool = Field(False, description="Ray Data's progress log (every 10 s) lists every operator, not only the total")
@@ -44,6 +45,37 @@ def quiet_worker_logs() -> None:
     for name, level in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     no_progress_bars()
+
+
+# Set in every worker of an embedded Ray started with `node_ip_address`: the address its listeners use.
+NODE_ADDRESS_ENV = "DISTILLERY_RAY_NODE_ADDRESS"
+
+
+def setup_worker() -> None:
+    """`worker_process_setup_hook`: runs in each Ray worker before its first task or actor."""
+    quiet_worker_logs()
+    if os.environ.get(NODE_ADDRESS_ENV):
+        _listen_on_node_address(os.environ[NODE_ADDRESS_ENV])
+
+
+def _listen_on_node_address(address: str) -> None:
+    """Make gRPC servers that Ray's libraries open in this worker on every interface (`[::]:PORT`,
+    `0.0.0.0:PORT`) listen on `address` instead. Ray core follows the node address, but Serve's
+    replicas open their inter-deployment gRPC server on `[::]:0` whatever it is; they take the
+    helper from `ray._common.tls_utils` when their module loads, after this hook."""
+    from ray._common import tls_utils
+
+    add_port = tls_utils.add_port_to_grpc_server
+    host = f"[{address}]" if ":" in address else address
+    if getattr(add_port, "node_address", None) == address:
+        return
+
+    def on_node_address(server, bind: str):
+        bind_host, _, port = bind.rpartition(":")
+        return add_port(server, f"{host}:{port}" if bind_host in ("[::]", "0.0.0.0", "") else bind)
+
+    on_node_address.node_address = address
+    tls_utils.add_port_to_grpc_server = on_node_address
 
 
 def no_progress_bars() -> None:
@@ -74,7 +106,7 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
                                 # Ray Train V2 sends each print to its logger *and*, where stdout is
                                 # redirected (always, in a Ray worker), to stdout: every line twice.
                                 "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
-                   "worker_process_setup_hook": "distillery.ray_runtime.quiet_worker_logs"}
+                   "worker_process_setup_hook": "distillery.ray_runtime.setup_worker"}
     _configure_data_progress(cfg)
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -82,6 +114,9 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
         log.info("joined Ray cluster at %s", address)
         return False
     kwargs = {}
+    if cfg.node_ip_address:
+        kwargs["_node_ip_address"] = _keep_node_address(cfg.node_ip_address)
+        runtime_env["env_vars"][NODE_ADDRESS_ENV] = kwargs["_node_ip_address"]
     if cfg.object_store_mb:
         kwargs["object_store_memory"] = cfg.object_store_mb * 1024 * 1024
     ray.init(
@@ -96,6 +131,26 @@ def ensure_ray(cfg: RaySection | None = None) -> bool:
     )
     log.info("started embedded Ray: %s", ray.cluster_resources())
     return True
+
+
+def _keep_node_address(address: str) -> str:
+    """`address` for `ray.init(_node_ip_address=...)`. A loopback address alone does not keep Ray on
+    loopback: Ray swaps it for this machine's address (its processes then listen on every interface)
+    unless its "local Ray only" switch is off, in this process and in the processes it starts (they
+    read it from the environment)."""
+    import ipaddress
+
+    import ray._private.ray_constants as ray_constants
+
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = address == "localhost"
+    if loopback:
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        return "127.0.0.1"
+    return address
 
 
 def _configure_data_progress(cfg: RaySection) -> None:

@@ -24,7 +24,7 @@ from distillery import io
 from distillery import report_charts as charts
 from distillery.loadtest import BID_COUNTS
 
-__all__ = ["write_report", "render_html", "format_value", "lookup", "flatten", "load_predictions"]
+__all__ = ["write_report", "render_html", "format_value", "lookup", "flatten", "load_predictions", "learning_warnings"]
 
 _FOUR_DECIMALS = ("auc", "logloss", "ece", "efficiency", "lift", "fraction", "rate", "mean_prob")
 _COUNTS = ("errors", "max_replicas", "requests", "concurrency", "candidates_per_request", "replicas", "bids",
@@ -142,6 +142,74 @@ def load_predictions(run_dir: str) -> charts.Predictions | None:
     return y, models, notes
 
 
+# ------------------------------------------------------------------------------------ headline
+
+CONSTANT_STD = 1e-4  # std of a student's test probabilities below which it gives every ad the same score
+TARGET_AUC_GAIN = 0.05  # the gain over chance (AUC 0.55) a log must be able to show to be worth serving
+_SERVED_FIRST = ("student_int8", "student_fp32", "student")
+
+
+def learning_warnings(report: dict[str, Any], predictions: charts.Predictions | None) -> list[dict[str, Any]]:
+    """One entry per student that learned nothing the test can see: its test AUC interval holds 0.5,
+    or its probabilities are near constant (std < CONSTANT_STD). Each says, in a user's words, how many
+    train clicks it saw (`data.train_clicks`) and roughly how many it needs, and on what basis: an
+    AUC interval narrows as 1/√clicks (Hanley & McNeil), so to exclude chance at a gain of
+    TARGET_AUC_GAIN the clicks must grow by (half-width / gain)², train and test alike."""
+    q, data = report.get("quality") or {}, report.get("data") or {}
+    scored = predictions[1] if predictions else {}
+    out = []
+    teacher_at_chance = _at_chance(q.get("teacher"))
+    for model in _SERVED_FIRST:
+        m = q.get(model) if isinstance(q.get(model), dict) else None
+        at_chance = _at_chance(m)
+        std = float(np.std(scored[model][1])) if model in scored and len(scored[model][1]) else None
+        constant = std is not None and std < CONSTANT_STD
+        if at_chance or constant:
+            out.append(_learned_nothing(model, m or {}, m["auc_ci"] if at_chance else None, std if constant else None,
+                                        data, teacher_at_chance))
+    return out
+
+
+def _at_chance(m: Any) -> bool:
+    """Whether a model's test AUC interval holds 0.5."""
+    ci = m.get("auc_ci") if isinstance(m, dict) else None
+    return isinstance(ci, list) and len(ci) == 2 and None not in ci and ci[0] <= 0.5 <= ci[1]
+
+
+def _learned_nothing(model: str, m: dict[str, Any], ci: list[float] | None, std: float | None,
+                     data: dict[str, Any], teacher_at_chance: bool) -> dict[str, Any]:
+    train_clicks, train_rows = data.get("train_clicks"), data.get("train_rows")
+    teacher = " The teacher's interval holds 0.5 too: it had nothing to pass on." if teacher_at_chance else ""
+    saw = (f"It saw {train_clicks:,} clicks in {train_rows:,} training rows." if train_clicks is not None and train_rows
+           else "The run did not record its training clicks.")
+    why = []
+    if ci is not None:
+        why.append(f"its test AUC {format_value('auc', m.get('auc'))} (interval {format_value('auc', ci[0])} – "
+                   f"{format_value('auc', ci[1])}) includes 0.5, a coin flip")
+    if std is not None:
+        why.append(f"it gives every ad almost the same probability (std {std:.1e})")
+    entry = {"kind": "learned_nothing", "model": model, "train_clicks": train_clicks, "train_rows": train_rows,
+             "auc": m.get("auc"), "auc_ci": ci, "prob_std": std}
+    need = ""
+    half = (ci[1] - ci[0]) / 2 if ci is not None else None
+    if half and train_clicks:
+        factor = max((half / TARGET_AUC_GAIN) ** 2, 1.0)
+        entry["needed_train_clicks"] = int(round(train_clicks * factor, -1 if train_clicks * factor < 1000 else -2))
+        rate = train_clicks / train_rows if train_rows else None
+        rows = f" (about {int(round(entry['needed_train_clicks'] / rate, -3)):,} rows at this click rate)" if rate else ""
+        need = (f" To show an AUC of {0.5 + TARGET_AUC_GAIN:.2f} apart from chance, its interval must shrink from "
+                f"±{half:.2f} to ±{TARGET_AUC_GAIN:.2f}; intervals narrow as 1/√clicks, so at least about "
+                f"{entry['needed_train_clicks']:,} training clicks{rows}, with the test split grown alike.")
+        entry["basis"] = (f"test AUC interval half-width {half:.3f} at {train_clicks} train clicks, scaled by "
+                          f"(half-width / {TARGET_AUC_GAIN})² (AUC standard error ∝ 1/√clicks, Hanley & McNeil 1982)")
+    elif std is not None:
+        need = " A student needs at least a few thousand training clicks before its scores separate ads (rule of thumb)."
+        entry["basis"] = "rule of thumb: no test interval to scale from"
+    entry["text"] = (f"The student ({charts.label(model)}) learned nothing this test can see: {' and '.join(why)}."
+                     f"{teacher} {saw}{need} The figures below are noise at this size.")
+    return entry
+
+
 # -------------------------------------------------------------------------------------- output
 
 def write_report(run_dir: str) -> str:
@@ -157,6 +225,9 @@ def write_report(run_dir: str) -> str:
         predictions = load_predictions(run_dir)
     except (ValueError, OSError) as err:  # a bad predictions file costs the two charts, not the report
         predictions, notes["predictions"] = None, str(err)
+    report["warnings"] = learning_warnings(report, predictions)
+    report["headline"] = report["warnings"][0]["text"] if report["warnings"] else None
+    io.write_json(report_path, report)  # the headline is a figure too: other tools read it from report.json
     figures = charts.build_charts(report, predictions, notes)
     for name, svg in figures.items():
         io.write_bytes(io.join(run_dir, "plots", f"{name}.svg"), svg.encode())
@@ -345,8 +416,9 @@ _SECTIONS = (("quality", "Quality on the held-out test split", _quality),
 def render_html(report: dict[str, Any], figures: dict[str, str], notes: dict[str, str], run_dir: str) -> str:
     """The whole page as one string: CSS inline, charts inline (`figures`: {name: inline <svg>}),
     no external references."""
-    body = "".join(f'<section id="{sid}"><h2>{html.escape(heading)}</h2>{build(report, figures, notes)}</section>'
-                   for sid, heading, build in _SECTIONS)
+    body = _headline(report) + "".join(
+        f'<section id="{sid}"><h2>{html.escape(heading)}</h2>{build(report, figures, notes)}</section>'
+        for sid, heading, build in _SECTIONS)
     everything = [(key, [key]) for key in flatten(report)]
     appendix = (f'<section id="all"><details><summary>Every figure in report.json ({len(everything)})</summary>'
                 f'{_table(report, ["Key", "Value"], everything)}</details></section>')
@@ -357,6 +429,13 @@ def render_html(report: dict[str, Any], figures: dict[str, str], notes: dict[str
             f'<body><header><h1>{title}</h1><p class="meta">Run directory <code>{html.escape(run_dir)}</code> · '
             f'generated {when} · figures from report.json, charts from plots/predictions.parquet</p></header>'
             f'{body}{appendix}</body></html>')
+
+
+def _headline(report: dict[str, Any]) -> str:
+    """What the run could teach, above every figure, when a student learned nothing."""
+    items = "".join(f'<p class="warn" data-key="warnings.{i}">{html.escape(str(w.get("text", "")))}</p>'
+                    for i, w in enumerate(report.get("warnings") or []) if isinstance(w, dict))
+    return f'<section id="headline"><h2>What this log could teach</h2>{items}</section>' if items else ""
 
 
 _CSS = """

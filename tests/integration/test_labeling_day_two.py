@@ -85,3 +85,86 @@ def test_a_refitted_teacher_folder_relabels_everything(tmp_path):
     (teacher_dir / "two_tower.json").write_text('{"refit": 1}')  # the teacher stage ran again
     assert labeling_key(cfg) != key
     shutil.rmtree(teacher_dir)
+
+
+def _demo_config(run_dir: Path, teacher_dir: Path, seed: int):
+    """The demo's pipeline config (jobs/configs/demo.yaml) at test size, labelled by a tiny random BERT."""
+    from distillery.config import load_config
+    from distillery.pipeline import PipelineConfig
+
+    return load_config(PipelineConfig, "jobs/configs/demo.yaml", [
+        f"run_dir={run_dir}", f"data.seed={seed}", "data.rows_train=40", "data.rows_unlabeled=60",
+        "data.rows_test=10", "data.files_per_split=2", "ray.num_cpus=4",
+        f"label.teacher={{kind: hf-classifier, model: {teacher_dir}, max_length: 32, num_threads: 1, batch_size: 64}}",
+        "label.actors.batch_size=64",
+    ])
+
+
+def _committed_labels(run_dir: Path) -> dict[str, float]:
+    from distillery.training.data import read_labels
+
+    table = read_labels(str(run_dir / "labels"))
+    return dict(zip(table["id"].to_pylist(), table["teacher_prob"].to_pylist()))
+
+
+def _data_ids(run_dir: Path) -> set[str]:
+    return {i for split in ("train", "unlabeled") for p in (run_dir / "data" / split).glob("*.parquet")
+            for i in pq.read_table(p, columns=["id"])["id"].to_pylist()}
+
+
+def test_day_two_with_the_demo_data_and_label_stages(local_ray, tmp_path, monkeypatch):
+    """Issue 27's scripted check on the demo's own `data → label` stage code: new logs, a changed
+    teacher, one changed input file, an input removed."""
+    from tinymodels import save_tiny_bert
+
+    from distillery.pipeline_stages import run_data, run_label
+
+    monkeypatch.chdir(REPO)
+    run_dir, teacher = tmp_path / "run", tmp_path / "run" / "teacher"
+    save_tiny_bert(teacher, seed=0)
+    day_one = _demo_config(run_dir, teacher, seed=0)
+    run_data(day_one)
+    assert run_label(day_one)["rows_in"] == 100 and set(_committed_labels(run_dir)) == _data_ids(run_dir)
+
+    # (a) new logs (the next day's data seed) over the same file names: the labels are a fresh run's
+    day_two = _demo_config(run_dir, teacher, seed=1)
+    run_data(day_two)
+    run_label(day_two)
+    manifest = json.loads((run_dir / "labels" / "_MANIFEST.json").read_text())
+    assert manifest["relabelled"] == {"input changed": 4} and manifest["timings"]["rows_this_run"] == 100
+    fresh_dir = tmp_path / "fresh"
+    save_tiny_bert(fresh_dir / "teacher", seed=0)
+    fresh = _demo_config(fresh_dir, fresh_dir / "teacher", seed=1)
+    run_data(fresh)
+    run_label(fresh)
+    got, want = _committed_labels(run_dir), _committed_labels(fresh_dir)
+    assert set(got) == set(want) == _data_ids(run_dir)
+    assert max(abs(got[i] - want[i]) for i in want) <= 1e-3
+
+    # (b) the teacher refitted (its folder written anew): every file relabelled
+    save_tiny_bert(teacher, seed=1)
+    run_label(day_two)
+    manifest = json.loads((run_dir / "labels" / "_MANIFEST.json").read_text())
+    assert manifest["relabelled"] == {"teacher or config changed": 4} and manifest["timings"]["rows_this_run"] == 100
+    refitted = _committed_labels(run_dir)
+    assert set(refitted) == set(got) and any(abs(refitted[i] - got[i]) > 1e-6 for i in got)
+
+    # (c) one input file changed: only it is relabelled, and the manifest counts it
+    path = sorted((run_dir / "data" / "train").glob("*.parquet"))[0]
+    table = pq.read_table(path)
+    rows = [{**r, "query": f"{r['query']} today"} for r in table.to_pylist()]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    run_label(day_two)
+    manifest = json.loads((run_dir / "labels" / "_MANIFEST.json").read_text())
+    assert manifest["relabelled"] == {"input changed": 1} and manifest["timings"]["rows_this_run"] == len(rows)
+    changed = _committed_labels(run_dir)
+    assert all(changed[i] == refitted[i] for i in refitted if i not in {r["id"] for r in rows})
+
+    # (d) an input removed: its labels are retired (out of the manifest, never read), nothing relabelled
+    gone = sorted((run_dir / "data" / "unlabeled").glob("*.parquet"))[-1]
+    gone_ids = set(pq.read_table(gone, columns=["id"])["id"].to_pylist())
+    gone.unlink()
+    assert run_label(day_two)["rows_in"] == 100 - len(gone_ids)
+    manifest = json.loads((run_dir / "labels" / "_MANIFEST.json").read_text())
+    assert manifest["relabelled"] == {} and manifest["timings"]["rows_this_run"] == 0 and len(manifest["inputs"]) == 3
+    assert set(_committed_labels(run_dir)) == _data_ids(run_dir) and not gone_ids & set(_committed_labels(run_dir))

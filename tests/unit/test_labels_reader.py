@@ -1,6 +1,7 @@
 """The labels folder without Ray: training reads exactly the committed label files (never rejects,
-staging leftovers or stale outputs), duplicate ids in the logs use the labelled row, output names do
-not depend on how a path was written, label files appear whole, and one run at a time holds the lock."""
+staging leftovers or stale outputs) and never a folder a labeling run is writing or left unfinished,
+duplicate ids in the logs use the labelled row, output names do not depend on how a path was written,
+and label files appear whole. (The lock itself: test_lease_lock.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 import os
 import socket
 import subprocess
+import shutil
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +63,7 @@ def test_list_files_skips_every_hidden_path_component(tmp_path):
 def test_training_ignores_rejects_and_staging_leftovers(run_dir):
     clean = build_training_table(str(run_dir), SPLITS, "soft")
     labels = pq.read_table(run_dir / "labels" / "train.parquet")
+    _write_manifest(run_dir / "labels", ["train.parquet", "unlabeled.parquet"])  # a finished run's leftovers
     _leftovers(run_dir / "labels", labels["id"].to_pylist()[:5])
 
     table = build_training_table(str(run_dir), SPLITS, "soft")
@@ -142,33 +146,47 @@ def test_label_files_appear_whole_or_not_at_all(tmp_path, monkeypatch):
     assert pq.read_table(target).equals(table) and os.listdir(tmp_path / "labels") == ["x.parquet"]
 
 
-def test_one_run_holds_the_output_lock(tmp_path):
-    from distillery.label_store import LabelsLocked, OutputLock
+def _lock(labels, **holder):
+    (labels / "_LOCK.json").write_text(json.dumps({"holder": "h", "token": "t", "host": socket.gethostname(),
+                                                   "pid": os.getpid(), "since": 0, **holder}))
 
-    out = str(tmp_path / "labels")
-    lock = tmp_path / "labels" / "_LOCK.json"
-    with OutputLock(out):
-        assert json.loads(lock.read_text())["pid"] == os.getpid()
-        with pytest.raises(LabelsLocked, match="another labeling run holds this output"):
-            OutputLock(out).__enter__()
-    assert not lock.exists()
 
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_labels_a_run_is_writing_are_refused(run_dir):
+    """Before: the reader looked at the manifest only, so it read labels while a run rewrote them."""
+    labels = run_dir / "labels"
+    _write_manifest(labels, ["train.parquet", "unlabeled.parquet"])
+    _lock(labels, host="another-host", expires_at=time.time() + 60)
+    with pytest.raises(ValueError, match=rf"{labels}: a labeling run is writing these labels \(holder h, "
+                                         r"host another-host, .* lease until"):
+        read_labels(str(labels))
+    _lock(labels, host="another-host", expires_at=time.time() - 1)  # a dead run's expired lease: its manifest rules
+    assert read_labels(str(labels)).num_rows == 100
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    try:
-        for holder, taken_over in ((live.pid, False), (dead.pid, True)):
-            lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder, "token": "t", "since": 0}))
-            if taken_over:  # a SIGKILLed driver's lock
-                with OutputLock(out):
-                    assert json.loads(lock.read_text())["pid"] == os.getpid()
-                assert not lock.exists()
-            else:
-                with pytest.raises(LabelsLocked, match=f"pid {holder}"):
-                    OutputLock(out).__enter__()
-        lock.write_text(json.dumps({"host": "another-host", "pid": dead.pid, "token": "t", "since": 0}))
-        with pytest.raises(LabelsLocked, match="host another-host"):  # cannot tell: refuse
-            OutputLock(out).__enter__()
-    finally:
-        live.kill()
-        live.wait()
+    _lock(labels, pid=dead.pid, expires_at=time.time() + 60)  # a SIGKILLed driver of this host
+    assert read_labels(str(labels)).num_rows == 100
+
+
+@pytest.mark.parametrize("left", ["marked unfinished", "manifest not complete", "no manifest"])
+def test_labels_of_a_run_that_did_not_finish_are_refused(run_dir, left):
+    """What a killed run leaves: with `force`, before the fix, a folder without manifest nor `_done/`
+    whose old label files the reader took as a finished run's."""
+    labels = run_dir / "labels"
+    _write_manifest(labels, ["train.parquet", "unlabeled.parquet"])
+    if left == "marked unfinished":  # what `labeling.run` does before it relabels (force or not)
+        from distillery.label_store import mark_incomplete
+
+        mark_incomplete(str(labels), "force")
+        shutil.rmtree(labels / "_done")
+        assert not (labels / "_MANIFEST.json").exists()
+        message = r"labeling has not finished \(a run that started relabelling at .* \(force\) did not finish"
+    elif left == "manifest not complete":
+        (labels / "_MANIFEST.json").write_text(json.dumps({"inputs": [], "complete": False}))
+        message = r"labeling has not finished \(_MANIFEST.json is not marked complete\)"
+    else:  # a manifest lost, the job's rejects still there
+        (labels / "_MANIFEST.json").unlink()
+        shutil.rmtree(labels / "_done")
+        (labels / "_rejects").mkdir()
+        message = r"labeling has not finished \(no _MANIFEST.json, but the labeling job's _rejects are there\)"
+    with pytest.raises(ValueError, match=rf"{labels}: {message}"):
+        build_training_table(str(run_dir), SPLITS, "soft")

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distillery.cli import main
+from distillery.data.parsing import content_id
 from distillery.data.readers import REJECT_SCHEMA, detect_format, inspect_logs, read_logs
 from distillery.data.schema import LOG_SCHEMA
 from distillery.data.text import to_text
@@ -34,7 +35,7 @@ def test_criteo_sample(shared_data):
     assert table.schema.field("click").type == pa.int8()
     assert all(table.schema.field(f"I{i}").type == pa.string() for i in range(1, 14))
     first = table.slice(0, 1).to_pylist()[0]
-    assert first["id"] == "criteo_sample:2"  # line 2: the header is line 1
+    assert first["id"] == content_id(first) and first["id"].startswith("c-")  # no id column: its content
     assert first["I1"] is None and first["I2"] == "3" and first["I3"] == "260" and first["C1"] == "05db9164"
     assert table.column("I2").to_pylist()[1] == "-1"
     assert table.column("I12").null_count == 157 and table.column("C22").null_count == 159
@@ -114,10 +115,10 @@ def test_generic_csv_any_label_column_and_unknown_columns(tmp_path):
     result = read_logs(str(path), label_column="was_clicked")
     table = result.table
     assert table.column_names == ["id", "query", "hour", "click", "sid", "zeta", "alpha"]
-    assert table.column("id").to_pylist() == ["clicks:2", "clicks:3", "clicks:4"]
     assert table.column("click").to_pylist() == [1, 0, 1]
     assert table.schema.field("alpha").type == pa.string() and table.schema.field("hour").type == pa.int32()
     rows = table.to_pylist()
+    assert table.column("id").to_pylist() == [content_id(r) for r in rows] and len({r["id"] for r in rows}) == 3
     assert to_text(rows[0]) == "query: running shoes | hour: 14 | alpha=3 | sid=a | zeta=z1"
     assert to_text(rows[1]) == "query: cheap, fast flights | alpha=4 | sid=b"
     summary = inspect_logs(str(path), label_column="was_clicked")
@@ -164,8 +165,8 @@ def test_tsv_and_headerless_criteo_tsv(tmp_path):
     (tmp_path / "train.txt").write_text(line + "\n" + line.replace("1", "0", 1) + "\n")
     assert detect_format(str(tmp_path / "train.txt"), line.encode()) == "criteo"
     criteo = read_logs(str(tmp_path / "train.txt")).table.to_pylist()
-    assert [(r["id"], r["click"], r["I1"], r["C1"]) for r in criteo] == [
-        ("train:1", 1, "5", "68fd1e64"), ("train:2", 0, "5", "68fd1e64")]
+    assert [(r["click"], r["I1"], r["C1"]) for r in criteo] == [(1, "5", "68fd1e64"), (0, "5", "68fd1e64")]
+    assert [r["id"] for r in criteo] == [content_id(r) for r in criteo] and criteo[0]["id"] != criteo[1]["id"]
 
 
 def test_jsonl_types_nesting_and_bad_lines(tmp_path):
@@ -182,7 +183,7 @@ def test_jsonl_types_nesting_and_bad_lines(tmp_path):
     )
     result = read_logs(str(path), label_column="clicked")
     rows = result.table.to_pylist()
-    assert [r["id"] for r in rows] == ["98765432109876543210", "events:3"]
+    assert [r["id"] for r in rows] == ["98765432109876543210", content_id(rows[1])]
     assert rows[0]["click"] == 1 and rows[0]["position"] == 2 and rows[0]["score"] == "2"
     assert rows[0]["meta"] == '{"a":[2],"b":1}' and rows[1]["flag"] == "false"
     reasons = [(r["source"].rsplit(":", 1)[1], r["reason"]) for r in result.rejects.to_pylist()]
@@ -205,12 +206,10 @@ def test_parquet_round_trip_and_label_column(tmp_path):
                     "price": [1.5, 2.0, None]})
     pq.write_table(raw, tmp_path / "other.parquet")
     other = read_logs(str(tmp_path / "other.parquet"), label_column="clk")
-    assert other.table.to_pylist() == [
-        {"id": "other:1", "hour": 1, "click": 1, "user": "u1", "price": "1.5"},
-        {"id": "other:2", "hour": 2, "click": 0, "user": "u2", "price": "2"},
-    ]
-    assert other.rejects.to_pylist() == [
-        {"id": "other:3", "source": f"{tmp_path / 'other.parquet'}:3", "reason": "clk: expected a 0/1 click label, got 7"}]
+    expected = [{"hour": 1, "click": 1, "user": "u1", "price": "1.5"}, {"hour": 2, "click": 0, "user": "u2", "price": "2"}]
+    assert other.table.to_pylist() == [{"id": content_id(r), **r} for r in expected]
+    assert other.rejects.to_pylist() == [  # its content is not what was read: the source names it
+        {"id": None, "source": f"{tmp_path / 'other.parquet'}:3", "reason": "clk: expected a 0/1 click label, got 7"}]
     assert other.table.schema.field("hour").type == LOG_SCHEMA.field("hour").type
 
 
@@ -232,21 +231,27 @@ def test_folder_uri_and_compressed_input(tmp_path):
     assert inspect_logs(f"file://{folder}")["clicks"] == 2
 
 
-def test_same_named_files_in_different_folders_get_different_default_ids(tmp_path):
+def test_rows_without_ids_are_named_by_content_not_by_file_or_line(tmp_path):
+    """Before: `<file>:<line>`, so the same impression in two daily exports was two rows, and a line
+    inserted at the top of a file renamed every row below it."""
     folder = tmp_path / "logs"
     for day in ("day-1", "day-2", "_old"):  # `_old`: a hidden folder, not read
         (folder / day).mkdir(parents=True)
         (folder / day / "part-0.csv").write_text("query,click\nshoes,0\nboots,1\n")
-        (folder / day / "part-1.jsonl").write_text('{"query": "hats"}\n')
-        pq.write_table(pa.table({"query": ["socks"]}), folder / day / "part-2.parquet")
-    ids = read_logs(str(folder)).table.column("id").to_pylist()
-    assert sorted(ids) == sorted(f"{day}/{name}" for day in ("day-1", "day-2")
-                                 for name in ("part-0:2", "part-0:3", "part-1:1", "part-2:1"))
-    # a single file keeps its bare stem; `id_root` (labeling passes the run directory) qualifies it
-    single = str(folder / "day-1" / "part-0.csv")
-    assert read_logs(single).table.column("id").to_pylist() == ["part-0:2", "part-0:3"]
-    assert read_logs(single, id_root=str(tmp_path)).table.column("id").to_pylist() == [
-        "logs/day-1/part-0:2", "logs/day-1/part-0:3"]
+        (folder / day / "part-1.jsonl").write_text('{"query": "hats"}\n{"query": "shoes", "click": 0}\n')
+        pq.write_table(pa.table({"query": ["socks", "boots"], "click": pa.array([None, 1], pa.int64())}),
+                       folder / day / "part-2.parquet")
+    table = read_logs(str(folder)).table
+    by_query = {}
+    for row in table.to_pylist():
+        by_query.setdefault(row["query"], set()).add(row["id"])
+    # one id per impression, whatever file, folder or format it came from
+    assert {q: len(ids) for q, ids in by_query.items()} == {"shoes": 1, "boots": 1, "hats": 1, "socks": 1}
+    assert table.num_rows == 12 and len(set(table.column("id").to_pylist())) == 4
+    single = folder / "day-1" / "part-0.csv"
+    ids = read_logs(str(single)).table.column("id").to_pylist()
+    single.write_text("query,click\nsandals,1\nshoes,0\nboots,1\n")  # a line inserted above
+    assert read_logs(str(single)).table.column("id").to_pylist()[1:] == ids
 
 
 def test_bad_arguments_fail_clearly(tmp_path):

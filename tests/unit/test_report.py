@@ -435,3 +435,38 @@ def test_fill_nulls_gives_every_bid_count_a_reason(tmp_path):
     missing = missing_design_keys(report, allow_null=True)
     assert not [k for k in missing if k.startswith("serve.")]
     assert "serve.bid_ms.128.p99" in missing_design_keys(report)
+
+
+def test_a_student_that_learned_nothing_is_said_so_at_the_top(tmp_path):
+    """Issue 27: a student whose test AUC interval holds 0.5, or whose scores are near constant, gets a
+    headline in a user's words (clicks seen, clicks roughly needed and why) in report.json and at the
+    top of the page, instead of a gate traceback or a table of noise."""
+    from distillery.report import learning_warnings
+
+    preds = sample_predictions(2000, seed=3)
+    cols = {name: preds[name] for name in preds.column_names}
+    cols["student_int8"] = pa.array(np.full(2000, 0.006) + np.random.default_rng(0).normal(0, 1e-6, 2000))
+    report = sample_report()
+    report["quality"]["student"].update(auc=0.53, auc_ci=[0.41, 0.65])
+    report["quality"]["teacher"]["auc_ci"] = [0.70, 0.78]
+    report["data"] = {"train_rows": 5000, "train_clicks": 32, "test_rows": 2000, "test_clicks": 12}
+    run_dir = write_run(tmp_path / "run", report, pa.table(cols))
+    html_text = Path(write_report(str(run_dir))).read_text()
+    saved = json.loads((run_dir / "report.json").read_text())
+    warned = {w["model"]: w for w in saved["warnings"]}
+    assert set(warned) == {"student", "student_int8"}  # the teacher's interval is clear of 0.5
+    student, int8 = warned["student"], warned["student_int8"]
+    assert student["auc_ci"] == [0.41, 0.65] and student["train_clicks"] == 32
+    # interval half-width 0.12 -> 0.05 needs (0.12 / 0.05)^2 = 5.76x the clicks: ~180 train clicks
+    assert student["needed_train_clicks"] == 180 and "1/√clicks" in student["text"]
+    assert "32 clicks in 5,000 training rows" in student["text"] and "includes 0.5" in student["text"]
+    assert int8["prob_std"] < 1e-4 and "almost the same probability" in int8["text"]
+    assert saved["headline"] == saved["warnings"][0]["text"]
+    top = html_text.index('id="headline"')
+    assert top < html_text.index('id="quality"') and "What this log could teach" in html_text
+    assert all(html_text.index(f'data-key="warnings.{i}"') > top for i in range(2))
+
+    healthy = sample_report(sample_predictions(2000))
+    for m in ("teacher", "student", "student_int8"):
+        healthy["quality"][m]["auc_ci"] = [0.70, 0.80]
+    assert learning_warnings(healthy, None) == []

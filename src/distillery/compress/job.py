@@ -1,29 +1,35 @@
-"""The compress stage: prune → export ONNX → quantize → validate → model card.
+"""The compress stage: prepare → export ONNX → quantize → choose fusion → gate → publish.
 
     python -m jobs.compress --config jobs/configs/compress.yaml run_dir=runs/demo
     distillery compress --config jobs/configs/compress.yaml ffn_keep_ratio=0.5 presets=[int8-dynamic,fp16]
 
 Reads `<run_dir>/<student>/` (a Hugging Face folder), writes a new immutable version
-`<run_dir>/onnx.versions/<time>-<version>/` (the serving contract: see `export.py`) and, only when
-its gate passes, makes it current by one atomic switch of the `<run_dir>/onnx` link: `onnx` always
-names the last model that passed, a failed or killed build never touches it (a rejected build is
-kept at `<run_dir>/onnx.rejected/` with its figures), and a replica that loaded a version keeps
-reading that version's files. The newest `keep_versions` versions are kept. (On object stores,
-which have no links, `onnx/` is replaced by an upload after the gate passed.) When pruning, the
-pruned checkpoint goes to `<run_dir>/student_pruned/` so the training job can re-distil it. Validation rows come from `<run_dir>/data/<split>/`; when
-the run has no data yet, from the synthetic generator (recorded in the card). Fails, naming the
-field or the preset to try instead, when FP32 parity or the AUC quality gate is not met.
+`<run_dir>/onnx.versions/<time>-<version>/` (the serving contract: see `export.py`) and makes it
+current by one atomic switch of the `<run_dir>/onnx` link (`distillery.publish`): `onnx` always
+names the last model that passed, a failed or killed build never touches it, and a replica that
+loaded a version keeps reading that version's files. The newest `keep_versions` versions are kept.
+(On object stores, which have no links, `onnx/` is replaced by an upload.)
+
+A quantized variant that fails the quality gate is left out of the version (the card names it under
+`rejected_variants`, its figures under `metrics.rejected`) and the rest is published: FP32 passes by
+construction once its parity with PyTorch holds. `default_variant` in the card is the best variant
+that passed (int8 first). Only a build with nothing to serve (FP32 parity broken) is refused: it is
+kept at `<run_dir>/onnx.rejected/` with its figures and the job raises. The card also carries
+`canary`: 64 test inputs and each published variant's probabilities for them, for promotion checks.
+
+When pruning, the pruned checkpoint goes to `<run_dir>/student_pruned/` so the training job can
+re-distil it. Validation rows come from `<run_dir>/data/<split>/`; when the run has no data yet,
+from the synthetic generator (recorded in the card).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -32,11 +38,16 @@ from pydantic import Field
 from distillery import io
 from distillery.config import FolderName, RunSection, Section, config_hash
 
-__all__ = ["CompressConfig", "ValidationSection", "run"]
+__all__ = ["CompressConfig", "ValidationSection", "run", "CANARY_ROWS", "DEFAULT_VARIANT_ORDER"]
 
 log = logging.getLogger(__name__)
 
 Preset = Literal["int8-dynamic", "int8-static", "fp16"]
+# The variant a CPU replica serves by default, best first: the first that passed the gate goes in the
+# card as `default_variant` (fp16 last: ORT runs it on CPUs by converting back to float).
+DEFAULT_VARIANT_ORDER = ("int8", "int8_static", "fp32", "fp16")
+CANARY_ROWS = 64  # test inputs recorded in the card with each variant's probabilities
+CANARY_ATOL = 1e-3  # what a re-score of the published files may differ by (probability units)
 
 
 class ValidationSection(Section):
@@ -48,7 +59,7 @@ class ValidationSection(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="quality gate: two-sided level of that confidence interval")
     min_spearman: float = Field(0.95, ge=-1.0, le=1.0, description="quality gate: least Spearman rank correlation with FP32's scores on the same rows")
     max_mean_abs_dp: float = Field(0.01, gt=0.0, le=1.0, description="quality gate: most mean |p_variant − p_fp32| on the same rows (calibration kept)")
-    gate: Literal["fail", "warn"] = Field("fail", description="what a gate failure does: raise, or log and keep going")
+    gate: Literal["fail", "warn"] = Field("fail", description="what a variant that fails the gate gets: left out of the published version (fail), or kept with a warning (warn)")
     calibration_split: str = Field("train", description="split whose rows calibrate int8-static and score importance")
     calibration_rows: int = Field(256, ge=8, description="rows for int8-static calibration and pruning importance")
     batch_size: int = Field(64, ge=1, description="rows per ORT/PyTorch call during validation")
@@ -153,192 +164,239 @@ def _prune(cfg: CompressConfig, src: str, dst: str, texts: list[str]) -> dict[st
             "ffn_keep_ratio": cfg.ffn_keep_ratio, "keep_heads": cfg.keep_heads, "importance": "activation"}
 
 
-def _choose_fusion(out_dir: str, cfg: CompressConfig, texts: list[str]) -> dict[str, Any]:
-    """Build fused FP32+INT8 graphs; point the card at them only if INT8 batch-1 p50 is ≥5% faster."""
-    from distillery.compress.quantize import FUSED_SUFFIX, fuse_transformer, quantize_file
-    from distillery.compress.validate import interleaved_latency
-    from distillery.onnx_model.card import ModelCard
-    from distillery.onnx_model.scorer import OnnxScorer
+@dataclass
+class _Build:
+    """What the compress steps share. The card is held here and written once, by `_finish`."""
 
-    fused = fuse_transformer(out_dir, "fp32")
-    if fused is None:
-        return {"chosen": "plain", "reason": "no ORT fusion for this model type"}
-    card = ModelCard.read(out_dir)
-    int8_fused = os.path.join(out_dir, card.variants["int8"][: -len(".onnx")] + FUSED_SUFFIX + ".onnx")
-    quantize_file(fused, int8_fused, cfg.per_channel, card.presets.get("int8", {}).get("reduce_range") or False)
-    card.variants["_int8_fused"] = os.path.basename(int8_fused)
-    card.write(out_dir)
-    threads = cfg.validation.num_threads or 1
-    plain = OnnxScorer(out_dir, "int8", intra_op_threads=threads)
-    fast = OnnxScorer(out_dir, "_int8_fused", intra_op_threads=threads)
-    lat = interleaved_latency({"plain": plain.predict_proba, "fused": fast.predict_proba}, texts, calls=150)
-    card = ModelCard.read(out_dir)
-    del card.variants["_int8_fused"]
-    chosen = "fused" if lat["fused"]["p50"] < 0.95 * lat["plain"]["p50"] else "plain"
-    if chosen == "fused":
-        for variant, path in (("fp32", fused), ("int8", int8_fused)):
-            os.replace(path, os.path.join(out_dir, card.variants[variant]))
-    else:
-        for path in (fused, int8_fused):
-            os.remove(path)
-    card.write(out_dir)
-    return {"chosen": chosen, "int8_batch1_ms": lat, "rule": "fused only if p50 >= 5% faster, interleaved"}
+    cfg: CompressConfig
+    student_path: str
+    out_uri: str
+    tmp: str = ""  # scratch: downloads, the pruned checkpoint
+    out_dir: str = ""  # the version being built (`<out>.staging`, or under tmp for a URI)
+    t0: float = field(default_factory=time.perf_counter)
+    kind: Any = None  # `onnx_model.kinds.StudentKind`, decided once from the student folder
+    model_dir: str = ""  # what is exported: the student, or its pruned copy
+    pruning: dict[str, Any] | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    calib_texts: list[str] = field(default_factory=list)
+    calib_source: str = ""
+    texts: list[str] = field(default_factory=list)  # gate rows, as the scorers take them
+    clicks: Any = None  # (n,) 0/1 of those rows
+    source: str = ""
+    card: Any = None  # `ModelCard` of the build
+    parity: dict[str, Any] = field(default_factory=dict)
+    presets: dict[str, str] = field(default_factory=dict)  # variant -> preset
+    fusion: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    aucs: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    rejected: dict[str, Any] = field(default_factory=dict)  # variant -> why and its gate figures
+    canary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rejected_uri(self) -> str:
+        return self.out_uri.rstrip("/") + ".rejected"
 
 
 def run(cfg: CompressConfig) -> dict[str, Any]:
-    """Prune, export, quantize and validate; returns the model card (also in `<run_dir>/<out>/model_card.json`)."""
-    from distillery.onnx_model.card import ModelCard
-    from distillery.onnx_model.kinds import kind_of_folder
-    from distillery.compress.quantize import PRESET_VARIANT, apply_preset
-    from distillery.compress.gate import GateThresholds
-    from distillery.compress.validate import QualityGateError, batch1_latency, quality_gate, raise_if_failed
-    from distillery.metrics import roc_auc
-    from distillery.data.text import to_text
+    """Prepare, export, quantize, choose fusion, gate and publish; returns the model card (also in
+    `<run_dir>/<out>/model_card.json`). ParityError (the build kept at `<out>.rejected`) when FP32
+    does not compute what PyTorch does, so nothing could be served."""
+    from distillery.publish import staging
 
-    t0 = time.perf_counter()
-    v = cfg.validation
-    student_path = cfg.student if ("://" in cfg.student or os.path.isabs(cfg.student)) else io.join(cfg.run_dir, cfg.student)
-    out_uri = io.join(cfg.run_dir, cfg.out)
-    rejected_uri = out_uri.rstrip("/") + ".rejected"
-    io.remove_dir(rejected_uri)
-    with tempfile.TemporaryDirectory(prefix="compress-") as tmp, contextlib.ExitStack() as cleanup:
-        src = _local_dir(student_path, tmp, "student")
-        kind = kind_of_folder(src)  # decided once: export, parity, scoring and what may be pruned follow it
-        kind.check_pruning([f for f, on in (("keep_layers", cfg.keep_layers is not None),
-                                            ("keep_decoder_layers", cfg.keep_decoder_layers is not None),
-                                            ("keep_heads", cfg.keep_heads is not None),
-                                            ("ffn_keep_ratio", cfg.ffn_keep_ratio != 1.0)) if on])
-        calib_rows, calib_source = _rows(cfg, v.calibration_split, v.calibration_rows)
-        calib_texts = [to_text(r) for r in calib_rows]
-        pruned_dir = os.path.join(tmp, "student_pruned")
-        pruning = _prune(cfg, src, pruned_dir, calib_texts)
-        model_dir = pruned_dir if pruning else src
-        # Built in a staging folder and published by one rename: `onnx/` is either absent or complete.
-        out_dir = os.path.join(tmp, "onnx") if "://" in out_uri else f"{out_uri.rstrip('/')}.staging"
-        io.remove_dir(out_dir)
-        cleanup.callback(io.remove_dir, out_dir)  # whatever fails, no staging folder is left behind
-        lineage = _lineage(cfg, student_path)
-        if pruning:
-            lineage["pruned_checkpoint"] = io.join(cfg.run_dir, "student_pruned")
-        print(f"[compress] export {model_dir} → ONNX (opset {cfg.opset})", flush=True)
-        kind.export(model_dir, out_dir, opset=cfg.opset, max_length=cfg.max_length, name=cfg.name, lineage=lineage)
-        card = ModelCard.read(out_dir)
-        card.lineage["source_model"] = lineage.get("pruned_checkpoint", student_path)  # not the temp folder
-        card.write(out_dir)
-        rows, source = _rows(cfg, v.split, v.rows)
-        texts = [to_text(r) for r in rows]
-        clicks = np.asarray([r.get("click") for r in rows], dtype=np.float64)
-        parity = kind.parity(model_dir, out_dir, texts[:v.parity_rows], atol=v.atol, max_length=cfg.max_length,
-                           batch_size=v.batch_size, intra_op_threads=v.num_threads)
-        presets = {}
-        for preset in cfg.presets:
-            print(f"[compress] quantize: {preset}", flush=True)
-            apply_preset(out_dir, preset, calibration_texts=calib_texts, per_channel=cfg.per_channel,
-                         reduce_range=cfg.reduce_range)
-            presets[PRESET_VARIANT[preset]] = preset
-        if not kind.fusion:  # a two-tower's graph runs once per request / ad, not per candidate: not worth the search
-            fusion = {"chosen": "plain", "reason": f"not tried for a {kind.name} student"}
-        else:
-            fusion = _choose_fusion(out_dir, cfg, texts) if cfg.try_fusion and "int8" in presets else {"chosen": "plain", "reason": "not tried"}
-        card = ModelCard.read(out_dir)
-        for variant, file in card.variants.items():  # fusion may have replaced files
-            card.size_mb[variant] = round(os.path.getsize(os.path.join(out_dir, file)) / 1e6, 3)
-        card.version = card.version if fusion["chosen"] == "plain" else f"{card.version}-fused"
-        print(f"[compress] quality gate: {len(texts)} rows, {int(clicks.sum())} clicks, variants {sorted(card.variants)}", flush=True)
-        probs = kind.variant_probs(out_dir, list(card.variants), texts, batch_size=v.batch_size,
-                         intra_op_threads=v.num_threads)
-        thresholds = GateThresholds(max_auc_drop=v.max_auc_drop, confidence=v.confidence,
-                                    min_spearman=v.min_spearman, max_mean_abs_dp=v.max_mean_abs_dp)
-        gate = quality_gate(clicks, probs, thresholds, presets=presets)
-        aucs = {"fp32": roc_auc(clicks, probs["fp32"]), **{k: r["auc_variant"] for k, r in gate["variants"].items()}}
-        latency = {}
-        if v.latency_calls:
-            for variant in card.variants:
-                # caches off: one row = the whole model (a two-tower: a request- and an ad-tower pass)
-                scorer = kind.open_scorer(out_dir, variant, cold=True, intra_op_threads=v.num_threads or 1)
-                latency[variant] = batch1_latency(scorer.predict_proba, texts, calls=v.latency_calls)
-        card.metrics = {
-            "fp32_parity": parity, "auc": aucs, "auc_drop": {k: r["auc_drop"] for k, r in gate["variants"].items()},
-            "validation_rows": len(texts), "validation_clicks": int(clicks.sum()), "validation_source": source,
-            "calibration_source": calib_source, "batch1_latency_ms": latency, "graph_optimization": fusion,
-            "pruning": pruning, "compress_s": round(time.perf_counter() - t0, 1), "quality_gate": gate,
-        }
-        _print_gate(gate)
-        if not gate["passed"] and v.gate == "fail":  # a variant that failed the gate must not be servable
-            card.rejected_variants = {k: card.variants.pop(k) for k in gate["failed"]}
-        card.write(out_dir)
-        try:
-            raise_if_failed(gate)
-        except QualityGateError as err:
-            if v.gate == "fail":
-                # The build is kept for inspection under <out>.rejected, never under the served name.
-                _move(out_dir, rejected_uri)
-                raise QualityGateError(f"{err}\n  (the rejected build, with every figure in model_card.json, is in {rejected_uri})") from None
-            log.warning("%s (validation.gate=warn: keeping the variants)", err)
-        _publish(out_dir, out_uri, f"{card.version}", cfg.keep_versions)
-        if pruning:
-            _upload(pruned_dir, io.join(cfg.run_dir, "student_pruned"))
-    log.info("compress: %s in %.1fs; AUC %s", out_uri, time.perf_counter() - t0, {k: round(a, 4) for k, a in aucs.items()})
-    return card.to_dict()
+    student = cfg.student if ("://" in cfg.student or os.path.isabs(cfg.student)) else io.join(cfg.run_dir, cfg.student)
+    b = _Build(cfg, student, io.join(cfg.run_dir, cfg.out))
+    io.remove_dir(b.rejected_uri)
+    with tempfile.TemporaryDirectory(prefix="compress-") as b.tmp, staging(b.out_uri) as b.out_dir:
+        for step in (_prepare, _export, _quantize, _choose_fusion, _gate, _record_canary, _finish, _publish):
+            step(b)
+    log.info("compress: %s in %.1fs; AUC %s", b.out_uri, time.perf_counter() - b.t0,
+             {k: a if a is None else round(a, 4) for k, a in b.aucs.items()})
+    return b.card.to_dict()
+
+
+def _prepare(b: _Build) -> None:
+    """Decide the student kind, read calibration rows, prune (when asked), record lineage."""
+    from distillery.data.text import to_text
+    from distillery.onnx_model.kinds import kind_of_folder
+
+    cfg, v = b.cfg, b.cfg.validation
+    src = _local_dir(b.student_path, b.tmp, "student")
+    b.kind = kind_of_folder(src)  # decided once: export, parity, scoring and what may be pruned follow it
+    b.kind.check_pruning([f for f, on in (("keep_layers", cfg.keep_layers is not None),
+                                          ("keep_decoder_layers", cfg.keep_decoder_layers is not None),
+                                          ("keep_heads", cfg.keep_heads is not None),
+                                          ("ffn_keep_ratio", cfg.ffn_keep_ratio != 1.0)) if on])
+    calib_rows, b.calib_source = _rows(cfg, v.calibration_split, v.calibration_rows)
+    b.calib_texts = [to_text(r) for r in calib_rows]
+    pruned_dir = os.path.join(b.tmp, "student_pruned")
+    b.pruning = _prune(cfg, src, pruned_dir, b.calib_texts)
+    b.model_dir = pruned_dir if b.pruning else src
+    b.lineage = _lineage(cfg, b.student_path)
+    if b.pruning:
+        b.lineage["pruned_checkpoint"] = io.join(cfg.run_dir, "student_pruned")
+
+
+def _export(b: _Build) -> None:
+    """FP32 ONNX of the (pruned) student, checked logit by logit against PyTorch on the gate rows."""
+    from distillery.compress.validate import ParityError
+    from distillery.data.text import to_text
+    from distillery.onnx_model.card import ModelCard
+
+    cfg, v = b.cfg, b.cfg.validation
+    print(f"[compress] export {b.model_dir} → ONNX (opset {cfg.opset})", flush=True)
+    b.card = ModelCard.from_dict(b.kind.export(b.model_dir, b.out_dir, opset=cfg.opset, max_length=cfg.max_length,
+                                               name=cfg.name, lineage=b.lineage))
+    rows, b.source = _rows(cfg, v.split, v.rows)
+    b.texts = [to_text(r) for r in rows]
+    b.clicks = np.asarray([r.get("click") for r in rows], dtype=np.float64)
+    try:
+        b.parity = b.kind.parity(b.model_dir, b.out_dir, b.texts[:v.parity_rows], atol=v.atol,
+                                 max_length=cfg.max_length, batch_size=v.batch_size, intra_op_threads=v.num_threads)
+    except ParityError as err:  # FP32 is what every variant is judged against: nothing can be served
+        b.parity = {"passed": False, "error": str(err), "atol": v.atol}
+        _reject(b, err)
+
+
+def _quantize(b: _Build) -> None:
+    """Write each preset's variant beside FP32; the card then holds every variant the build has."""
+    from distillery.compress.quantize import PRESET_VARIANT, apply_preset
+    from distillery.onnx_model.card import ModelCard
+
+    for preset in b.cfg.presets:
+        print(f"[compress] quantize: {preset}", flush=True)
+        apply_preset(b.out_dir, preset, calibration_texts=b.calib_texts, per_channel=b.cfg.per_channel,
+                     reduce_range=b.cfg.reduce_range)
+        b.presets[PRESET_VARIANT[preset]] = preset
+    b.card = ModelCard.read(b.out_dir)  # what the quantizer recorded per variant (files, presets)
+
+
+def _choose_fusion(b: _Build) -> None:
+    """Build fused FP32+INT8 graphs; keep them (same file names) only if INT8 batch-1 p50 is ≥5% faster."""
+    from distillery.compress.quantize import FUSED_SUFFIX, fuse_transformer, quantize_file
+    from distillery.compress.validate import interleaved_latency
+    from distillery.onnx_model.scorer import OnnxScorer
+
+    if not b.kind.fusion:  # a two-tower's graph runs once per request / ad, not per candidate: not worth the search
+        b.fusion = {"chosen": "plain", "reason": f"not tried for a {b.kind.name} student"}
+        return
+    if not (b.cfg.try_fusion and "int8" in b.presets):
+        b.fusion = {"chosen": "plain", "reason": "not tried"}
+        return
+    fused = fuse_transformer(b.out_dir, "fp32")
+    if fused is None:
+        b.fusion = {"chosen": "plain", "reason": "no ORT fusion for this model type"}
+        return
+    int8 = os.path.join(b.out_dir, b.card.variants["int8"])
+    int8_fused = int8[: -len(".onnx")] + FUSED_SUFFIX + ".onnx"
+    quantize_file(fused, int8_fused, b.cfg.per_channel, b.card.presets.get("int8", {}).get("reduce_range") or False)
+    threads = b.cfg.validation.num_threads or 1
+    plain = OnnxScorer(b.out_dir, "int8", intra_op_threads=threads)
+    os.replace(int8, int8 + ".plain")  # the card's int8 file holds the fused graph while it is timed
+    os.replace(int8_fused, int8)
+    fast = OnnxScorer(b.out_dir, "int8", intra_op_threads=threads)
+    lat = interleaved_latency({"plain": plain.predict_proba, "fused": fast.predict_proba}, b.texts, calls=150)
+    chosen = "fused" if lat["fused"]["p50"] < 0.95 * lat["plain"]["p50"] else "plain"
+    if chosen == "fused":
+        os.replace(fused, os.path.join(b.out_dir, b.card.variants["fp32"]))
+        os.remove(int8 + ".plain")
+        b.card.version = f"{b.card.version}-fused"
+    else:
+        os.replace(int8 + ".plain", int8)
+        os.remove(fused)
+    b.fusion = {"chosen": chosen, "int8_batch1_ms": lat, "rule": "fused only if p50 >= 5% faster, interleaved"}
+
+
+def _gate(b: _Build) -> None:
+    """Judge every variant against FP32 on the same rows; with `validation.gate: fail` a failing one
+    is left out of the version (never servable) and the rest goes on."""
+    from distillery.compress.gate import GateThresholds
+    from distillery.compress.validate import batch1_latency, gate_failures, quality_gate
+    from distillery.metrics import roc_auc
+
+    v = b.cfg.validation
+    print(f"[compress] quality gate: {len(b.texts)} rows, {int(b.clicks.sum())} clicks, "
+          f"variants {sorted(b.card.variants)}", flush=True)
+    probs = b.kind.variant_probs(b.out_dir, list(b.card.variants), b.texts, batch_size=v.batch_size,
+                                 intra_op_threads=v.num_threads)
+    thresholds = GateThresholds(max_auc_drop=v.max_auc_drop, confidence=v.confidence,
+                                min_spearman=v.min_spearman, max_mean_abs_dp=v.max_mean_abs_dp)
+    b.gate = quality_gate(b.clicks, probs, thresholds, presets=b.presets)
+    both = 0 < int(b.clicks.sum()) < len(b.clicks)
+    b.aucs = {"fp32": roc_auc(b.clicks, probs["fp32"]) if both else None,
+              **{k: r["auc_variant"] for k, r in b.gate["variants"].items()}}
+    _print_gate(b.gate)
+    for variant in b.card.variants if v.latency_calls else ():
+        # caches off: one row = the whole model (a two-tower: a request- and an ad-tower pass)
+        scorer = b.kind.open_scorer(b.out_dir, variant, cold=True, intra_op_threads=v.num_threads or 1)
+        b.latency[variant] = batch1_latency(scorer.predict_proba, b.texts, calls=v.latency_calls)
+    failures = gate_failures(b.gate)
+    if failures and v.gate == "fail":
+        b.card.rejected_variants = {k: b.card.variants.pop(k) for k in failures}
+        b.rejected = {k: _rejection(b.gate["variants"][k], why) for k, why in failures.items()}
+        log.warning("quality gate: left out of the version, the rest is published:\n  %s", "\n  ".join(failures.values()))
+    elif failures:
+        log.warning("quality gate failed (validation.gate=warn: keeping the variants):\n  %s", "\n  ".join(failures.values()))
+    b.card.default_variant = next(x for x in DEFAULT_VARIANT_ORDER if x in b.card.variants)
+
+
+def _rejection(figures: dict[str, Any], why: str) -> dict[str, Any]:
+    """What the card and the report say about a variant the gate left out."""
+    keys = ("preset", "reasons", "auc_ref", "auc_variant", "auc_drop", "auc_drop_ci", "spearman", "mean_abs_dp")
+    return {"why": why, **{k: figures.get(k) for k in keys}}
+
+
+def _record_canary(b: _Build) -> None:
+    """`CANARY_ROWS` gate inputs and each published variant's probabilities for them, scored as a
+    replica scores (`open_scorer(folder, variant).predict(inputs)`), for checks before promotion."""
+    inputs = b.texts[:CANARY_ROWS]
+    probs = {variant: [float(p) for p in b.kind.open_scorer(b.out_dir, variant, intra_op_threads=1).predict(inputs)]
+             for variant in b.card.variants}
+    b.canary = {"inputs": inputs, "probs": probs, "atol": CANARY_ATOL,
+                "how": "onnx_model.kinds.open_scorer(folder, variant).predict(inputs): click probabilities"}
+
+
+def _finish(b: _Build) -> None:
+    """Every figure into the card, written once."""
+    card = b.card
+    card.lineage["source_model"] = b.lineage.get("pruned_checkpoint", b.student_path)  # not the temp folder
+    for variant, file in {**card.variants, **(card.rejected_variants or {})}.items():  # fusion may have replaced files
+        card.size_mb[variant] = round(os.path.getsize(os.path.join(b.out_dir, file)) / 1e6, 3)
+    card.metrics = {
+        "fp32_parity": b.parity, "auc": b.aucs, "auc_drop": {k: r["auc_drop"] for k, r in b.gate["variants"].items()},
+        "validation_rows": len(b.texts), "validation_clicks": int(b.clicks.sum()), "validation_source": b.source,
+        "calibration_source": b.calib_source, "batch1_latency_ms": b.latency, "graph_optimization": b.fusion,
+        "pruning": b.pruning, "compress_s": round(time.perf_counter() - b.t0, 1), "quality_gate": b.gate,
+        "rejected": b.rejected,
+    }
+    card.canary = b.canary
+    card.write(b.out_dir)
+
+
+def _publish(b: _Build) -> None:
+    """The build becomes the current version; the pruned checkpoint goes beside the student."""
+    from distillery.publish import move_folder, publish_version
+
+    publish_version(b.out_dir, b.out_uri, b.card.version, b.cfg.keep_versions)
+    if b.pruning:
+        move_folder(os.path.join(b.tmp, "student_pruned"), io.join(b.cfg.run_dir, "student_pruned"))
+
+
+def _reject(b: _Build, err: Exception) -> None:
+    """Keep a build with nothing to serve at `<out>.rejected` with its figures, then raise `err`'s kind."""
+    from distillery.publish import move_folder
+
+    b.card.metrics = {"fp32_parity": b.parity, "validation_rows": len(b.texts), "validation_source": b.source,
+                      "pruning": b.pruning, "compress_s": round(time.perf_counter() - b.t0, 1)}
+    b.card.write(b.out_dir)
+    move_folder(b.out_dir, b.rejected_uri)
+    raise type(err)(f"{err}\n  (nothing can be served; the rejected build, with its figures in model_card.json, "
+                    f"is in {b.rejected_uri})") from None
 
 
 def _print_gate(gate: dict[str, Any]) -> None:
     for v, r in gate["variants"].items():
-        lo, hi = r["auc_drop_ci"]
-        print(f"[compress] gate {v}: {'pass' if r['passed'] else 'FAIL'}: AUC drop {r['auc_drop']:+.4f} "
-              f"(CI [{lo:+.4f}, {hi:+.4f}]), Spearman {r['spearman']:.4f}, flipped pairs {r['flipped_pairs']:.4f}, "
+        auc = (f"AUC drop {r['auc_drop']:+.4f} (CI [{r['auc_drop_ci'][0]:+.4f}, {r['auc_drop_ci'][1]:+.4f}]), "
+               f"flipped pairs {r['flipped_pairs']:.4f}" if r["auc_drop"] is not None else r["auc_drop_reason"])
+        print(f"[compress] gate {v}: {'pass' if r['passed'] else 'FAIL'}: {auc}, Spearman {r['spearman']:.4f}, "
               f"mean |Δp| {r['mean_abs_dp']:.2e}, max |Δp| {r['max_abs_dp']:.2e}", flush=True)
-
-
-def _move(local: str, dest: str) -> None:
-    """Move a finished local folder to `dest` (a rename on the same local filesystem, else an upload)."""
-    if "://" in dest:
-        _upload(local, dest)
-        return
-    io.remove_dir(dest)
-    os.replace(local, dest)
-
-
-def _publish(local: str, dest: str, version: str, keep: int) -> str:
-    """Make the build at `local` the current model `dest`; returns the folder it now names.
-
-    Local: moved to `<dest>.versions/<time>-<version>/` (immutable from here on), then `dest`, a
-    relative symlink, is switched to it by one rename, so a reader of `dest` sees the old model or
-    the new one, never a mix or nothing; a real folder left by an earlier release becomes a version
-    first. Versions beyond the newest `keep` are removed (the current one never). URIs: an upload
-    over `dest` (object stores have no links)."""
-    if "://" in dest:
-        _upload(local, dest)
-        return dest
-    versions = f"{dest.rstrip('/')}.versions"
-    os.makedirs(versions, exist_ok=True)
-    if os.path.isdir(dest) and not os.path.islink(dest):  # published before versions existed
-        os.replace(dest, os.path.join(versions, time.strftime("%Y%m%dT%H%M%S", time.localtime(os.path.getmtime(dest))) + "-earlier"))
-    final = os.path.join(versions, f"{time.strftime('%Y%m%dT%H%M%S')}-{version}")
-    if os.path.exists(final):
-        final = f"{final}-{os.getpid()}"
-    os.replace(local, final)
-    link = f"{dest.rstrip('/')}.link-{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(link)
-    os.symlink(os.path.relpath(final, os.path.dirname(os.path.abspath(dest))), link)
-    os.replace(link, dest)  # the atomic switch
-    current = os.path.realpath(dest)
-    for old in sorted(os.listdir(versions))[:-keep]:
-        path = os.path.join(versions, old)
-        if os.path.realpath(path) != current:
-            shutil.rmtree(path, ignore_errors=True)
-    log.info("compress: %s now names %s", dest, final)
-    return final
-
-
-def _upload(local: str, dest: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, p = io.filesystem(dest)
-    if isinstance(fs, pafs.LocalFileSystem) and os.path.abspath(local) == p:
-        return
-    if isinstance(fs, pafs.LocalFileSystem) and os.path.isdir(p):
-        shutil.rmtree(p)
-    io.makedirs(dest)
-    pafs.copy_files(local, p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -21,7 +21,7 @@ from distillery.compress.gate import GateThresholds, gate_decision, paired_compa
 from distillery.metrics import percentiles
 
 __all__ = ["QualityGateError", "ParityError", "torch_logits", "onnx_logits", "fp32_parity", "variant_probs",
-           "quality_gate", "raise_if_failed", "batch1_latency", "interleaved_latency"]
+           "quality_gate", "gate_failures", "raise_if_failed", "batch1_latency", "interleaved_latency"]
 
 
 class ParityError(RuntimeError):
@@ -106,32 +106,59 @@ def quality_gate(clicks: np.ndarray, probs: dict[str, np.ndarray], thresholds: G
     if len(clicks) != len(probs[reference]):
         raise ValueError(f"clicks: {len(clicks)} labels for {len(probs[reference])} predictions")
     n_pos = int((clicks == 1).sum())
-    if n_pos < 2 or len(clicks) - n_pos < 2:
-        raise ValueError(f"clicks: {n_pos} clicks in {len(clicks)} rows; the gate needs both classes "
-                         "(raise validation.rows)")
+    if len(clicks) < 2:
+        raise ValueError(f"clicks: {len(clicks)} rows; the gate needs rows to compare on (raise validation.rows)")
+    with_auc = n_pos >= 2 and len(clicks) - n_pos >= 2
     variants = {}
     for v, p in probs.items():
         if v == reference:
             continue
-        stats = paired_comparison(clicks, probs[reference], p, thresholds.confidence)
-        variants[v] = {**stats, **gate_decision(stats, thresholds), "preset": (presets or {}).get(v, v)}
+        if with_auc:
+            stats = paired_comparison(clicks, probs[reference], p, thresholds.confidence)
+            variants[v] = {**stats, **gate_decision(stats, thresholds)}
+        else:
+            variants[v] = _rank_only(clicks, probs[reference], p, thresholds)
+        variants[v]["preset"] = (presets or {}).get(v, v)
     failed = sorted(v for v, r in variants.items() if not r["passed"])
     return {"passed": not failed, "failed": failed, "reference": reference,
             "thresholds": asdict(thresholds), "variants": variants}
 
 
-def raise_if_failed(result: dict[str, Any]) -> None:
-    """QualityGateError naming each failed variant, why, and the less aggressive preset to try."""
+def _rank_only(clicks: np.ndarray, ref: np.ndarray, variant: np.ndarray, thresholds: GateThresholds) -> dict[str, Any]:
+    """The gate without its AUC test, for rows with fewer than two clicks or non-clicks (no pair to
+    rank): rank agreement and |Δp| against `ref` decide; the AUC figures are null with the reason."""
+    from scipy.stats import kendalltau, spearmanr
+
+    ref, variant = np.asarray(ref, dtype=np.float64).ravel(), np.asarray(variant, dtype=np.float64).ravel()
+    same = bool(np.all(ref == variant))
+    dp = np.abs(variant - ref)
+    stats = {"spearman": 1.0 if same else float(spearmanr(ref, variant).statistic),
+             "kendall": 1.0 if same else float(kendalltau(ref, variant).statistic),
+             "max_abs_dp": float(dp.max(initial=0.0)), "mean_abs_dp": float(dp.mean()) if len(dp) else 0.0,
+             "rows": int(len(ref)), "clicks": int(np.sum(clicks == 1))}
+    decision = gate_decision({**stats, "auc_drop_ci": [float("-inf"), float("inf")]}, thresholds)
+    none = dict.fromkeys(("auc_ref", "auc_variant", "auc_drop", "auc_drop_se", "auc_drop_ci", "p_value", "flipped_pairs"))
+    return {**none, **stats, **decision, "confidence": thresholds.confidence,
+            "auc_drop_reason": f"{stats['clicks']} clicks in {stats['rows']} gate rows: no AUC to compare "
+                               "(raise validation.rows); rank agreement and |Δp| decided"}
+
+
+def gate_failures(result: dict[str, Any]) -> dict[str, str]:
+    """{failed variant: why, and the less aggressive preset to try} of a `quality_gate` result."""
     from distillery.compress.quantize import LESS_AGGRESSIVE
 
-    if result["passed"]:
-        return
-    lines = []
+    out = {}
     for v in result["failed"]:
         r = result["variants"][v]
-        lines.append(f"{v} ({r['preset']}): " + "; ".join(r["reasons"])
-                     + f"; try the less aggressive preset: {LESS_AGGRESSIVE.get(r['preset'], 'fp32')}")
-    raise QualityGateError("quality gate failed:\n  " + "\n  ".join(lines))
+        out[v] = (f"{v} ({r['preset']}): " + "; ".join(r["reasons"])
+                  + f"; try the less aggressive preset: {LESS_AGGRESSIVE.get(r['preset'], 'fp32')}")
+    return out
+
+
+def raise_if_failed(result: dict[str, Any]) -> None:
+    """QualityGateError naming each failed variant, why, and the less aggressive preset to try."""
+    if not result["passed"]:
+        raise QualityGateError("quality gate failed:\n  " + "\n  ".join(gate_failures(result).values()))
 
 
 def batch1_latency(predict, texts: list[str], *, calls: int = 200, warmup: int = 20) -> dict[str, float]:

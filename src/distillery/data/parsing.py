@@ -8,22 +8,22 @@ plus extra string columns and a reject is `(id or None, "file:line", reason nami
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
-import os
 import posixpath
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from distillery.data.schema import CLICK, CLICK_PROB, ID, LOG_SCHEMA, TEXT_FIELDS
+from distillery.data.schema import CLICK, CLICK_PROB, ID, LOG_SCHEMA, TEXT_FIELDS, is_index_column
 
 __all__ = [
     "KNOWN", "CRITEO_HEADER", "RowError", "Reject", "Parsed", "as_int", "as_text", "click_label", "typed_value",
-    "check_utf8", "generic_mapper", "criteo_row", "avazu_row", "file_stem", "file_suffix", "id_prefix",
-    "parse_delimited", "json_documents", "parse_jsonl", "log_row",
+    "check_utf8", "generic_mapper", "criteo_row", "avazu_row", "file_stem", "file_suffix", "content_id",
+    "with_content_id", "CONTENT_ID_PREFIX", "parse_delimited", "json_documents", "parse_jsonl", "log_row",
 ]
 
 KNOWN = {f.name: f.type for f in LOG_SCHEMA}
@@ -128,15 +128,47 @@ def check_utf8(fields: dict[str, str]) -> None:
                 raise RowError(f"{name}: undecodable bytes (not UTF-8)") from None
 
 
+# ---------------------------------------------------------------- identity of a row without an id
+
+CONTENT_ID_PREFIX = "c-"
+# 96 bits: a day of a large exchange's log (1e9 impressions) collides with odds ~1e-11, where 64 bits
+# (~3%) would reject a real impression as a duplicate now and then.
+_CONTENT_ID_BYTES = 12
+
+
+def content_id(row: dict[str, Any]) -> str:
+    """The id of a log row that carries none: `c-<24 hex>`, a BLAKE2b hash of the row's content.
+
+    Content is every column of the row as read (typed, `label_column` renamed to `click`) except
+    `id` and row-number index columns (`schema.is_index_column`: they number lines, not impressions),
+    written as JSON with sorted keys; a null and an absent column are the same. So the same
+    impression exported twice (overlapping daily files, a double write) has one id wherever it
+    appears, a changed row gets a new id, and rewriting a file keeps the ids of its unchanged rows.
+    """
+    body = {k: v for k, v in row.items()
+            if k != ID and v is not None and not (isinstance(v, float) and math.isnan(v)) and not is_index_column(k)}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    digest = hashlib.blake2b(blob.encode("utf-8", errors="surrogatepass"), digest_size=_CONTENT_ID_BYTES)
+    return CONTENT_ID_PREFIX + digest.hexdigest()
+
+
+def with_content_id(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with `content_id(row)` as its id when the source gave it none (`id` None)."""
+    if row.get(ID) is None:
+        row[ID] = content_id(row)
+    return row
+
+
 # ---------------------------------------------------------------- row mappers (source dict -> log row)
 
-Mapper = Callable[[dict[str, Any], str], dict[str, Any]]
+# (raw row, id to use when the source has no id column: None leaves it to `with_content_id`) -> log row
+Mapper = Callable[[dict[str, Any], str | None], dict[str, Any]]
 
 
 def generic_mapper(label_column: str | None) -> Mapper:
-    """Known columns typed, `label_column` renamed to `click`, `id` kept or derived, the rest strings."""
+    """Known columns typed, `label_column` renamed to `click`, `id` kept or `default_id`, the rest strings."""
 
-    def to_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
+    def to_row(raw: dict[str, Any], default_id: str | None) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for name, value in raw.items():
             target = CLICK if name == label_column else name
@@ -153,7 +185,7 @@ def generic_mapper(label_column: str | None) -> Mapper:
     return to_row
 
 
-def criteo_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
+def criteo_row(raw: dict[str, Any], default_id: str | None) -> dict[str, Any]:
     """`label` -> click; I1..I13 as integer text (`260.0` -> `260`), C1..C26 as given; empty -> null."""
     row: dict[str, Any] = {ID: default_id, CLICK: click_label(raw["label"], "label")}
     for name, value in raw.items():
@@ -179,7 +211,7 @@ def _avazu_hour(value: str) -> tuple[int, int]:
     return int(when.timestamp()), when.hour
 
 
-def avazu_row(raw: dict[str, Any], default_id: str) -> dict[str, Any]:
+def avazu_row(raw: dict[str, Any], default_id: str | None) -> dict[str, Any]:
     """Avazu: `id` kept as text (most exceed int64), hour -> ts + hour of day, slot from C15xC16."""
     rid = (raw.get(ID) or "").strip()
     if not rid:
@@ -245,27 +277,6 @@ def file_suffix(path: str) -> str:
     return "." + name.rsplit(".", 1)[1] if "." in name else ""
 
 
-def id_prefix(path: str, root: str | None = None) -> str:
-    """The `<prefix>` of a file's default row ids `<prefix>:<line>`.
-
-    The file's path below `root` without its suffixes (`day-2/part-0` for `<root>/day-2/part-0.csv.gz`),
-    so same-named files in different folders never share ids; the bare stem when `root` is None or
-    holds the file directly (`part-0`); the whole path without suffixes when the file is outside `root`.
-    """
-    stem = file_stem(path)
-    if root is None:
-        return stem
-
-    def normal(p: str) -> str:
-        return str(p).rstrip("/") if "://" in str(p) else os.path.realpath(p)
-
-    full, base = normal(path), normal(root)
-    folder = posixpath.dirname(full)
-    if full.startswith(base + "/"):
-        folder = posixpath.dirname(full[len(base) + 1:])
-    return f"{folder}/{stem}" if folder else stem
-
-
 def _delimited_records(path: str, data: bytes, delimiter: str, header: list[str] | None
                        ) -> tuple[list[str], Iterator[tuple[int, dict[str, str] | None, str | None]], bool]:
     """(header, records, clean): each record is (line, {column: text}, None), or (line, None, reason)
@@ -307,27 +318,23 @@ def _delimited_records(path: str, data: bytes, delimiter: str, header: list[str]
 
 
 def parse_delimited(path: str, data: bytes, delimiter: str, mapper: Mapper, header: list[str] | None = None,
-                    label_column: str | None = None, prefix: str | None = None) -> Parsed:
-    """Rows of a CSV/TSV file through `mapper`; ids default to `<prefix>:<line>` (header = line 1).
+                    label_column: str | None = None) -> Parsed:
+    """Rows of a CSV/TSV file through `mapper`; a file without an `id` column gets `content_id`s.
 
     `header`: the column names of a file without a header row (headerless Criteo); else line 1.
-    `prefix`: see `id_prefix`; the file's stem when None.
+    A reject's id is the row's own id when it has one, else None (its source `file:line` names it).
     """
-    rows, rejects, stem = [], [], prefix or file_stem(path)
+    rows, rejects = [], []
     header, records, clean = _delimited_records(path, data, delimiter, header)
     if label_column and header and label_column not in header:
         raise ValueError(f"{path}: label column {label_column!r} not found; columns are {header}")
     for line, raw, problem in records:
-        default_id = f"{stem}:{line}"
-        if ID not in header:
-            rid = default_id
-        else:  # the row's own id, if the row could be split at all
-            rid = (raw.get(ID) or None) if raw is not None else None
+        rid = (raw.get(ID) or None) if raw is not None and ID in header else None
         if problem is None:
             try:
                 if not clean:
                     check_utf8(raw)
-                rows.append(mapper(raw, default_id))
+                rows.append(with_content_id(mapper(raw, None)))
                 continue
             except RowError as err:
                 problem = str(err)
@@ -351,29 +358,29 @@ def json_documents(path: str, data: bytes, whole: bool) -> Iterator[tuple[int, A
             yield line, None, f"line: not valid JSON ({err})"
 
 
-def parse_jsonl(path: str, data: bytes, label_column: str | None, prefix: str | None = None) -> Parsed:
-    """One JSON object per line; nested values become JSON text, ids default to `<prefix>:<line>`
-    (`prefix`: see `id_prefix`; the file's stem when None)."""
-    rows, rejects, to_row, stem = [], [], generic_mapper(label_column), prefix or file_stem(path)
+def parse_jsonl(path: str, data: bytes, label_column: str | None) -> Parsed:
+    """One JSON object per line; nested values become JSON text; an object without `id` gets its
+    `content_id`. A reject's id is the object's own id when it has one, else None."""
+    rows, rejects, to_row = [], [], generic_mapper(label_column)
     for line, obj, problem in json_documents(path, data, whole=False):
         rid = None
         if problem is None and not isinstance(obj, dict):
             problem = f"line: expected a JSON object, got {type(obj).__name__}"
         if problem is None:
-            rid = as_text(obj.get(ID)) if ID in obj else f"{stem}:{line}"
+            rid = as_text(obj.get(ID))
             try:
                 for key in obj:  # a JSON-escaped lone surrogate ("\ud800") in a field name
                     check_utf8({"field name": key})
                 check_utf8({k: v for k, v in obj.items() if isinstance(v, str)})  # "\udc80" escapes
-                rows.append(to_row(obj, f"{stem}:{line}"))
+                rows.append(with_content_id(to_row(obj, None)))
                 continue
             except RowError as err:
                 problem = str(err)
         if rid is not None and not rid.isascii():
             try:
                 rid.encode("utf-8")
-            except UnicodeEncodeError:  # the reject is still written, under its line's id
-                rid = f"{stem}:{line}"
+            except UnicodeEncodeError:  # the reject is still written; its source names the line
+                rid = None
         rejects.append((rid, f"{path}:{line}", problem))
     if label_column and rows and not any(CLICK in r for r in rows):
         raise ValueError(f"{path}: label column {label_column!r} not found in any row")

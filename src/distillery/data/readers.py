@@ -3,6 +3,10 @@
     result = read_logs("../shared/data/avazu-deepctr")          # file, folder or URI; format sniffed
     result.table      # LOG_SCHEMA columns the source provides + unknown columns as extra strings
     result.rejects    # id (may be null), source (file:line), reason (names the field)
+
+A log without an `id` column (Criteo, most CSV exports) gets content ids (`parsing.content_id`): the
+same impression read twice has one id, so a duplicate is found and rejected downstream, not counted
+as a second impression.
     inspect_logs("logs.csv", label_column="clicked")            # rows, clicks, click_rate, ...
 
 A row the reader cannot parse (wrong column count, undecodable bytes, a bad label or number) goes
@@ -12,6 +16,8 @@ label (`schema.row_problem`) is the labeling job's call, not the reader's.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -31,11 +37,11 @@ from distillery.data.parsing import (
     RowError,
     as_text,
     avazu_row,
+    content_id,
     criteo_row,
     file_stem,
     file_suffix,
     generic_mapper,
-    id_prefix,
     json_documents,
     parse_delimited,
     parse_jsonl,
@@ -65,11 +71,17 @@ _SUFFIXES["auto"] = tuple(sorted({s for v in _SUFFIXES.values() for s in v}))
 @dataclass(frozen=True)
 class ReadResult:
     """`table`: one row per impression (`id` always, other LOG_SCHEMA columns as provided, extras as
-    strings); `rejects`: `REJECT_SCHEMA` rows; `files`: the files read, in order."""
+    strings); `rejects`: `REJECT_SCHEMA` rows; `files`: the files read, in order; `file_rows`: how
+    many rows of `table` each of them gave (the table holds them in that order)."""
 
     table: pa.Table
     rejects: pa.Table
     files: tuple[str, ...] = field(default=())
+    file_rows: tuple[int, ...] = field(default=())
+
+    def file_of_row(self, position: int) -> str:
+        """The file row `position` of `table` was read from."""
+        return self.files[bisect.bisect_right(list(itertools.accumulate(self.file_rows)), position)]
 
 
 def _parse_openrtb(path: str, data: bytes, outcomes: dict[str, Any] | None) -> Parsed:
@@ -101,10 +113,16 @@ def _parse_openrtb(path: str, data: bytes, outcomes: dict[str, Any] | None) -> P
     return rows, rejects
 
 
-def _read_parquet(path: str, label_column: str | None, prefix: str | None = None) -> tuple[pa.Table, list[Reject]]:
+def _with_content_ids(table: pa.Table) -> pa.Table:
+    """`table` (no `id` column) with each row's `content_id` as its id."""
+    ids = pa.array([content_id(row) for row in table.to_pylist()], pa.string())
+    return table.append_column(ID, ids)
+
+
+def _read_parquet(path: str, label_column: str | None) -> tuple[pa.Table, list[Reject]]:
     """Known columns cast to LOG_SCHEMA types, the rest to strings; values that will not cast are
     coerced one by one, and rows that still fail are rejected (source `file:row`, rows from 1).
-    Without an `id` column ids are `<prefix>:<row>` (`prefix`: see `id_prefix`)."""
+    Without an `id` column ids are content ids, of the typed row (as the text readers make them)."""
     fs, inner = io.filesystem(path)
     table = pq.read_table(inner, filesystem=fs)
     if label_column and label_column != CLICK:
@@ -112,9 +130,9 @@ def _read_parquet(path: str, label_column: str | None, prefix: str | None = None
             raise ValueError(f"{path}: label column {label_column!r} not found; columns are {table.column_names}")
         names = ["click_original" if n == CLICK else n for n in table.column_names]
         table = table.rename_columns([CLICK if n == label_column else n for n in names])
-    if ID not in table.column_names:
-        stem = prefix or file_stem(path)
-        table = table.append_column(ID, pa.array([f"{stem}:{i + 1}" for i in range(table.num_rows)], pa.string()))
+    derive_ids = ID not in table.column_names
+    if derive_ids:  # a placeholder until the row is typed: a content id hashes typed values
+        table = table.append_column(ID, pa.nulls(table.num_rows, pa.string()))
     bad: dict[int, str] = {}
     columns = {}
     for name in table.column_names:
@@ -138,9 +156,13 @@ def _read_parquet(path: str, label_column: str | None, prefix: str | None = None
                 values.append(None)
         columns[name] = pa.array(values, typ)
     table = pa.table(columns)
+    if derive_ids:
+        table = _with_content_ids(table.drop_columns([ID])).select(table.column_names)
     missing_id = pc.is_null(table.column(ID)).to_pylist()
     bad.update({i: f"{ID}: missing" for i, m in enumerate(missing_id) if m and i not in bad})
-    rejects = [(table.column(ID)[i].as_py(), f"{path}:{i + 1}", reason) for i, reason in sorted(bad.items())]
+    # a rejected row's content is not what was read (its bad values are gone): its source names it
+    rejects = [(None if derive_ids else table.column(ID)[i].as_py(), f"{path}:{i + 1}", reason)
+               for i, reason in sorted(bad.items())]
     if bad:
         keep = pa.array([i not in bad for i in range(table.num_rows)])
         table = table.filter(keep)
@@ -218,47 +240,44 @@ def _ordered(table: pa.Table, extras_order: list[str]) -> pa.Table:
     return table.select(known + [n for n in extras_order if n in table.column_names and n not in KNOWN])
 
 
-def _read_file(file: str, kind: str, label_column: str | None, outcomes: dict[str, Any] | None,
-               prefix: str | None = None) -> tuple[pa.Table, list[Reject]]:
+def _read_file(file: str, kind: str, label_column: str | None, outcomes: dict[str, Any] | None
+               ) -> tuple[pa.Table, list[Reject]]:
     if kind == "parquet":
-        return _read_parquet(file, label_column, prefix)
+        return _read_parquet(file, label_column)
     data = io.read_bytes(file)
     if kind == "openrtb":
         rows, rejects = _parse_openrtb(file, data, outcomes)
     elif kind == "jsonl":
-        rows, rejects = parse_jsonl(file, data, label_column, prefix)
+        rows, rejects = parse_jsonl(file, data, label_column)
     elif kind in ("criteo", "avazu"):
         first = data.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff")
         delimiter = "\t" if "\t" in first else ","
         # Kaggle's Criteo train.txt has no header row; DeepCTR's sample and Avazu have one
         header = CRITEO_HEADER if kind == "criteo" and first.split(delimiter)[0].strip() != "label" else None
-        rows, rejects = parse_delimited(file, data, delimiter, criteo_row if kind == "criteo" else avazu_row, header,
-                                        prefix=prefix)
+        rows, rejects = parse_delimited(file, data, delimiter, criteo_row if kind == "criteo" else avazu_row, header)
     else:
         rows, rejects = parse_delimited(file, data, "\t" if kind == "tsv" else ",", generic_mapper(label_column),
-                                        label_column=label_column, prefix=prefix)
+                                        label_column=label_column)
     return _rows_to_table(rows), rejects
 
 
 def read_logs(path: str, fmt: str = "auto", label_column: str | None = None,
-              outcomes: str | None = None, id_root: str | None = None) -> ReadResult:
+              outcomes: str | None = None) -> ReadResult:
     """Read ad logs from a file, a folder (its log files, sorted) or a URI into LOG_SCHEMA rows.
 
     `fmt`: one of `FORMATS`; `auto` decides per file (`detect_format`) and, in a folder, skips files
     that are not logs (e.g. `SOURCE.md`). `label_column`: the click column of a generic
     CSV/TSV/JSONL/parquet or of an outcomes file (renamed to `click`, values coerced to 0/1).
     `outcomes`: for OpenRTB, a CSV/TSV/JSONL of `id` (`<request.id>:<imp.id>`) and click; with fmt
-    `auto`/`openrtb` a file named `outcomes.*` in the folder is used the same way. `id_root`: rows
-    without an `id` get `<path below id_root, suffixes dropped>:<line>` (`parsing.id_prefix`); by
-    default the folder read (a single file: its stem), so same-named files in subfolders never
-    share ids. Files or folders whose name starts with `_` or `.` are skipped. Raises ValueError
+    `auto`/`openrtb` a file named `outcomes.*` in the folder is used the same way. Rows without an
+    `id` get their content id (`parsing.content_id`), wherever the file lies or however it is named.
+    Files or folders whose name starts with `_` or `.` are skipped. Raises ValueError
     for an unknown format or a missing label column, FileNotFoundError for a missing path.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt: {fmt!r} is not one of {FORMATS}")
     listing = io.list_files(path)
     single = listing == [str(path)]
-    root = id_root if id_root is not None else (None if single else str(path))
     files = listing if single else [f for f in listing if file_suffix(f) in _SUFFIXES[fmt]]
     outcome_files = [f for f in files if _is_outcomes(f)] if not single and fmt in ("auto", "openrtb") else []
     if outcomes is not None:
@@ -269,7 +288,7 @@ def read_logs(path: str, fmt: str = "auto", label_column: str | None = None,
         found, bad = _load_outcomes(outcome_file, label_column)
         outcome_map = {**(outcome_map or {}), **found}
         rejects += bad
-    tables, read, extras = [], [], []
+    tables, read, extras, file_rows = [], [], [], []
     for file in files:
         if file in outcome_files:
             continue
@@ -281,8 +300,9 @@ def read_logs(path: str, fmt: str = "auto", label_column: str | None = None,
                 raise ValueError(f"{file}: cannot tell the log format from the name; pass fmt")
             log.info("skipping %s: not a log file", file)
             continue
-        table, bad = _read_file(file, kind, label_column, outcome_map, id_prefix(file, root))
+        table, bad = _read_file(file, kind, label_column, outcome_map)
         read.append(file)
+        file_rows.append(table.num_rows)
         extras += [n for n in table.column_names if n not in KNOWN and n not in extras]
         tables.append(table)
         rejects += bad
@@ -291,7 +311,7 @@ def read_logs(path: str, fmt: str = "auto", label_column: str | None = None,
     table = _ordered(table, extras)
     reject_table = pa.Table.from_pylist([dict(zip(REJECT_SCHEMA.names, r)) for r in rejects], schema=REJECT_SCHEMA)
     log.info("read %d rows from %d files of %s (%d rejected)", table.num_rows, len(read), path, len(rejects))
-    return ReadResult(table=table, rejects=reject_table, files=tuple(read))
+    return ReadResult(table=table, rejects=reject_table, files=tuple(read), file_rows=tuple(file_rows))
 
 
 def inspect_logs(path: str, fmt: str = "auto", label_column: str | None = None) -> dict[str, Any]:

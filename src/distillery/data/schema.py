@@ -38,12 +38,13 @@ TEXT_FIELDS = CONTEXT_FIELDS + AD_FIELDS
 NON_TEXT_COLUMNS = frozenset({ID, "ts", CLICK, CLICK_PROB, "split", "_source"})
 
 INT_FIELDS = frozenset({"hour", "position", "ts"})
-_INDEX_COLUMN = re.compile(r"Unnamed: \d+")
+_INDEX_COLUMN = re.compile(r"Unnamed: \d+|__index_level_\d+__")
 
 
 def is_index_column(name: str) -> bool:
     """A row-number column a dataframe library wrote (pandas `to_csv`: an empty header, read back as
-    `Unnamed: 0`): it numbers rows, it says nothing about the impression."""
+    `Unnamed: 0`; `to_parquet`: `__index_level_0__`): it numbers rows, it says nothing about the
+    impression (nor about its identity: `parsing.content_id` leaves it out)."""
     return not str(name).strip() or bool(_INDEX_COLUMN.fullmatch(str(name)))
 
 

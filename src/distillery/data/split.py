@@ -18,26 +18,39 @@ generator's unlabeled split, enforced by `training.data.DataSection.hidden_click
 - Rejects: rows the reader cannot parse, and rows whose time is missing or unparseable, go to
   `<out>/_rejects/rejects.parquet` (`id, source, reason`) and are counted; every input row ends in
   exactly one split or the rejects.
+- Duplicates: a later row with the id of an earlier one (a log without ids: the same content, see
+  `parsing.content_id`) goes to the rejects, naming the file where the id was first seen; the
+  first row keeps it.
 - Row-number index columns (`schema.is_index_column`: a pandas index) are dropped.
-- `<out>/_SPLIT.json` holds the summary (`--json` prints it) and is written last.
+- `<out>/_SPLIT.json` holds the summary (`--json` prints it).
+- Written aside, then swapped in: everything goes to a hidden sibling folder (`.<out name>.split-new-*`),
+  which replaces `<out>` by rename at the end, so a failed or killed split leaves the earlier data
+  whole (a kill between the two renames of the swap leaves it under `.<out name>.split-old-*`, and
+  the next split puts it back first). `<out>` may hold only what a split writes, and may not hold
+  the log nor lie inside its folder. On object stores a folder rename is a copy, so the swap there
+  moves file by file (not atomic).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import posixpath
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from pydantic import Field, field_validator
 
 from distillery import io
 from distillery.config import Section
-from distillery.data.readers import FORMATS, REJECT_SCHEMA, read_logs
+from distillery.data.readers import FORMATS, REJECT_SCHEMA, ReadResult, read_logs
 from distillery.data.schema import CLICK, ID, is_index_column
 
 __all__ = ["LogsConfig", "SPLITS", "SUMMARY_FILE", "REJECTS_DIR", "split_logs", "parse_times"]
@@ -146,21 +159,110 @@ def _iso(seconds: int | None) -> str | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _clear(folder: str) -> None:
-    """Remove the parquet parts an earlier split left in `folder` (a smaller re-split must not mix)."""
-    if io.exists(folder):
-        for f in io.list_files(folder):
-            io.remove_file(f)
-
-
 def _write_split(table: pa.Table, folder: str, files: int) -> int:
-    _clear(folder)
     io.makedirs(folder)
     parts = max(1, min(files, table.num_rows))
     bounds = np.linspace(0, table.num_rows, parts + 1).astype(int)
     for p in range(parts):
         io.write_parquet(table.slice(bounds[p], bounds[p + 1] - bounds[p]), io.join(folder, f"part-{p:05d}.parquet"))
     return parts
+
+
+def _reject_duplicates(result: ReadResult) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The log's rows without later repeats of an id (file order: the first row owns it), and a
+    reject for each repeat naming the file where its id was first seen."""
+    first: dict[str, int] = {}
+    keep, rejects = [], []
+    for i, rid in enumerate(result.table.column(ID).to_pylist()):
+        keep.append(rid not in first)
+        if keep[-1]:
+            first[rid] = i
+        else:
+            rejects.append({ID: rid, "source": result.file_of_row(i), "reason": (
+                f"{ID}: duplicate of an earlier row in {result.file_of_row(first[rid])} (the first row with an id owns it)")})
+    return (result.table.filter(pa.array(keep)) if rejects else result.table), rejects
+
+
+# ---------------------------------------------------------------- write aside, then swap
+
+_OWNED = frozenset({*SPLITS, REJECTS_DIR, SUMMARY_FILE})  # all a split writes under <out>
+
+
+def _real(path: str) -> str:
+    return str(path).rstrip("/") if "://" in str(path) else os.path.realpath(path)
+
+
+def _parent_and_name(path: str) -> tuple[str, str]:
+    real = _real(path)
+    return real.rsplit("/", 1) if "://" in real else (os.path.dirname(real), os.path.basename(real))
+
+
+def _children(folder: str) -> list[str]:
+    """Names directly under `folder` ([] when it does not exist)."""
+    fs, p = io.filesystem(folder)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return []
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(p)))
+
+
+def _check_out(log_path: str, out_dir: str) -> None:
+    """Refuse an `out_dir` whose replacement would delete the log or files a split does not write,
+    or that lies inside the log's folder (the next read would take the split's parts for logs)."""
+    log_real, out = _real(log_path), _real(out_dir)
+    if log_real == out or log_real.startswith(out + "/"):
+        raise ValueError(f"out: {out_dir} holds the log {log_path}; a split replaces its output folder whole, "
+                         "which would delete the log: choose a folder outside it (e.g. runs/<name>/data)")
+    fs, p = io.filesystem(log_path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory and out.startswith(log_real + "/"):
+        raise ValueError(f"out: {out_dir} lies inside the log folder {log_path}; the next read of the logs would "
+                         "take the split's own files for logs: choose a folder outside it")
+    extra = [n for n in _children(out_dir) if n not in _OWNED]
+    if extra:
+        raise ValueError(f"out: {out_dir} holds {extra[:5]}, which a split does not write; a split replaces its "
+                         "output folder whole: choose an empty folder or one an earlier split wrote")
+
+
+def _aside(out_dir: str, kind: str) -> list[str]:
+    """Hidden siblings of `out_dir` a split made: `new` (staging) or `old` (moved aside by a swap)."""
+    parent, name = _parent_and_name(out_dir)
+    prefix = f".{name}.split-{kind}-"
+    return [io.join(parent, n) for n in _children(parent) if n.startswith(prefix)]
+
+
+def _move(src: str, dst: str) -> None:
+    """Rename a folder (local: atomic); on object stores, file by file."""
+    fs, p = io.filesystem(src)
+    _, q = io.filesystem(dst)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.rename(p, q)
+        return
+    for f in fs.get_file_info(pafs.FileSelector(p, recursive=True)):
+        if f.type == pafs.FileType.File:
+            fs.create_dir(posixpath.dirname(q + f.path[len(p):]), recursive=True)
+            fs.move(f.path, q + f.path[len(p):])
+    fs.delete_dir(p)
+
+
+def _recover(out_dir: str) -> None:
+    """Undo a killed split: the folder a killed swap moved aside goes back, unfinished staging goes."""
+    old = _aside(out_dir, "old")
+    if old and not io.exists(out_dir):
+        log.warning("%s: restoring the data a killed split had moved aside (%s)", out_dir, old[0])
+        _move(old[0], out_dir)
+    for leftover in _aside(out_dir, "new") + _aside(out_dir, "old"):
+        io.remove_dir(leftover)
+
+
+def _swap_in(staging: str, out_dir: str) -> None:
+    """`staging` becomes `out_dir`; the earlier `out_dir` is moved aside, then deleted."""
+    parent, name = _parent_and_name(out_dir)
+    if io.exists(out_dir):
+        old = io.join(parent, f".{name}.split-old-{uuid.uuid4().hex[:8]}")
+        _move(out_dir, old)
+        _move(staging, out_dir)
+        io.remove_dir(old)
+    else:
+        _move(staging, out_dir)
 
 
 def _summary(table: pa.Table, files: int, timed: bool) -> dict[str, Any]:
@@ -185,12 +287,31 @@ def split_logs(cfg: LogsConfig, out_dir: str, progress: Callable[[str], None] | 
     `progress`: where the progress lines go (default: stdout)."""
     say = progress or (lambda line: print(line, flush=True))
     t0 = time.perf_counter()
+    _check_out(cfg.path, out_dir)
+    _recover(out_dir)
     say(f"[split] reading {cfg.path} (format {cfg.format})")
     result = read_logs(cfg.path, fmt=cfg.format, label_column=cfg.label_column)
-    table, rejects = result.table, result.rejects.to_pylist()
-    rows_read = table.num_rows + len(rejects)
-    say(f"[split] {rows_read} rows in {len(result.files)} file(s): {len(rejects)} rejected by the reader "
-        f"({time.perf_counter() - t0:.1f}s)")
+    rejects = result.rejects.to_pylist()
+    rows_read = result.table.num_rows + len(rejects)
+    table, duplicates = _reject_duplicates(result)
+    rejects += duplicates
+    say(f"[split] {rows_read} rows in {len(result.files)} file(s): {result.rejects.num_rows} rejected by the reader, "
+        f"{len(duplicates)} duplicates ({time.perf_counter() - t0:.1f}s)")
+    parent, name = _parent_and_name(out_dir)
+    staging = io.join(parent, f".{name}.split-new-{uuid.uuid4().hex[:8]}")
+    try:
+        summary = _split_into(cfg, result, table, rejects, rows_read, staging, say)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        io.write_json(io.join(staging, SUMMARY_FILE), summary)
+        _swap_in(staging, out_dir)
+    finally:
+        io.remove_dir(staging)
+    return summary
+
+
+def _split_into(cfg: LogsConfig, result: ReadResult, table: pa.Table, rejects: list[dict[str, Any]],
+                rows_read: int, out_dir: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Order `table` in time, write the three splits and the rejects under `out_dir`; the summary."""
     dropped = {n: "row-number index column" for n in table.column_names if is_index_column(n)}
     table = table.drop_columns(list(dropped))
     time_column = _time_column(table, cfg.time_column)
@@ -226,7 +347,6 @@ def split_logs(cfg: LogsConfig, out_dir: str, progress: Callable[[str], None] | 
         key = str(r.get("reason") or "unreadable row").split(" (", 1)[0][:80]
         reasons[key] = reasons.get(key, 0) + 1
     reject_dir = io.join(out_dir, REJECTS_DIR)
-    _clear(reject_dir)
     if rejects:
         io.makedirs(reject_dir)
         io.write_parquet(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), io.join(reject_dir, "rejects.parquet"))
@@ -234,9 +354,8 @@ def split_logs(cfg: LogsConfig, out_dir: str, progress: Callable[[str], None] | 
         reject_reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         columns=table.column_names, dropped_columns=dropped, time_column=time_column,
         order="time" if time_column is not None else "file",
-        hidden_click_splits=["unlabeled"], fractions=cfg.fractions, seconds=round(time.perf_counter() - t0, 2),
+        hidden_click_splits=["unlabeled"], fractions=cfg.fractions,
     )
     if n + len(rejects) != rows_read:  # every input row lands exactly once
         raise RuntimeError(f"split lost rows: {n} written + {len(rejects)} rejected != {rows_read} read")
-    io.write_json(io.join(out_dir, SUMMARY_FILE), summary)
     return summary

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distillery.config import ConfigError, validate_config
 
@@ -49,6 +49,14 @@ class ModelCard(BaseModel):
     lineage: dict[str, Any] = Field(default_factory=dict, description="where the model came from")
     metrics: dict[str, Any] = Field(default_factory=dict, description="parity, AUC, latency, quality gate")
     rejected_variants: dict[str, str] | None = Field(None, description="variants the quality gate refused -> file")
+    default_variant: str | None = Field(None, description="the variant to serve when none is named: the first that passed (int8, int8_static, fp32, fp16)")
+    canary: dict[str, Any] | None = Field(None, description="inputs: rows a promotion re-scores; probs: variant -> their recorded probabilities; atol")
+
+    @model_validator(mode="after")
+    def _default_is_a_variant(self) -> "ModelCard":
+        if self.default_variant is not None and self.variants and self.default_variant not in self.variants:
+            raise ValueError(f"default_variant: {self.default_variant!r} is not one of the variants {sorted(self.variants)}")
+        return self
 
     @field_validator("version", mode="before")
     @classmethod

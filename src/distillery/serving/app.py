@@ -13,11 +13,18 @@ where an HAProxy binary runs, else through Serve's Python proxy (serving.ingress
 
 `start_serving(model_dir, ...)` starts Serve in this process (`distillery serve` and the pipeline's
 serve stage both call it); `resolve_app` is its Ray-free part: the app args and options, checked.
+
+`distillery serve` behaves as a service process: SIGTERM (to it or its process group), SIGINT and
+SIGHUP drain and stop it, exit 0, within DRAIN_S + SUPERVISE_S seconds; SIGKILL leaves nothing it
+started running (see "`distillery serve`, the process" below); everything it listens on is on
+`--host` (an embedded Ray on that address, HAProxy's stats and metrics too: serving.ingress).
 """
 
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,12 +36,14 @@ from distillery.onnx_model.card import ModelCard, ModelCardError
 from distillery.ray_runtime import RaySection
 from distillery.serving.config import (AppArgs, app_args, auth_required, deployment_options, load_serve_config,
                                        missing_token_message)
+from distillery.serving.ingress import ALL_INTERFACES, connect_host
 from distillery.serving.limits import load_token
 
 if TYPE_CHECKING:
     from ray.serve import Application
 
-__all__ = ["build_app", "bind_app", "cli_main", "check_model_folder", "resolve_app", "start_serving", "Serving"]
+__all__ = ["build_app", "bind_app", "cli_main", "check_model_folder", "resolve_app", "start_serving", "serving_ray",
+           "Serving", "end_session", "session_members"]
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +184,21 @@ def warm_up(url: str, args: AppArgs, steady: int = 16, min_seconds: float = 3.0,
     return time.perf_counter() - t0
 
 
+def serving_ray(host: str) -> RaySection:
+    """The embedded Ray for serving on `host`: as many logical CPUs as cores (at least 4), its
+    processes on `host`'s address where that is one address (on loopback for 127.0.0.1), so that
+    nothing of it listens beyond what `host` allows."""
+    node = None if host in ALL_INTERFACES else ("127.0.0.1" if host == "localhost" else host)
+    return RaySection(num_cpus=max(4, os.cpu_count() or 1), node_ip_address=node)
+
+
 def start_serving(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, config: str | None = None,
                   overrides: dict[str, Any] | None = None, model_root: str | None = None, ingress: str = "auto",
                   app_name: str = "distillery", ray: RaySection | None = None) -> Serving:
     """Serve `model_dir` on Ray Serve at http://host:port (route prefix /) and return once the app
     runs. Arguments as `resolve_app`; `ingress`: auto (HAProxy + direct ingress where a binary
     runs, else Serve's proxy), haproxy or proxy. Joins the Ray this process is connected to, else
-    starts an embedded one (`ray`, default: as many logical CPUs as cores, at least 4)."""
+    starts an embedded one (`ray`, default: `serving_ray(host)`)."""
     from ray import serve
 
     from distillery.ray_runtime import ensure_ray
@@ -189,35 +206,216 @@ def start_serving(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, 
 
     args, options = resolve_app(model_dir, config, overrides, model_root, host)
     try:  # arrival stamps on either path (serving.ingress)
-        env, mode = ingress_env(ingress)
+        env, mode = ingress_env(ingress, host=host)
     except RuntimeError as err:
         raise ConfigError(f"--ingress: {err}") from None
-    ensure_ray(ray or RaySection(num_cpus=max(4, os.cpu_count() or 1)))
+    except ValueError as err:
+        raise ConfigError(f"--host: {err}") from None
+    ensure_ray(ray or serving_ray(host))
     serve.start(http_options={"host": host, "port": port}, controller_options=controller_options(env))
     serve.run(bind_app(args, options), name=app_name, route_prefix="/")
-    if mode == "haproxy" and not wait_for_fast_path(env):
+    if mode == "haproxy" and not wait_for_fast_path(env, host=host):
         log.warning("HAProxy does not route to the replica yet after 60 s: requests take Serve's proxy (slower) until it does")
-    warm_up(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", args)
+    warm_up(f"http://{connect_host(host)}:{port}", args)
     return Serving(f"http://{host}:{port}", app_name, mode, args, args.model.model_dir)
 
 
+# ---------------------------------------------------------------- `distillery serve`, the process
+#
+# Supervisors stop a server with SIGTERM to its process or to its whole process group, and kill it
+# with SIGKILL. Ray's processes (gcs_server, raylet, agents) share the group of the process that
+# starts Ray and die at once on a group SIGTERM, before Serve can drain; HAProxy, started by a Ray
+# actor, outlives a SIGKILL of them all, still holding the port. So `distillery serve` is two
+# processes: the one the operator sees (`_supervise`) and the server (`_serve`), which it starts in
+# a session of its own. Every process the server starts stays in that session (Ray's and HAProxy
+# alike: none of them calls setsid), so the session is exactly what must not outlive it.
+
+DRAIN_S = 10.0     # the server's budget to drain and stop; then what is left of it is killed
+SUPERVISE_S = 3.0  # after DRAIN_S, the supervisor's own margin before it kills the server's session
+
+
 def cli_main(args) -> int:
-    """`distillery serve`: start an embedded Ray + Serve, print the URL, serve until interrupted."""
+    """`distillery serve`: serve until SIGINT (Ctrl-C), SIGTERM or SIGHUP, then drain and exit 0."""
+    if getattr(args, "parent_fd", None) is None:
+        model_dir = str(Path(args.model_dir).expanduser().resolve())
+        # a bad config, folder or missing token fails here, at once, before any process starts
+        resolve_app(model_dir, args.config, None, None if args.config else str(Path(model_dir).parent), args.host)
+        return _supervise(args)
+    code = _serve(args)
+    # Everything this process started is stopped by now; the interpreter's own teardown after Ray
+    # and torch spent 5-6 s of CPU on 2 busy cores (measured), a third of a supervisor's patience.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _server_command(args, parent_fd: int) -> list[str]:
+    """The command line of the server process for `distillery serve` args `args`."""
+    cmd = [sys.executable, "-m", "distillery.cli", *(["-v"] if getattr(args, "verbose", False) else []), "serve",
+           "--model-dir", str(args.model_dir), "--host", args.host, "--port", str(args.port),
+           "--ingress", getattr(args, "ingress", "auto"), "--parent-fd", str(parent_fd)]
+    return cmd + (["--config", args.config] if args.config else [])
+
+
+class _StopSignals:
+    """SIGTERM, SIGINT and SIGHUP to the supervisor: noted (the first one's time) and passed on to
+    the server as SIGTERM, once there is one."""
+
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+        self.server: int | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.first_at = self.first_at or time.monotonic()
+        if self.server is not None:
+            _signal(self.server, signal.SIGTERM)
+
+    def forward_to(self, server: int) -> None:
+        self.server = server
+        if self.first_at is not None:  # a signal came before the server existed
+            _signal(server, signal.SIGTERM)
+
+    def overdue(self, budget_s: float) -> bool:
+        return self.first_at is not None and time.monotonic() - self.first_at > budget_s
+
+
+def _supervise(args) -> int:
+    """Start the server in a session of its own, pass it any stop signal, and once it exits end
+    whatever is left in its session; the server's exit status (128 + N for signal N). The server
+    holds the read end of a pipe whose only write end is here: however this process ends (SIGKILL
+    included), the server reads EOF and drains."""
+    stop = _StopSignals()
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen(_server_command(args, read_fd), pass_fds=(read_fd,), start_new_session=True,
+                              stdin=subprocess.DEVNULL)
+    os.close(read_fd)
+    stop.forward_to(server.pid)
+    killed = False
+    # wait without reaping: the server's pid, and so its session id, stay its own until every
+    # process left in the session is gone
+    while os.waitid(os.P_PID, server.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+        if not killed and stop.overdue(DRAIN_S + SUPERVISE_S):
+            log.error("the server did not stop within %.0f s of the signal: killing it", DRAIN_S + SUPERVISE_S)
+            killed = bool(end_session(server.pid))
+        time.sleep(0.1)
+    left = end_session(server.pid)
+    code = server.wait()
+    os.close(write_fd)
+    how = f"exit {code}" if code >= 0 else f"killed by signal {-code}"
+    after = f", {time.monotonic() - stop.first_at:.1f} s after the signal" if stop.first_at else ""
+    print(f"distillery serve stopped ({how}{after}{f'; killed {left} processes it left' if left else ''})", flush=True)
+    return 128 - code if code < 0 else code
+
+
+def _serve(args) -> int:
+    """The server: start Ray and Serve, say so, serve until a stop (a signal, or EOF on
+    `args.parent_fd`: the supervisor is gone), then drain (`_drain`) and return 0."""
+    from distillery.ray_runtime import ensure_ray
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM drains as Ctrl-C does
+    _stop_on_eof(args.parent_fd)
+    model_dir = str(Path(args.model_dir).expanduser().resolve())
+    try:
+        ensure_ray(serving_ray(args.host))
+        # ray.init sets its own SIGTERM handler (exit 1 at once, no drain of Serve): ours again
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # without --config the operator named the folder: trust its parent as the root
+        serving = start_serving(model_dir, host=args.host, port=args.port, config=args.config,
+                                model_root=None if args.config else str(Path(model_dir).parent),
+                                ingress=getattr(args, "ingress", "auto"))
+        print(f"distillery serving {model_dir} at {serving.url} via {serving.ingress} "
+              f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _ignore_stop_signals()
+        print("distillery serve: draining", flush=True)
+        return 0
+    finally:
+        _drain()
+
+
+def _stop_on_eof(fd: int) -> None:
+    """SIGTERM this process when `fd` (the read end of the supervisor's pipe) reaches EOF."""
+    def watch() -> None:
+        while os.read(fd, 1):  # the supervisor never writes: only its exit ends this read
+            pass
+        log.warning("the distillery serve supervisor is gone: draining")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def _drain() -> None:
+    """Stop Serve (replicas finish their requests; HAProxy stops), then Ray, then anything left in
+    this server's session, within DRAIN_S seconds, after which the rest is killed."""
+    import ray
     from ray import serve
 
-    model_dir = str(Path(args.model_dir).expanduser().resolve())
-    # without --config the operator named the folder: trust its parent as the root
-    serving = start_serving(model_dir, host=args.host, port=args.port, config=args.config,
-                            model_root=None if args.config else str(Path(model_dir).parent),
-                            ingress=getattr(args, "ingress", "auto"))
-    print(f"distillery serving {model_dir} at {serving.url} via {serving.ingress} "
-          f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _ignore_stop_signals()
+    deadline = threading.Timer(DRAIN_S, _drain_overran)
+    deadline.daemon = True
+    deadline.start()
+    t0 = time.monotonic()
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        except Exception as err:  # noqa: BLE001 - Ray raises its own types; what matters is stopping
+            log.warning("Serve did not shut down cleanly: %s", err)
+        ray.shutdown()
+    left = end_session(os.getpid()) if os.getsid(0) == os.getpid() else 0
+    deadline.cancel()
+    log.info("drained in %.1f s%s", time.monotonic() - t0, f" ({left} leftover processes killed)" if left else "")
+
+
+def _ignore_stop_signals() -> None:
+    """From here on a second signal must not cut the drain short (DRAIN_S bounds it)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _drain_overran() -> None:
+    log.error("draining took over %.0f s: killing what is left", DRAIN_S)
+    if os.getsid(0) == os.getpid():
+        end_session(os.getpid())
+    os._exit(1)
+
+
+def _signal(pid: int, signum: int) -> None:
     try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+        os.kill(pid, signum)
+    except ProcessLookupError:
         pass
-    serve.shutdown()
-    return 0
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes (not zombies) of session `sid`, read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold anything
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def end_session(sid: int, timeout_s: float = 5.0) -> int:
+    """SIGKILL every process of session `sid` but this one, until none is left or `timeout_s` passed;
+    how many there were. Only for a session whose leader is this process or its unreaped child: no
+    other process can then hold that session id."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while (members := [p for p in session_members(sid) if p != os.getpid()]) and time.monotonic() < deadline:
+        for pid in members:
+            _signal(pid, signal.SIGKILL)
+        killed.update(members)
+        time.sleep(0.05)
+    return len(killed)

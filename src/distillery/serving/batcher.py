@@ -55,6 +55,7 @@ class ThreadBatcher:
         self._closed = False
         self._hook_failed = False
         self.batches = 0  # batches scored
+        self._busy_since: float | None = None  # perf_counter() when the call in progress started
         self.dropped = 0  # requests dropped because their caller had stopped waiting
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -62,6 +63,13 @@ class ThreadBatcher:
     @property
     def alive(self) -> bool:
         return not self._closed and self._thread.is_alive()
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the scoring call in progress has run; 0 while the thread waits for work. A call
+        that never returns (a hung ONNX Runtime run) keeps growing this: the replica's health check reads it."""
+        since = self._busy_since
+        return 0.0 if since is None else time.perf_counter() - since
 
     async def submit(self, item: Any) -> Any:
         """The result of `item` (a request's inputs), scored in the next batch with room for it."""
@@ -110,7 +118,7 @@ class ThreadBatcher:
         self._fail_queued()
 
     def _score_batch(self, batch: list, rows: int) -> None:
-        started = time.perf_counter()
+        started = self._busy_since = time.perf_counter()
         try:
             results = list(self._score([item for item, _, _, _ in batch]))
             if len(results) != len(batch):
@@ -118,6 +126,8 @@ class ThreadBatcher:
             outcome = [(future, result, None) for (_, future, _, _), result in zip(batch, results)]
         except Exception as err:  # noqa: BLE001 - every request of the batch gets it
             outcome = [(future, None, err) for _, future, _, _ in batch]
+        finally:
+            self._busy_since = None
         self.batches += 1
         stats = (rows, started - min(queued for _, _, _, queued in batch), time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}

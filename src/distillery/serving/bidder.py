@@ -13,8 +13,9 @@ Impressions that cannot be scored (an invalid native request string, a malformed
 bid and a reason in the response's `ext.no_bid`; the other impressions are still answered.
 
 Every no-bid has a reason, a `NoBid`: text (logs, `ext.no_bid`) carrying its OpenRTB 2.6 No-Bid Reason
-Code (list 5.24) as `.nbr`, a `NoBidReason` (2 and 15 from the list; 500+ the bidder's own, for the ad
-side). A request that gets no bid at all is answered HTTP 200 with `no_bid_response`: `{"id": <request
+Code (list 5.24) as `.nbr`, a `NoBidReason` (1, 2 and 15 from the list; 500+ the bidder's own, for the ad
+side). A model that fails (NaN scores, an ONNX Runtime error) is the bidder's technical error: no bid,
+nbr 1, never a price. A request that gets no bid at all is answered HTTP 200 with `no_bid_response`: `{"id": <request
 id>, "nbr": N}` without `seatbid` (OpenRTB 2.6 section 7.1), N its first impression's reason; not 204,
 whose empty body has no room for `nbr`. A request the bidder cannot use at all is an error, not a
 no-bid: `BidRequestError`, 400 naming the field (413 past the impression limit). A `format` list without
@@ -39,6 +40,7 @@ import numpy as np
 from distillery.data.openrtb import IMP_TYPES, MAX_TMAX_MS, impression_context, validate_bid_request
 from distillery.data.text import to_text
 from distillery.serving.catalog import CATTAX, CandidateAd, Catalog
+from distillery.serving.metrics_health import check_probs
 
 __all__ = ["BidRequestError", "Candidate", "BidPlan", "NoBid", "NoBidReason", "plan_bids", "decide_bids",
            "no_bid_response", "deadline_budget_ms", "MTYPE"]
@@ -50,6 +52,7 @@ DEFAULT_CURRENCY = "USD"  # OpenRTB: cur and bidfloorcur default to USD
 class NoBidReason(IntEnum):
     """The `nbr` the bidder sends: OpenRTB 2.6 list 5.24 below 500, the bidder's own codes from 500."""
 
+    TECHNICAL_ERROR = 1  # the model failed (NaN or infinite scores, an ONNX Runtime error): ours, not the request's
     INVALID_REQUEST = 2  # an impression the bidder cannot read (a malformed field, a broken native request)
     INSUFFICIENT_AUCTION_TIME = 15  # tmax spent before scoring finished
     NO_FITTING_CREATIVE = 500  # no creative has the impression's type, size, MIME type and allowed attributes
@@ -393,10 +396,14 @@ def decide_bids(
     """(bid response, why each unanswered impression got no bid, in imp order) for `plan` given click
     probabilities `probs` (len(plan.candidates),). The response is None when no impression gets a bid
     (the caller answers `no_bid_response(plan.request_id, no_bid)`); otherwise the reasons are also in
-    its `ext.no_bid`. Prices are CPM in `plan.currency`."""
+    its `ext.no_bid`. Prices are CPM in `plan.currency`. Raises `ModelFault` (non_finite) when a
+    probability is NaN, infinite or outside [0, 1]: NaN passes every floor comparison, so it would be
+    priced as a bid."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if probs.shape[0] != len(plan.candidates):
         raise ValueError(f"probs: {probs.shape[0]} values for {len(plan.candidates)} candidates")
+    if (fault := check_probs(probs, model_version)) is not None:
+        raise fault
     best: dict[str, tuple[float, float, int]] = {}  # imp id -> (eCPM, price, candidate index)
     best_price: dict[str, float] = {}
     for k, (cand, p) in enumerate(zip(plan.candidates, probs)):

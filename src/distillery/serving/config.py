@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 
 from distillery.config import ConfigError, Section
 from distillery.serving.limits import LimitsSection
+from distillery.serving.metrics_health import HealthSection
 
 __all__ = ["AppArgs", "ModelSection", "BatchSection", "BidderSection", "DEPLOYMENT_NAME", "SHIPPED_CONFIG",
            "load_serve_config", "app_args", "deployment_options", "decorator_options", "resolve_model_dir",
@@ -73,6 +74,8 @@ class AppArgs(Section):
     batch: BatchSection = Field(default_factory=BatchSection, description="dynamic batching on the scoring thread")
     limits: LimitsSection = Field(default_factory=LimitsSection, description="request size and shape limits")
     bidder: BidderSection = Field(default_factory=BidderSection, description="OpenRTB bidder settings")
+    health: HealthSection = Field(default_factory=HealthSection,
+                                  description="when check_health fails: model faults in a row, a hung scoring call")
     auth_token_env: str | None = Field("DISTILLERY_SERVE_TOKEN",
                                        description="env var holding the bearer token (surrounding whitespace ignored)")
     auth: Literal["auto", "required", "disabled"] = Field(
@@ -88,7 +91,19 @@ class AppArgs(Section):
         return self
 
     def variant(self, model: ModelSection) -> str:
-        return model.variant or ("fp16" if self.provider == "cuda" else "int8")
+        """The variant to serve: `model.variant`, else the provider's preferred one (fp16 on CUDA,
+        int8 on CPU) where the folder has it, else the card's `default_variant` (the best that passed
+        the gate when the preferred one was rejected)."""
+        if model.variant:
+            return model.variant
+        preferred = "fp16" if self.provider == "cuda" else "int8"
+        from distillery.onnx_model.card import ModelCard, ModelCardError
+
+        try:
+            card = ModelCard.read(resolve_model_dir(self.model_root, model.model_dir))
+        except (FileNotFoundError, ModelCardError):
+            return preferred  # the load names the problem
+        return preferred if preferred in card.variants or not card.default_variant else card.default_variant
 
 
 def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:

@@ -8,6 +8,14 @@ Routes (all JSON; errors are `{"error": "..."}` with a 4xx status naming the pro
     POST /v2/models/{m}[/versions/{v}]/infer                   OIP infer (JSON or binary tensors)
     POST /openrtb/2.5/bid, /openrtb/2.6/bid                    bid response, or 200 no-bid with `nbr`, in tmax
 
+A model fault (NaN or infinite scores, an ONNX Runtime error: `serving.metrics_health`) is the
+server's: 503 `{"error": ...}` on /predict and OIP infer, a no-bid with nbr 1 on OpenRTB, counted by
+kind; `health.max_consecutive_failures` failed batches in a row, or one scoring call past
+`health.max_scoring_s`, make `check_health` raise so Serve replaces the replica. A hot swap to a
+model that loads but cannot score a fixed set of catalog rows (the canary) is refused like one
+that does not load. A client gone mid-body is counted, not logged as an error; a bid's body must
+arrive within the configured bid deadline (408 otherwise).
+
 Every scored row goes through `_score` (`serving.batcher`: one scoring thread that takes the queued
 requests, up to a batch of rows, the moment it is free), so the candidates of one bid request and
 rows of concurrent requests share ONNX Runtime calls; an input the model cannot take fails only its
@@ -31,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from distillery.onnx_model.kinds import kind_of_card, open_scorer
 from distillery.serving import oip
@@ -45,6 +54,8 @@ from distillery.serving.config import (DEPLOYMENT_NAME, AppArgs, ModelSection, a
 from distillery.serving.limits import (BadRequest, check_bearer, check_content_length, is_authorized, load_token,
                                        parse_json_body, read_body)
 from distillery.serving.metrics import ServingMetrics
+from distillery.serving.metrics_health import (EveryN, HealthSection, ModelFault, ScoringHealth, check_probs,
+                                               model_fault)
 from distillery.serving.predict import predict_texts
 
 log = logging.getLogger("ray.serve")
@@ -94,6 +105,26 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
     return _error(400, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
 
 
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived: nobody reads the answer."""
+
+
+@api.exception_handler(ModelFault)
+async def _model_fault(request: Request, fault: ModelFault) -> JSONResponse:
+    """503: the model failed, the request was fine; another replica (or this one after a fix) may answer it."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.model_fault(fault.kind)
+    headers = {"retry-after": "1", **({"x-model-version": fault.version} if fault.version else {})}
+    return _error(503, f"model fault ({fault.kind}): {fault.message}; the request itself was fine", headers)
+
+
+@api.exception_handler(_ClientGone)
+async def _client_gone(request: Request, err: _ClientGone) -> Response:
+    # 499 (nginx's "client closed request"): an answer for the access log only, no error logged
+    return Response(status_code=499)
+
+
 @api.exception_handler(Exception)
 async def _internal_error(request: Request, err: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
@@ -101,6 +132,17 @@ async def _internal_error(request: Request, err: Exception) -> JSONResponse:
 
 
 _OFFLOAD_BYTES = 64_000  # bodies above this are parsed on a worker thread, not the event loop
+_CANARY_ROWS = 16  # catalog rows a newly loaded model must score before a hot swap switches to it
+_CANARY_TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwear | ad category: sports"
+_LOG_EVERY = 100  # frequent, expected events (client disconnects, model faults) are logged once per this many
+
+
+def _health_section(args: AppArgs, override: dict[str, Any] | None) -> HealthSection:
+    """The replica's health settings: `override` (the constructor's `health`), else the app args'
+    `health` section."""
+    if override is not None:
+        return HealthSection.model_validate(override)
+    return args.health
 
 
 def _proxy_host() -> str | None:
@@ -159,6 +201,14 @@ def _one_blas_thread() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+def _fault_or(result: np.ndarray | Exception, version: str) -> np.ndarray | Exception:
+    """One request's scoring result as the batch returns it, a model fault made a `ModelFault`: an
+    exception not about the input (`model_fault`), or probabilities NaN, infinite or outside [0, 1]."""
+    if isinstance(result, Exception):
+        return model_fault(result, version) or result
+    return check_probs(result, version) or result
+
+
 def _freeze_long_lived() -> None:
     """Move what the replica holds for good (Ray, FastAPI, the model, the catalog: ~250k objects) out
     of the cyclic collector's sight (`gc.freeze`). Otherwise every gen-2 collection walks them all: a
@@ -174,7 +224,9 @@ def _freeze_long_lived() -> None:
 class CTRServer:
     """One replica: scorer, catalog, limits; `reconfigure` hot-swaps the model from `user_config`."""
 
-    def __init__(self, args: dict[str, Any]):
+    def __init__(self, args: dict[str, Any], health: dict[str, Any] | None = None):
+        """`args`: AppArgs; `health`: a `HealthSection` overriding the app args' `health` section (defaults
+        where the args have none)."""
         self.args = AppArgs.model_validate(args)
         _one_blas_thread()
         self._token = load_token(self.args.auth_token_env)
@@ -185,6 +237,11 @@ class CTRServer:
         api.state.metrics = self._metrics  # one replica per process: the error handlers count here
         self._scorer = self._load(self.args.model)
         self._model = self.args.model
+        # The hot-swap canary: catalog rows the replica warms anyway, plus one text (an empty catalog).
+        self._canary_inputs: list[str | dict] = [ad.row_fields() for ad in self._catalog.candidates()][:_CANARY_ROWS]
+        self._canary_inputs.append(_CANARY_TEXT)
+        self._disconnects_logged = EveryN(_LOG_EVERY)
+        self._faults_logged = EveryN(_LOG_EVERY)
         self._last_good = _LastGood(self.args)
         self._configured: dict[str, Any] | None = None  # the user_config Serve last handed us
         self._swap_error: str | None = None  # why the configured model is not the one served
@@ -193,6 +250,7 @@ class CTRServer:
         self._batcher = ThreadBatcher(self._score_items, max_rows=self._batch_rows(),
                                       wait_s=self.args.batch.batch_wait_timeout_ms / 1000.0, name="ort",
                                       on_batch=self._metrics.batch)
+        self._health = ScoringHealth(_health_section(self.args, health), busy_s=lambda: self._batcher.busy_s)
         self._reconfigured = False
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
         self._metrics.swap_failed.set(0)
@@ -211,13 +269,31 @@ class CTRServer:
         scorer.warm_ads(ad.row_fields() for ad in self._catalog.candidates())
         return scorer
 
+    def _load_checked(self, model: ModelSection):
+        """`_load`, then the canary: the new model must score the fixed canary inputs (catalog rows, one
+        text) into finite probabilities in [0, 1], or it raises `ModelFault` and is never switched to.
+        A model that loads but cannot score would otherwise answer every request with a fault."""
+        scorer = self._load(model)
+        try:
+            probs = np.asarray(scorer.predict(self._canary_inputs), dtype=np.float64).reshape(-1)
+        except Exception as err:  # noqa: BLE001 - any failure refuses the swap
+            raise ModelFault("canary", f"{model.model_dir} loads but cannot score the canary rows "
+                                       f"({type(err).__name__}: {str(err)[:300]})", scorer.version) from None
+        if probs.shape[0] != len(self._canary_inputs):
+            raise ModelFault("canary", f"{model.model_dir} returned {probs.shape[0]} probabilities for "
+                                       f"{len(self._canary_inputs)} canary rows", scorer.version)
+        if (fault := check_probs(probs)) is not None:
+            raise ModelFault("canary", f"{model.model_dir} fails the canary rows: {fault.message}", scorer.version)
+        return scorer
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Hot swap: load the folder named in `user_config` beside the serving one, then switch.
 
         Never raises, so every replica behaves the same: in-flight batches finish on the model they
-        started with; a model that fails to load is counted (`distillery_model_swaps{outcome=failed}`,
-        `distillery_swap_failed` = 1), reported by the authenticated /healthz, and the last good
-        model keeps serving. A replica started after the failure loads that last good model too.
+        started with; a model that fails to load, or loads but fails the canary (`_load_checked`), is
+        counted (`distillery_model_swaps{outcome=failed}`, `distillery_swap_failed` = 1), reported by
+        the authenticated /healthz, never recorded as last good, and the last good model keeps serving.
+        A replica started after the failure loads that last good model too.
         """
         first, self._reconfigured = not self._reconfigured, True
         self._configured = user_config
@@ -225,17 +301,19 @@ class CTRServer:
         try:
             model = ModelSection.model_validate(user_config or {})
             if model != self._model:
-                scorer = await loop.run_in_executor(None, self._load, model)  # not the scoring thread
+                scorer = await loop.run_in_executor(None, self._load_checked, model)  # not the scoring thread
                 self._switch(scorer, model)
         except Exception as err:  # noqa: BLE001 - refused, reported, last good model kept
             self._swap_error = f"{type(err).__name__}: {err}"[:500]
+            if isinstance(err, ModelFault):
+                self._metrics.model_fault(err.kind)
             self._metrics.swap(ok=False)
             self._metrics.swap_failed.set(1)
             log.error("model swap to %r failed, still serving version %s: %s", user_config, self._scorer.version, err)
             good = await loop.run_in_executor(None, self._last_good.get) if first else None
             if good is not None and good != self._model:
                 try:
-                    self._switch(await loop.run_in_executor(None, self._load, good), good)
+                    self._switch(await loop.run_in_executor(None, self._load_checked, good), good)
                 except Exception as again:  # noqa: BLE001 - keep the start model
                     log.error("last good model %r failed to load too: %s", good.model_dir, again)
             return
@@ -257,8 +335,13 @@ class CTRServer:
         log.info("swapped model %s -> %s (%s)", old.version, scorer.version, model.model_dir)
 
     def check_health(self) -> None:
+        """Raises (Serve then replaces this replica) when no model is loaded, the scoring thread
+        stopped or hung, or `health.max_consecutive_failures` batches in a row had a model fault."""
         if self._scorer is None or not self._batcher.alive:
             raise RuntimeError("no model loaded or scoring thread stopped")
+        if (problem := self._health.problem()) is not None:
+            log.error("replica unhealthy, asking Serve to replace it: %s", problem)
+            raise RuntimeError(problem)
         # Ray exports a gauge's value once after each set: re-set it so the served version stays visible.
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
         self._metrics.swap_failed.set(1 if self._swap_error else 0)
@@ -273,9 +356,13 @@ class CTRServer:
     def _score_items(self, items: list[list[str | dict]]) -> list[tuple[np.ndarray | Exception, str]]:
         """On the batcher's thread: one scoring call for every input of the batch's requests —
         `/predict` texts and bid candidate rows alike (`scorer.predict`). An input the model cannot
-        take fails only its own request (`score_batch`), never the batch."""
+        take fails only its own request (`score_batch`), never the batch. A model fault (an exception
+        that is not about the input, or probabilities NaN or outside [0, 1]) becomes that request's
+        `ModelFault`, and the batch counts as failed for the replica's health."""
         scorer = self._scorer  # a swap mid-batch does not split the batch across models
-        return [(r, scorer.version) for r in score_batch(scorer.predict, items)]
+        results = [_fault_or(r, scorer.version) for r in score_batch(scorer.predict, items)]
+        self._health.batch(failed=any(isinstance(r, ModelFault) for r in results))
+        return [(r, scorer.version) for r in results]
 
     async def _score(self, inputs: list[str | dict]) -> tuple[np.ndarray | Exception, str]:
         """One request's inputs (at most a batch's rows) scored in the next batch with room: (probs or
@@ -289,6 +376,11 @@ class CTRServer:
         """Probabilities (n,) float64 of texts or rows, and the model version; large requests are cut to batch size."""
         size = self._batcher.max_rows  # the served kind's rows per call, set at load and swap
         parts = await asyncio.gather(*(self._score(inputs[i:i + size]) for i in range(0, len(inputs), size)))
+        if fault := next((p for p, _ in parts if isinstance(p, ModelFault)), None):
+            if self._faults_logged():
+                log.warning("model fault (%s) on version %s: %s (logged once per %d)", fault.kind, fault.version,
+                            fault.message, _LOG_EVERY)
+            raise fault  # 503 (`_model_fault`), or no-bid nbr 1 on a bid route
         if failed := next((p for p, _ in parts if isinstance(p, Exception)), None):
             self._metrics.unscorable.inc()
             log.warning("input the model could not score: %s: %s", type(failed).__name__, failed)
@@ -299,12 +391,25 @@ class CTRServer:
 
     # -- request edge -----------------------------------------------------------------------
 
-    async def _body(self, request: Request) -> bytes:
+    async def _body(self, request: Request, timeout_s: float | None = None) -> bytes:
         """The raw body, after the bearer token is checked, read as a stream and refused (413) as soon
-        as it passes `limits.max_body_bytes`, declared or not (chunked, binary tensors included)."""
+        as it passes `limits.max_body_bytes`, declared or not (chunked, binary tensors included).
+        `timeout_s`: the whole body must arrive within it (a bid's deadline), else 408. A client
+        that disconnects mid-body is counted and answered 499 (nobody reads it), not an error."""
         check_bearer(request.headers, self._token)
         check_content_length(request.headers, self.args.limits.max_body_bytes)
-        return await read_body(request.stream(), self.args.limits.max_body_bytes)
+        try:
+            return await asyncio.wait_for(read_body(request.stream(), self.args.limits.max_body_bytes), timeout_s)
+        except ClientDisconnect:
+            self._metrics.client_disconnect()
+            if self._disconnects_logged():
+                log.info("client disconnected before its request body arrived on %s (logged once per %d)",
+                         request.url.path, _LOG_EVERY)
+            raise _ClientGone() from None
+        except asyncio.TimeoutError:
+            self._metrics.body_timeout()
+            raise BadRequest(408, f"request body not received within the bid deadline of {timeout_s * 1000:.0f} ms",
+                             {"connection": "close"}) from None
 
     async def _off_loop(self, body: bytes, fn, *args):
         """`fn(*args)` on a worker thread when the body is large: parsing 1 MB must not stall the
@@ -322,15 +427,18 @@ class CTRServer:
     @api.get("/healthz")
     async def healthz(self, request: Request) -> JSONResponse:
         """Anonymous callers learn only whether the replica serves (`ok`, or `degraded` after a failed
-        swap); with the token: the model, its version, the replica, and why a swap failed."""
-        status = "degraded" if self._swap_error else "ok"
+        swap or while scoring fails: `check_health`); with the token: the model, its version, the
+        replica, why a swap failed, what makes it unhealthy, and its fault counts."""
+        problem = self._health.problem()
+        status = "degraded" if self._swap_error or problem else "ok"
         if not is_authorized(request.headers, self._token):
             return JSONResponse({"status": status})
         from ray import serve
 
         return self._json({"status": status, "model": self._scorer.name, "model_version": self._scorer.version,
                            "model_dir": self._model.model_dir, "configured": self._configured,
-                           "swap_error": self._swap_error,
+                           "swap_error": self._swap_error, "health_problem": problem,
+                           "counts": dict(self._metrics.tally),
                            "replica": serve.get_replica_context().replica_id.unique_id})
 
     @api.get("/v2/health/live")
@@ -415,6 +523,15 @@ class CTRServer:
         body = no_bid_response(plan.request_id, no_bid, NoBidReason.INSUFFICIENT_AUCTION_TIME)
         return self._no_bid("deadline", body, detail, version)
 
+    def _faulted(self, plan: BidPlan, fault: ModelFault) -> Response:
+        """No-bid with nbr 1 (technical error) when the model failed: every impression that was to be
+        scored gets that reason, those lost before scoring keep theirs; counted as a model fault."""
+        self._metrics.model_fault(fault.kind)
+        failed = NoBid(NoBidReason.TECHNICAL_ERROR, f"model fault ({fault.kind}): no usable click probability")
+        no_bid = {imp_id: plan.no_bid.get(imp_id, failed) for imp_id in plan.imp_ids}
+        body = no_bid_response(plan.request_id, no_bid, NoBidReason.TECHNICAL_ERROR)
+        return self._no_bid("model_fault", body, f"model fault ({fault.kind})", fault.version)
+
     def _plan(self, body: bytes) -> tuple[Any, BidPlan]:
         """Parse and plan a bid request (CPU work: a worker thread runs it). The candidates go to the
         model as rows: no text is rendered and re-parsed per candidate (`scorer.predict`)."""
@@ -431,7 +548,11 @@ class CTRServer:
         # before this handler ran is spent budget; else from now.
         start = arrival_time(request.headers) or time.time()
         cfg = self.args.bidder
-        body = await self._body(request)
+        # The body holds tmax, so its read is bounded by the configured deadline (`default_tmax_ms`),
+        # counted from when the read starts: a client trickling its body must not hold the replica past
+        # any bid's use (408), while a request that merely queued reads its body at once and meets its
+        # own tmax below (no-bid, nbr 15).
+        body = await self._body(request, timeout_s=cfg.default_tmax_ms / 1000.0)
         bid_request, plan = await asyncio.to_thread(self._plan, body)
         if not plan.candidates:
             return self._no_bid("no_candidates", no_bid_response(plan.request_id, plan.no_bid), _reasons(plan.no_bid))
@@ -444,14 +565,12 @@ class CTRServer:
         if not done:
             task.cancel()  # queued rows of a cancelled request are dropped from their batch
             return self._out_of_time(plan, f"scoring did not finish within the {budget_s * 1000:.1f} ms budget")
-        probs, version = task.result()  # a model that raised: 422 (`_score_inputs`), never a bid
-        if not np.all((probs >= 0.0) & (probs <= 1.0)):
-            # NaN would pass every floor comparison and be priced as a bid: a failure, like a raise
-            self._metrics.unscorable.inc()
-            log.warning("model version %s returned click probabilities outside [0, 1] (NaN?) for a bid request", version)
-            raise BadRequest(422, "bid request: the model returned no usable click probability for its candidates "
-                                  "(NaN or outside [0, 1]); no bid")
-        response, no_bid = decide_bids(plan, probs, model_version=version, openrtb=openrtb)
+        try:
+            probs, version = task.result()  # an input the model cannot take: 422 (`_score_inputs`)
+            # decide_bids refuses NaN too (`ModelFault`), however the probabilities got here
+            response, no_bid = decide_bids(plan, probs, model_version=version, openrtb=openrtb)
+        except ModelFault as fault:
+            return self._faulted(plan, fault)
         if response is None:
             return self._no_bid("floor", no_bid_response(plan.request_id, no_bid), _reasons(no_bid), version)
         return self._json(response, version=version)

@@ -8,6 +8,10 @@
     distillery_model_info{model,version}  1 for the version served now, 0 for the one it replaced
     distillery_swap_failed            1 while the configured model (user_config) is not the one served
     distillery_unscorable{route}      requests the model could not score (answered 422 alone, not the batch)
+    distillery_model_faults{kind}     requests failed by the model, not the request (503 / no-bid nbr 1):
+                                      non_finite | runtime_error; refused hot swaps count as kind canary
+    distillery_client_disconnects     requests whose client went away before its body arrived
+    distillery_body_timeouts          bid requests whose body did not arrive within the bid deadline (408)
     distillery_batch_rows             rows per scoring batch (histogram)
     distillery_batch_queue_ms         how long a batch's oldest request queued for the scoring thread (histogram)
     distillery_batch_score_ms         scoring time of a batch (histogram)
@@ -16,6 +20,8 @@ Serve adds the deployment, replica and application tags itself.
 """
 
 from __future__ import annotations
+
+from collections import Counter as Tally
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
@@ -45,12 +51,32 @@ class ServingMetrics:
         self.batch_queue_ms = Histogram("distillery_batch_queue_ms", boundaries=ms,
                                         description="how long a batch's oldest request queued for the scoring thread, ms")
         self.batch_score_ms = Histogram("distillery_batch_score_ms", boundaries=ms, description="scoring time of a batch, ms")
+        self.model_faults = Counter("distillery_model_faults", tag_keys=("kind",),
+                                    description="requests failed by the model (NaN scores, ONNX Runtime errors), not the request")
+        self.client_disconnects = Counter("distillery_client_disconnects",
+                                          description="requests whose client disconnected before its body arrived")
+        self.body_timeouts = Counter("distillery_body_timeouts",
+                                     description="bid requests whose body did not arrive within the bid deadline")
+        # Ray's counters cannot be read back: the same events tallied here for the authenticated /healthz.
+        self.tally: Tally[str] = Tally()
 
     def batch(self, rows: int, queued_s: float, score_s: float) -> None:
         """One scoring batch (`ThreadBatcher.on_batch`)."""
         self.batch_rows.observe(rows)
         self.batch_queue_ms.observe(queued_s * 1000.0)
         self.batch_score_ms.observe(score_s * 1000.0)
+
+    def model_fault(self, kind: str) -> None:
+        self.model_faults.inc(tags={"kind": kind})
+        self.tally[f"model_faults.{kind}"] += 1
+
+    def client_disconnect(self) -> None:
+        self.client_disconnects.inc()
+        self.tally["client_disconnects"] += 1
+
+    def body_timeout(self) -> None:
+        self.body_timeouts.inc()
+        self.tally["body_timeouts"] += 1
 
     def no_bid(self, reason: str) -> None:
         self.no_bids.inc(tags={"reason": reason})

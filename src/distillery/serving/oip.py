@@ -178,7 +178,8 @@ def parse_infer(body: bytes, headers: Mapping[str, str], limits: LimitsSection) 
 
 
 def infer_response(call: InferCall, probs: np.ndarray, model_name: str, model_version: str) -> tuple[bytes, dict[str, str]]:
-    """(body, extra headers) of the answer: FP32 `click_prob` in the input's shape."""
+    """(body, extra headers) of the answer: FP32 `click_prob` in the input's shape. A NaN or infinite
+    value raises ValueError rather than writing `NaN`, which is not JSON (the replica checks first)."""
     values = np.asarray(probs, dtype=np.float32).reshape(-1)
     output: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": list(call.shape)}
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": [output]}
@@ -186,8 +187,8 @@ def infer_response(call: InferCall, probs: np.ndarray, model_name: str, model_ve
         response["id"] = call.request_id
     if not call.binary_output:
         output["data"] = [float(v) for v in values]
-        return json.dumps(response).encode(), {"content-type": "application/json"}
+        return json.dumps(response, allow_nan=False).encode(), {"content-type": "application/json"}
     raw = values.astype("<f4").tobytes()
     output["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps(response).encode()
+    header = json.dumps(response, allow_nan=False).encode()
     return header + raw, {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}

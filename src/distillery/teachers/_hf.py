@@ -10,8 +10,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -80,15 +78,11 @@ def local_model_dir(name: str) -> str:
     cache_root = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
     dest = cache_root / "models" / hashlib.sha256(name.encode()).hexdigest()[:16]
     if not (dest / "config.json").exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
-        src_fs, src_path = io.filesystem(name)
-        pafs.copy_files(src_path, str(tmp), source_filesystem=src_fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process won the race: keep its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+        from distillery.publish import staged_folder
+
+        with staged_folder(str(dest), first_wins=True) as tmp:  # actors copying at once: the first copy stays
+            src_fs, src_path = io.filesystem(name)
+            pafs.copy_files(src_path, tmp, source_filesystem=src_fs, destination_filesystem=pafs.LocalFileSystem())
         log.info("copied model %s to %s", name, dest)
     return str(dest)
 

@@ -87,22 +87,13 @@ class TeacherJobConfig(TrainJobConfig):
 
 
 def publish_checkpoint(checkpoint_dir: str, dest: str, summary: dict[str, Any]) -> str:
-    """Copy a checkpoint's Hugging Face files (not the optimizer state) to `dest` (path or URI)."""
-    import pyarrow.fs as pafs
+    """Publish a checkpoint's Hugging Face files (not the optimizer state) and `training_summary.json`
+    as `dest` (path or URI), whole or not at all (`distillery.publish.staged_folder`)."""
+    from distillery.publish import staged_folder
 
-    if "://" in dest:
-        fs, path = io.filesystem(dest)
-        fs.create_dir(path, recursive=True)
-        for name in os.listdir(checkpoint_dir):
-            if name != STATE_FILE:
-                pafs.copy_files(os.path.join(checkpoint_dir, name), posixpath.join(path, name), destination_filesystem=fs)
-    else:
-        tmp = dest.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)  # readers never see a half-copied model
-    io.write_json(io.join(dest, "training_summary.json"), summary)
+    with staged_folder(dest) as tmp:
+        shutil.copytree(checkpoint_dir, tmp, ignore=shutil.ignore_patterns(STATE_FILE), dirs_exist_ok=True)
+        io.write_json(os.path.join(tmp, "training_summary.json"), summary)
     return dest
 
 

@@ -14,7 +14,6 @@ encoder is not trained, and repeated strings are embedded once.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -159,17 +158,9 @@ def _natural(value: str) -> tuple:
 
 
 def _publish(head: TwoTowerHead, dest: str, summary: dict[str, Any]) -> None:
-    """Write the head and summary so a reader never sees a half-written folder (local: rename)."""
-    import shutil
+    """Write the head and summary so a reader never sees a half-written folder (`distillery.publish`)."""
+    from distillery.publish import staged_folder
 
-    if "://" in dest:
-        head.save(dest)
-        io.write_json(io.join(dest, "training_summary.json"), summary)
-        return
-    tmp = dest.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    head.save(tmp)
-    io.write_json(io.join(tmp, "training_summary.json"), summary)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with staged_folder(dest) as tmp:
+        head.save(tmp)
+        io.write_json(io.join(tmp, "training_summary.json"), summary)
