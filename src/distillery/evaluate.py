@@ -51,6 +51,7 @@ class EvaluateConfig(RunSection):
     onnx_variants: dict[str, str] = Field(default_factory=lambda: {"student_fp32": "fp32", "student_int8": "int8"},
                                           description="report name -> model_card variant scored with OnnxScorer")
     batch_size: int = Field(64, ge=1, description="rows per forward pass")
+    chunk_rows: int = Field(8192, ge=1, description="test rows read, rendered and scored at a time (the split is never held whole)")
     max_length: int = Field(128, ge=8, description="tokens per row; must cover the training max_length")
     num_threads: int | None = Field(None, ge=1, description="torch / ORT intra-op threads; None = default")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("fp32", description="dtype of the PyTorch models scored. fp32 by default: bf16 rounds scores that differ by ~1e-4 (a weak model's) to a few values and so changes their AUC; auto = bf16 where the CPU has it natively (~3x fp32), fp32 elsewhere")
@@ -62,56 +63,85 @@ class EvaluateConfig(RunSection):
                                     description="test clicks and every model's probabilities (ROC/calibration plots); null: not written")
 
 
-def _load_test(cfg: EvaluateConfig) -> tuple[list[str], np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """(texts, clicks (n,), true click probability (n,) or None, notes).
+class _TestRows:
+    """The test split read in chunks of `chunk_rows` (files in name order, at most `max_rows`): texts
+    are `to_text` of every column (`table_texts`), as labeling and training render them. Only the
+    clicks and true click probabilities stay, `(n,)` float64 each; rows without a known click are
+    left out and counted (`notes["test_rows_no_click"]`), and `notes` says why the oracle AUC is
+    missing (`oracle_auc_reason`) when it is."""
 
-    Texts are `to_text` of every column (`table_texts`), as labeling and training render them.
-    Rows without a known click are left out and counted (`notes["test_rows_no_click"]`); `notes`
-    also says why the oracle AUC is missing (`oracle_auc_reason`) when it is.
-    """
-    import pyarrow.compute as pc
+    def __init__(self, cfg: EvaluateConfig, chunk_rows: int):
+        self.cfg, self.chunk_rows = cfg, chunk_rows
+        self.clicks: list[np.ndarray] = []
+        self.oracle: list[np.ndarray] = []
+        self.no_click = self.oracle_nulls = 0
+        self.oracle_column = True
 
-    from distillery.data.schema import CLICK, CLICK_PROB
-    from distillery.data.text import table_texts
-    from distillery.training.data import read_split
+    def __iter__(self):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
-    table = read_split(cfg.run_dir, cfg.test_split, cfg.max_rows)
-    if CLICK not in table.column_names:
-        raise ValueError(f"test_split: {cfg.test_split!r} has no click column; evaluation needs known clicks")
-    notes: dict[str, Any] = {}
-    if table[CLICK].null_count:
-        notes["test_rows_no_click"] = table[CLICK].null_count
-        table = table.filter(pc.is_valid(table[CLICK]))
-    if table.num_rows == 0:
-        raise ValueError(f"test_split: {cfg.test_split!r} has no row with a known click")
-    texts = table_texts(table)
-    clicks = table[CLICK].to_numpy(zero_copy_only=False).astype(np.float64)
-    oracle = None
-    if CLICK_PROB not in table.column_names:
-        notes["oracle_auc_reason"] = ("the test split has no click_prob column: only synthetic logs know the true "
-                                      "click probability")
-    elif table[CLICK_PROB].null_count:
-        notes["oracle_auc_reason"] = f"click_prob is null on {table[CLICK_PROB].null_count} test rows"
-    else:
-        oracle = table[CLICK_PROB].to_numpy(zero_copy_only=False).astype(np.float64)
-    return texts, clicks, oracle, notes
+        from distillery.data.schema import CLICK, CLICK_PROB
+        from distillery.data.text import table_texts
+
+        path = io.join(self.cfg.run_dir, "data", self.cfg.test_split)
+        files = io.list_files(path, suffixes=(".parquet",))
+        if not files:
+            raise FileNotFoundError(f"{path}: no parquet files")
+        left = self.cfg.max_rows
+        for f in files:
+            fs, p = io.filesystem(f)
+            with fs.open_input_file(p) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=self.chunk_rows):
+                    table = pa.Table.from_batches([batch])
+                    if left is not None:
+                        table, left = table.slice(0, left), left - min(left, table.num_rows)
+                    if CLICK not in table.column_names:
+                        raise ValueError(f"test_split: {self.cfg.test_split!r} has no click column; evaluation needs known clicks")
+                    self.no_click += table[CLICK].null_count
+                    table = table.filter(pc.is_valid(table[CLICK]))
+                    self.oracle_column &= CLICK_PROB in table.column_names
+                    if self.oracle_column:
+                        self.oracle_nulls += table[CLICK_PROB].null_count
+                        self.oracle.append(table[CLICK_PROB].to_numpy(zero_copy_only=False).astype(np.float64))
+                    if table.num_rows:
+                        self.clicks.append(table[CLICK].to_numpy(zero_copy_only=False).astype(np.float64))
+                        yield table_texts(table)
+                    if left is not None and left <= 0:
+                        return
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """(clicks (n,), true click probability (n,) or None, notes) of the rows read."""
+        clicks = np.concatenate(self.clicks) if self.clicks else np.zeros(0)
+        if not len(clicks):
+            raise ValueError(f"test_split: {self.cfg.test_split!r} has no row with a known click")
+        notes: dict[str, Any] = {"test_rows_no_click": self.no_click} if self.no_click else {}
+        oracle = None
+        if not self.oracle_column:
+            notes["oracle_auc_reason"] = ("the test split has no click_prob column: only synthetic logs know the true "
+                                          "click probability")
+        elif self.oracle_nulls:
+            notes["oracle_auc_reason"] = f"click_prob is null on {self.oracle_nulls} test rows"
+        else:
+            oracle = np.concatenate(self.oracle)
+        return clicks, oracle, notes
 
 
-def _score_folder(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    """Probabilities of a published model folder: a Hugging Face classifier or a two-tower head (the
-    teacher backends), or a student whose kind loads itself (`_score_student`)."""
+def _folder_scorer(path: str, cfg: EvaluateConfig):
+    """`texts -> probabilities (n,)` of a published model folder: a Hugging Face classifier or a
+    two-tower head (the teacher backends), or a student whose kind loads itself (`_student_scorer`)."""
     from distillery.onnx_model.kinds import kind_of_folder
     from distillery.teachers import build_teacher, folder_teacher_config
 
     if kind_of_folder(path).loader is not None:
-        return _score_student(path, texts, cfg)
-
+        return _student_scorer(path, cfg)
     teacher = build_teacher(folder_teacher_config(path, batch_size=cfg.batch_size, max_length=cfg.max_length,
                                                   dtype=cfg.dtype, device="auto", num_threads=cfg.num_threads))
-    return teacher.predict_proba(texts)
+    return teacher.predict_proba
 
 
-def _score_student(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+def _student_scorer(path: str, cfg: EvaluateConfig):
     """Probabilities `(n,)` of a student folder in PyTorch, fp32 (a two-tower student's towers are small)."""
     import torch
 
@@ -124,15 +154,42 @@ def _score_student(path: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarr
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     model, tokenizer = kind.load(path)
-    return score_texts(model, tokenizer, texts, cfg.max_length, cfg.batch_size)
+    return lambda texts: score_texts(model, tokenizer, texts, cfg.max_length, cfg.batch_size)
 
 
-def _score_onnx(model_dir: str, variant: str, texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+def _onnx_scorer(model_dir: str, variant: str, cfg: EvaluateConfig):
     from distillery.onnx_model.kinds import open_scorer  # by the card's student kind
 
     scorer = open_scorer(model_dir, variant=variant, provider="cpu", intra_op_threads=cfg.num_threads)
-    out = [scorer.predict_proba(texts[i: i + cfg.batch_size]) for i in range(0, len(texts), cfg.batch_size)]
-    return np.concatenate(out) if out else np.zeros(0)
+
+    def score(texts: list[str]) -> np.ndarray:
+        out = [scorer.predict_proba(texts[i: i + cfg.batch_size]) for i in range(0, len(texts), cfg.batch_size)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    return score
+
+
+def _scorers(cfg: EvaluateConfig, skipped: list[str]) -> dict[str, Any]:
+    """Report name -> `texts -> probabilities`, every model loaded once; absent ones go to `skipped`."""
+    from distillery.onnx_model.kinds import kind_of_folder
+    from distillery.teachers.two_tower import is_two_tower_folder
+
+    scorers: dict[str, Any] = {}
+    for name, path in cfg.models.items():
+        if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path) or kind_of_folder(path).marker):
+            skipped.append(name)
+            continue
+        scorers[name] = _folder_scorer(path, cfg)
+    if "://" not in cfg.onnx_dir and io.exists(io.join(cfg.onnx_dir, CARD_FILE)):
+        for name, variant in cfg.onnx_variants.items():
+            try:
+                scorers[name] = _onnx_scorer(cfg.onnx_dir, variant, cfg)
+            except ValueError as err:  # variant absent from the card
+                log.warning("%s: %s", name, err)
+                skipped.append(name)
+    else:
+        skipped.extend(cfg.onnx_variants)
+    return scorers
 
 
 def merge_report(path: str, section: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -153,39 +210,26 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
 
     Returns `{"quality": {...}, "report": path}`."""
     from distillery.evaluate_ci import confidence_intervals
-    from distillery.onnx_model.kinds import kind_of_folder
-    from distillery.teachers.two_tower import is_two_tower_folder
 
     t0 = time.perf_counter()
-    texts, clicks, oracle, notes = _load_test(cfg)
-    quality: dict[str, Any] = {"test_rows": len(texts), "click_rate": float(clicks.mean()) if len(clicks) else None,
-                               "oracle_auc": roc_auc(clicks, oracle) if oracle is not None else None, **notes}
-    skipped = []
-    scored: dict[str, np.ndarray] = {}
-    for name, path in cfg.models.items():
-        if not (io.exists(io.join(path, "config.json")) or is_two_tower_folder(path) or kind_of_folder(path).marker):
-            skipped.append(name)
-            continue
-        t = time.perf_counter()
-        scored[name] = _score_folder(path, texts, cfg)
-        quality[name] = evaluate_predictions(clicks, scored[name], cfg.ece_bins, cfg.ece_strategy)
-        quality[name]["seconds"] = time.perf_counter() - t
-        log.info("%s: %s", name, quality[name])
-    onnx_dir = cfg.onnx_dir
-    if "://" not in onnx_dir and io.exists(io.join(onnx_dir, CARD_FILE)):
-        for name, variant in cfg.onnx_variants.items():
+    skipped: list[str] = []
+    scorers = _scorers(cfg, skipped)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
+    seconds = dict.fromkeys(scorers, 0.0)
+    rows = _TestRows(cfg, cfg.chunk_rows)
+    for texts in rows:  # one chunk of the split at a time: every model scores it, only probabilities stay
+        for name, score in scorers.items():
             t = time.perf_counter()
-            try:
-                probs = _score_onnx(onnx_dir, variant, texts, cfg)
-            except ValueError as err:  # variant absent from the card
-                log.warning("%s: %s", name, err)
-                skipped.append(name)
-                continue
-            scored[name] = probs
-            quality[name] = evaluate_predictions(clicks, probs, cfg.ece_bins, cfg.ece_strategy)
-            quality[name]["seconds"] = time.perf_counter() - t
-    else:
-        skipped.extend(cfg.onnx_variants)
+            parts[name].append(np.asarray(score(texts), dtype=np.float64))
+            seconds[name] += time.perf_counter() - t
+    clicks, oracle, notes = rows.finish()
+    quality: dict[str, Any] = {"test_rows": len(clicks), "click_rate": float(clicks.mean()),
+                               "oracle_auc": roc_auc(clicks, oracle) if oracle is not None else None, **notes}
+    scored = {name: np.concatenate(p) for name, p in parts.items()}
+    for name, probs in scored.items():
+        quality[name] = evaluate_predictions(clicks, probs, cfg.ece_bins, cfg.ece_strategy)
+        quality[name]["seconds"] = seconds[name]
+        log.info("%s: %s", name, quality[name])
     quality.update(_derived(quality))
     for key, value in confidence_intervals(clicks, scored, cfg.bootstrap).items():
         if isinstance(value, dict) and isinstance(quality.get(key), dict):

@@ -326,8 +326,11 @@ def _serve(args) -> int:
         serving = start_serving(model_dir, host=args.host, port=args.port, config=args.config,
                                 model_root=None if args.config else str(Path(model_dir).parent),
                                 ingress=getattr(args, "ingress", "auto"))
+        import ray
+
         print(f"distillery serving {model_dir} at {serving.url} via {serving.ingress} "
-              f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops", flush=True)
+              f"(/predict, /v2/models/<name>/infer, /openrtb/2.6/bid); Ctrl-C stops; "
+              f"promote with --address {ray.get_runtime_context().gcs_address}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -37,11 +37,28 @@ from distillery.data.schema import CLICK, ID
 from distillery.data.text import table_texts
 from distillery.label_store import committed_label_files
 
-__all__ = ["DataSection", "TrainingTable", "read_split", "read_labels", "build_training_table", "is_validation_id"]
+__all__ = ["StreamSection", "DataSection", "TrainingTable", "read_split", "read_labels", "build_training_table", "is_validation_id"]
 
 log = logging.getLogger(__name__)
 
 LossTarget = Literal["soft", "hard", "joint", "click"]
+
+
+class StreamSection(Section):
+    """`data.stream: true`: Ray Data reads, joins and tokenises the rows while Ray Train steps
+    (`training.stream`). Resources are fractional: on a small machine whole-CPU read tasks or
+    tokenizer actors would wait behind the training workers."""
+
+    read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per read task (one input file: read, join its labels, render texts)")
+    tokenize_cpus: float = Field(0.25, gt=0, description="CPUs reserved per tokenizer actor")
+    tokenize_actors: int = Field(1, ge=1, description="tokenizer actors (map_batches concurrency)")
+    tokenize_batch_rows: int = Field(512, ge=1, description="rows per tokenizer call")
+    block_rows: int = Field(1024, ge=1, description="rows per block a read task yields (bounds a task's memory and a worker's imbalance)")
+    shuffle_buffer_rows: int = Field(1024, ge=1, description="rows in each worker's local shuffle buffer (bounded shuffle; the first step waits for it to fill)")
+    prefetch_batches: int = Field(2, ge=0, description="length buckets each worker prepares ahead of the step")
+    val_max_rows: int = Field(20_000, ge=1, description="validation sample per epoch: held-out rows under a hash cut sized for about this many")
+    head_rows: int = Field(4096, ge=1, description="two-tower head start (init.head_from): training rows of a hash sample of about this many")
+    preserve_order: bool = Field(True, description="Ray Data keeps block order, so a seed gives the same shards and batches")
 
 
 class DataSection(Section):
@@ -54,6 +71,9 @@ class DataSection(Section):
     hard_mode: Literal["threshold", "sample"] = Field("sample", description="hard loss: threshold the teacher probability or sample y ~ Bernoulli(p)")
     hard_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="hard loss, threshold mode: y = [p >= threshold]")
     seed: int = Field(0, description="seed of the hard-label sampling")
+    stream: bool = Field(False, description="stream the rows (Ray Data → each Ray Train worker's shard, memory flat in the rows) "
+                                            "instead of building the whole table in every worker")
+    streaming: StreamSection = Field(default_factory=StreamSection, description="data.stream: read, tokenize and shuffle settings")
 
     @model_validator(mode="after")
     def _check(self) -> "DataSection":

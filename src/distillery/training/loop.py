@@ -21,16 +21,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from distillery.config import Section
 from distillery.training.data import TrainingTable
+from distillery.training.length_buckets import LengthBucketSampler
 from distillery.training.losses import LossName, compute_loss
 
 __all__ = [
     "LoopConfig", "TrainState", "Hooks", "TokenizedRows", "InjectedFailure", "LengthBucketSampler",
     "train", "train_epoch", "validate", "predict_logits", "score_texts", "make_loader", "rows_for",
-    "save_checkpoint", "load_checkpoint", "load_state", "Progress", "local_hooks", "latest_local_checkpoint", "set_seed", "set_output_bias", "unwrap",
+    "save_checkpoint", "load_model", "load_checkpoint", "load_state", "Progress", "local_hooks", "latest_local_checkpoint", "set_seed", "set_output_bias", "unwrap",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,42 +149,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
-class LengthBucketSampler(DistributedSampler):
-    """Each epoch: a seeded shuffle, then every run of `chunk_batches` global batches
-    (`batch_size × num_replicas` rows) sorted by `dataset.length_keys()` and cut into global
-    batches, whose order is shuffled again; worker `rank` takes every `num_replicas`-th row of each.
-
-    So a batch pads to rows of about its own length (a demo batch of 16 random rows is padded
-    ~13% past its real tokens, a bucketed one ~0.4%), and every worker's step-i batch has about
-    the same width, so no rank waits for a longer one at the all-reduce. Every row is seen once
-    an epoch, as with `DistributedSampler`, whose padding to equal shares, `set_epoch` and `seed`
-    this keeps (`prepare_data_loader` leaves a `DistributedSampler` in place).
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, chunk_batches: int = 50):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.batch_size, self.chunk_batches = batch_size, max(1, chunk_batches)
-        self.keys = np.asarray(dataset.length_keys())
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.keys), generator=g).numpy()
-        order = np.resize(order, self.total_size)  # repeats the first rows, as DistributedSampler pads
-        global_batch = self.batch_size * self.num_replicas
-        chunk = global_batch * self.chunk_batches
-        batches = []
-        for start in range(0, self.total_size, chunk):
-            part = order[start:start + chunk]
-            part = part[np.argsort(self.keys[part], kind="stable")]
-            batches.extend(part[i:i + global_batch] for i in range(0, len(part), global_batch))
-        full = [b for b in batches if len(b) == global_batch]
-        short = [b for b in batches if len(b) < global_batch]  # at most one: last, so batch edges stay aligned
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()] + short
-        mine = [b[self.rank::self.num_replicas] for b in shuffled]
-        return iter(np.concatenate(mine).tolist() if mine else [])
-
-
 def make_loader(rows: Dataset, batch_size: int, shuffle: bool, seed: int = 0, bucket_batches: int = 0,
                 world_size: int = 1, rank: int = 0) -> DataLoader:
     """Batches of `rows`, collated by the dataset's own `collate` when it has one (two-tower rows), else `collate`.
@@ -208,10 +173,12 @@ def rows_for(model, tokenizer, table: TrainingTable, max_length: int) -> Dataset
     return kind_of_model(raw).rows_of_table(tokenizer, table, max_length, raw)
 
 
-def _start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+def _start_epoch(loader, epoch: int, seed: int) -> None:
     """Each epoch gets its own seeded order, single-process and distributed alike."""
     sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
+    if hasattr(loader, "set_epoch"):  # streamed rows (`stream.StreamLoader`)
+        loader.set_epoch(epoch)
+    elif hasattr(sampler, "set_epoch"):
         sampler.seed = seed
         sampler.set_epoch(epoch)
     elif getattr(loader, "generator", None) is not None:
@@ -219,6 +186,7 @@ def _start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
 
 
 TARGET_KEYS = ("target", "teacher_prob", "click")
+WEIGHT_KEY = "_step_weight"  # `stream.WEIGHT_KEY`: 0 on a streamed batch of padding rows only (the ranks step together)
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: str) -> torch.Tensor:
@@ -244,6 +212,8 @@ class Progress:
         self._rows += rows
         self._steps_done += 1
         now = time.perf_counter()
+        if self.enabled and self._steps_done == 1:  # bench/train_scale.py times the start by this line
+            print(f"[train] first step done ({now - self._t0:.1f} s after the loop started)", flush=True)
         if not self.enabled or now - self._last < self.every_s:
             return
         self._last = now
@@ -264,20 +234,21 @@ def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: st
     for step, batch in enumerate(loader):
         if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
             break
+        weight = float(batch.pop(WEIGHT_KEY, 1.0))
         logits = _forward(model, batch, device)
         batch = {k: v.to(device) for k, v in batch.items() if k in TARGET_KEYS}
-        loss = compute_loss(cfg.loss, logits, batch, cfg.alpha, cfg.temperature)
+        loss = compute_loss(cfg.loss, logits, batch, cfg.alpha, cfg.temperature) * weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        n = len(logits)
+        n = len(logits) if weight else 0  # a zero-weight step trains no row
         total += loss.item() * n
         rows += n
         if progress is not None:
-            progress.update(epoch, step, total / rows, n)
+            progress.update(epoch, step, total / max(rows, 1), n)
     return {"loss": total / max(rows, 1), "rows": rows, "seconds": time.perf_counter() - t0}
 
 
@@ -299,15 +270,26 @@ def score_texts(model, tokenizer, texts: list[str], max_length: int = 64, batch_
     return 1.0 / (1.0 + np.exp(-predict_logits(model, loader, device)))
 
 
-def validate(model, loader: DataLoader, rows: TokenizedRows, cfg: LoopConfig, device: str = "cpu") -> dict[str, float]:
-    """`val_loss` (the training loss on held-out rows) and `val_auc` (against clicks where known)."""
+@torch.no_grad()
+def validate(model, loader, cfg: LoopConfig, device: str = "cpu") -> dict[str, float]:
+    """`val_loss` (the training loss on held-out rows) and `val_auc` (against clicks where known);
+    the targets come with the batches (in-memory or streamed rows alike)."""
     from distillery.metrics import roc_auc
 
-    logits = predict_logits(model, loader, device)
-    batch = {k: torch.from_numpy(getattr(rows, k)) for k in ("target", "teacher_prob", "click")}
-    val_loss = compute_loss(cfg.loss, torch.from_numpy(logits).float(), batch, cfg.alpha, cfg.temperature).item()
-    known = ~np.isnan(rows.click)
-    auc = roc_auc(rows.click[known], logits[known]) if known.any() else float("nan")
+    model.eval()
+    logits, targets = [], {k: [] for k in TARGET_KEYS}
+    for b in loader:
+        logits.append(_forward(model, b, device).cpu())
+        for k in TARGET_KEYS:
+            targets[k].append(b[k].float())
+    if not logits:
+        return {"val_loss": float("nan"), "val_auc": float("nan"), "val_rows": 0, "val_click_rows": 0}
+    batch = {k: torch.cat(v) for k, v in targets.items()}
+    all_logits = torch.cat(logits)
+    val_loss = compute_loss(cfg.loss, all_logits, batch, cfg.alpha, cfg.temperature).item()
+    click, logits = batch["click"].numpy(), all_logits.double().numpy()
+    known = ~np.isnan(click)
+    auc = roc_auc(click[known], logits[known]) if known.any() else float("nan")
     return {"val_loss": float(val_loss), "val_auc": float(auc), "val_rows": int(len(logits)), "val_click_rows": int(known.sum())}
 
 
@@ -322,11 +304,33 @@ def _lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], floa
     return f
 
 
-def train(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks | None = None,
-          state: TrainState | None = None) -> TrainState:
-    """Train `model` on `table`'s training rows for `cfg.epochs`, validating on its held-out rows.
+def _table_loaders(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks):
+    """(train loader, validation loader, training rows, validation rows, prior) of an in-memory table."""
+    train_rows = rows_for(model, tokenizer, table.subset(~table.is_val), cfg.max_length)
+    val_rows = rows_for(model, tokenizer, table.subset(table.is_val), cfg.max_length)
+    train_loader = hooks.prepare_loader(make_loader(train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                                    bucket_batches=cfg.length_bucket_batches,
+                                                    world_size=hooks.world_size, rank=hooks.world_rank))
+    val_loader = make_loader(val_rows, cfg.eval_batch_size, shuffle=False)  # every worker scores all of it
+    return train_loader, val_loader, len(train_rows), len(val_rows), _prior(table.subset(~table.is_val), cfg.loss)
 
-    Resumes after `state.epoch` completed epochs (optimizer and scheduler restored) when `state`
+
+def _loaders(cfg: LoopConfig, data, model, tokenizer, hooks: Hooks):
+    """`_table_loaders` for a `TrainingTable`; `stream.loaders` for `stream.StreamedRows` (a worker's shard)."""
+    if isinstance(data, TrainingTable):
+        return _table_loaders(cfg, data, model, tokenizer, hooks)
+    from distillery.training.stream import loaders
+
+    train_loader, val_loader, _ = loaders(data, cfg, model, tokenizer, hooks.world_size)
+    return train_loader, val_loader, data.train_rows, data.val_rows, data.prior
+
+
+def train(cfg: LoopConfig, data, model, tokenizer, hooks: Hooks | None = None,
+          state: TrainState | None = None) -> TrainState:
+    """Train `model` on `data`'s training rows for `cfg.epochs`, validating on its held-out rows.
+
+    `data` is a `TrainingTable` (in memory) or `stream.StreamedRows` (streamed: a Ray Train worker's
+    shard and the validation sample). Resumes after `state.epoch` completed epochs (optimizer and scheduler restored) when `state`
     is given. Calls `hooks.report(metrics, model=, tokenizer=, state=)` at the end of each epoch.
     """
     hooks = hooks or Hooks()
@@ -338,14 +342,9 @@ def train(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks 
         for name, p in unwrap(model).named_parameters():
             if "word_embeddings" in name:
                 p.requires_grad_(False)
+    train_loader, val_loader, n_train, n_val, prior = _loaders(cfg, data, model, tokenizer, hooks)
     if cfg.init_bias_to_prior and state.optimizer is None:
-        set_output_bias(model, _prior(table.subset(~table.is_val), cfg.loss))
-    train_rows = rows_for(model, tokenizer, table.subset(~table.is_val), cfg.max_length)
-    val_rows = rows_for(model, tokenizer, table.subset(table.is_val), cfg.max_length)
-    train_loader = hooks.prepare_loader(make_loader(train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                                    bucket_batches=cfg.length_bucket_batches,
-                                                    world_size=hooks.world_size, rank=hooks.world_rank))
-    val_loader = make_loader(val_rows, cfg.eval_batch_size, shuffle=False)  # every worker scores all of it
+        set_output_bias(model, prior)
     model = hooks.prepare_model(model)
     raw = unwrap(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -358,13 +357,13 @@ def train(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hooks: Hooks 
         torch.set_rng_state(state.rng)
     progress = Progress(steps, cfg.epochs, hooks.world_size, enabled=hooks.world_rank == 0)
     if hooks.world_rank == 0:
-        print(f"[train] {len(train_rows)} rows, {len(val_rows)} validation rows; {steps} steps/epoch × {cfg.epochs - state.epoch} "
+        print(f"[train] {n_train} rows, {n_val} validation rows; {steps} steps/epoch × {cfg.epochs - state.epoch} "
               f"epoch(s) of {cfg.batch_size} rows × {hooks.world_size} worker(s)", flush=True)
     for epoch in range(state.epoch, cfg.epochs):
         _maybe_fail(cfg, epoch, hooks)
         _start_epoch(train_loader, epoch, cfg.seed)
         stats = train_epoch(model, train_loader, optimizer, scheduler, cfg, hooks.device, progress, epoch)
-        val = validate(raw, val_loader, val_rows, cfg, hooks.device) if len(val_rows) else {"val_loss": stats["loss"], "val_auc": float("nan")}
+        val = validate(raw, val_loader, cfg, hooks.device) if n_val else {"val_loss": stats["loss"], "val_auc": float("nan")}
         metrics = {
             "epoch": epoch, "loss": stats["loss"], **val,
             "rows_per_s": stats["rows"] * hooks.world_size / max(stats["seconds"], 1e-9),
@@ -441,18 +440,22 @@ def load_state(path: str) -> dict[str, Any]:
     return torch.load(os.path.join(path, STATE_FILE), weights_only=True)
 
 
-def load_checkpoint(path: str):
-    """(model, tokenizer, TrainState) from a folder written by `save_checkpoint` (either student kind)."""
+def load_model(path: str):
+    """(model in train mode, tokenizer) from a folder written by `save_pretrained` + tokenizer (either student kind)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from distillery.training.two_tower_student import CONFIG_FILE, load_two_tower
 
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         model, tokenizer = load_two_tower(path)
-        return model.train(), tokenizer, TrainState(**load_state(path))
-
+        return model.train(), tokenizer
     model = AutoModelForSequenceClassification.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.train(), AutoTokenizer.from_pretrained(path)
+
+
+def load_checkpoint(path: str):
+    """(model, tokenizer, TrainState) from a folder written by `save_checkpoint` (either student kind)."""
+    model, tokenizer = load_model(path)
     return model, tokenizer, TrainState(**load_state(path))
 
 

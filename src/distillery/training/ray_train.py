@@ -4,7 +4,10 @@
 
 Each worker runs `distillery.training.loop.train` unchanged; only the hooks differ from a single
 process: `ray.train.torch.prepare_model` (DDP), `prepare_data_loader` (DistributedSampler) and
-`ray.train.report` with a checkpoint folder from rank 0 every epoch. Workers, CPUs/GPUs per worker,
+`ray.train.report` with a checkpoint folder from rank 0 every epoch. With `data.stream: true` the
+rows come from Ray Data instead (`training.stream`): the driver plans the input files, counts the
+rows and builds the start model once; each worker reads its shard (`get_dataset_shard("train")`)
+and the validation sample, so no process holds the whole table. Workers, CPUs/GPUs per worker,
 failures and checkpoint retention come from YAML. Re-running with the same storage path and name
 resumes: Ray Train V2 restores its checkpoint manager from storage and `ray.train.get_checkpoint()`
 hands the latest checkpoint to the loop, which continues after its last completed epoch.
@@ -77,8 +80,33 @@ def _report_hook(checkpoint_prefix: str):
     return report
 
 
+def _shards(spec: TrainSpec, plan: dict[str, Any]):
+    """`stream.StreamedRows`: this worker's shard of "train", the whole validation sample, the plan's figures."""
+    import ray.train
+
+    from distillery.training.stream import StreamedRows
+
+    return StreamedRows(train=ray.train.get_dataset_shard("train"), val=ray.train.get_dataset_shard("val"),
+                        stream=spec.data.streaming, **plan)
+
+
+def _start_from(start_ref):
+    """(model, tokenizer) of the start folder the driver built once (`stream.prepare`)."""
+    import ray
+
+    from distillery.training.loop import load_model
+    from distillery.training.stream import unpack_folder
+
+    with tempfile.TemporaryDirectory(prefix="distillery-start-") as tmp:
+        return load_model(unpack_folder(ray.get(start_ref), tmp))
+
+
 def worker_loop(config: dict[str, Any]) -> None:
-    """`train_loop_per_worker`: build rows and model (or resume), then the plain loop with Ray hooks."""
+    """`train_loop_per_worker`: build rows and model (or resume), then the plain loop with Ray hooks.
+
+    `config` is `{"spec": TrainSpec as JSON, "stream": None | {"plan", "start"}}`: with `data.stream`
+    the rows are this worker's shard of the driver's datasets and the model starts from the driver's
+    start folder; otherwise every worker builds the whole table and the model itself."""
     import ray.train
     import ray.train.torch
 
@@ -87,15 +115,22 @@ def worker_loop(config: dict[str, Any]) -> None:
     from distillery.training.init import build_model
     from distillery.training.loop import Hooks, load_checkpoint, train
 
-    spec = TrainSpec.model_validate(config)
+    spec = TrainSpec.model_validate(config["spec"])
     ctx = ray.train.get_context()
-    table = build_training_table(spec.run_dir, spec.data, spec.loop.loss)
+    stream = config.get("stream")
+    if stream is not None:
+        data = _shards(spec, stream["plan"])
+    else:
+        data = build_training_table(spec.run_dir, spec.data, spec.loop.loss)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             model, tokenizer, state = load_checkpoint(path)
         if ctx.get_world_rank() == 0:
             print(f"[train] resuming after epoch {state.epoch - 1} from {checkpoint.path}", flush=True)
+    elif stream is not None:
+        model, tokenizer = _start_from(stream["start"])  # built, trimmed and head-started once, in the driver
+        state = None
     else:
         model, tokenizer = build_model(spec.init)
         if spec.init.trim_vocab_splits:
@@ -103,7 +138,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         if spec.init.head_from and kind_of_model(model).starts_head_on_rows:
             from distillery.training.two_tower_student import start_head_on_rows
 
-            start = start_head_on_rows(model, tokenizer, spec.init.head_from, table, spec.loop.max_length)
+            start = start_head_on_rows(model, tokenizer, spec.init.head_from, data, spec.loop.max_length)
             if ctx.get_world_rank() == 0:
                 print(f"[train] two-tower head start ({spec.init.head_from}) on training rows: {start}", flush=True)
         state = None
@@ -116,7 +151,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         device=str(ray.train.torch.get_device()),
         failure_marker=spec.failure_marker,
     )
-    train(spec.loop, table, model, tokenizer, hooks, state)
+    train(spec.loop, data, model, tokenizer, hooks, state)
 
 
 def _trim(model, tokenizer, spec: TrainSpec, verbose: bool):
@@ -138,9 +173,23 @@ def _trim(model, tokenizer, spec: TrainSpec, verbose: bool):
 
 def fit(spec: TrainSpec, scaling: ScalingSection, checkpoint: CheckpointSection, failure: FailureSection,
         storage: str, name: str):
-    """Run the TorchTrainer; returns Ray's `Result` (best checkpoints, metrics, path)."""
+    """Run the TorchTrainer; returns Ray's `Result` (best checkpoints, metrics, path).
+
+    With `data.stream` the driver first plans the files, counts the rows and builds the start model
+    (`stream.prepare`); the workers then read their shards of its datasets."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    config: dict[str, Any] = {"spec": spec.model_dump(mode="json"), "stream": None}
+    data_args: dict[str, Any] = {}
+    if spec.data.stream:
+        from distillery.training.stream import prepare, split_config
+
+        job = prepare(spec, scaling.num_workers)
+        config["stream"] = {"plan": job.plan, "start": ray.put(job.start)}
+        data_args = {"datasets": job.datasets,
+                     "dataset_config": split_config(spec.data.streaming.preserve_order)}
 
     if "://" not in storage:
         storage = os.path.abspath(storage)
@@ -150,7 +199,8 @@ def fit(spec: TrainSpec, scaling: ScalingSection, checkpoint: CheckpointSection,
     backend = scaling.backend if scaling.backend != "auto" else ("nccl" if scaling.use_gpu else "gloo")
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config=spec.model_dump(mode="json"),
+        train_loop_config=config,
+        **data_args,
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=scaling.placement_strategy),

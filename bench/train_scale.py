@@ -1,0 +1,184 @@
+"""python bench/train_scale.py --rows 40000 [--rows 400000 ...] [--modes stream,memory] [--steps 20]
+
+Training input at scale: `jobs.train` with `jobs/configs/train_direct.yaml` (click loss on the
+train split, 2 Ray Train workers) limited to `--steps` steps, on a synthetic run of `--rows` train
+rows, once with the streamed input (`data.stream=true`: Ray Data → each worker's shard) and once
+with the in-memory table (`data.stream=false`: every worker builds the whole table), side by side.
+Each run is its own process with its own embedded Ray, so nothing is shared between them.
+
+Figures per run: peak memory of the job's process tree (driver, Ray, workers: RSS summed) and of
+the machine (MemTotal − MemAvailable over its value before the run: other work on a shared machine
+shows here too), the peak RSS of each training worker, the time from launch to the first training
+step, the whole job's seconds, and the training rows/s of those steps. `--memory-limit-gb` skips
+the in-memory mode where it would not fit (estimated from the last in-memory run's per-row growth).
+The CPU model and flags are printed first; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_run(rows: int, root: str) -> str:
+    """A synthetic run directory with `rows` train rows (files of ≤ 10k rows)."""
+    from distillery.data.synthetic import SyntheticConfig, write_splits
+
+    run_dir = os.path.join(root, f"run-{rows}")
+    write_splits(SyntheticConfig(seed=0, rows_train=rows, rows_unlabeled=100, rows_test=100,
+                                 files_per_split=max(1, rows // 10_000)), os.path.join(run_dir, "data"))
+    return run_dir
+
+
+def _meminfo_used_mb() -> float:
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            info[key] = int(value.split()[0])
+    return (info["MemTotal"] - info["MemAvailable"]) / 1024
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, RSS in kB, command line) of every process readable in /proc."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/status") as f:
+                rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(entry)] = (ppid, rss, cmd)
+    return out
+
+
+def _tree(root: int, procs: dict[int, tuple[int, int, str]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+class MemorySampler:
+    """Samples the job's process tree every `every_s` seconds: peak tree RSS, peak machine use, peak RSS per worker."""
+
+    def __init__(self, pid: int, every_s: float = 0.5):
+        self.pid, self.every_s = pid, every_s
+        self.baseline_mb = _meminfo_used_mb()
+        self.tree_mb = self.machine_mb = 0.0
+        self.workers_mb: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            procs = _processes()
+            mine = _tree(self.pid, procs)
+            self.tree_mb = max(self.tree_mb, sum(procs[p][1] for p in mine if p in procs) / 1024)
+            self.machine_mb = max(self.machine_mb, _meminfo_used_mb() - self.baseline_mb)
+            for p in mine:
+                if p in procs and "RayTrainWorker" in procs[p][2]:
+                    self.workers_mb[p] = max(self.workers_mb.get(p, 0.0), procs[p][1] / 1024)
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> dict[str, float | list[float]]:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_tree_mb": round(self.tree_mb), "peak_machine_mb": round(self.machine_mb),
+                "peak_worker_mb": sorted((round(v) for v in self.workers_mb.values()), reverse=True)}
+
+
+def run_job(run_dir: str, stream: bool, steps: int, out_dir: str) -> dict:
+    """One `jobs.train` process; its figures (memory, seconds to the first step, rows/s)."""
+    cmd = [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/train_direct.yaml", f"run_dir={run_dir}",
+           f"output=student_direct_{'stream' if stream else 'memory'}", f"data.stream={str(stream).lower()}",
+           f"loop.max_steps_per_epoch={steps}", "loop.epochs=1", f"checkpoint.storage={out_dir}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": REPO}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = MemorySampler(proc.pid)
+    first_step, last_json, tail = None, None, []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        if first_step is None and "[train] first step done" in line:
+            first_step = time.perf_counter() - t0
+        if line.startswith("{") and '"best"' in line:
+            last_json = json.loads(line)
+    proc.wait()
+    seconds = time.perf_counter() - t0
+    memory = sampler.stop()
+    if proc.returncode != 0 or last_json is None:
+        raise RuntimeError(f"jobs.train (stream={stream}) failed with {proc.returncode}:\n{''.join(tail)}")
+    best = last_json["best"]
+    return {"mode": "stream" if stream else "memory", **memory, "first_step_s": round(first_step or float("nan"), 1),
+            "job_s": round(seconds, 1), "rows_per_s": round(best["rows_per_s"], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, action="append", help="train rows of a run (repeatable); default 40000")
+    parser.add_argument("--modes", default="stream,memory", help="stream, memory or both")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per run (loop.max_steps_per_epoch)")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="skip the in-memory mode where its estimated peak passes this; default: 80%% of MemTotal")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic runs")
+    args = parser.parse_args()
+    sys.path.insert(0, REPO)
+    from distillery.hardware import cpu_info, cpu_summary
+
+    print(f"[bench] CPU: {cpu_summary()} | flags {','.join(cpu_info()['flags'])}", flush=True)
+    with open("/proc/meminfo") as f:
+        total_gb = int(f.readline().split()[1]) / 1024 ** 2
+    limit_gb = args.memory_limit_gb or 0.8 * total_gb
+    root = tempfile.mkdtemp(prefix="train-scale-")
+    results, per_row_mb = [], None
+    try:
+        for rows in args.rows or [40_000]:
+            run_dir = make_run(rows, root)
+            line = {"rows": rows}
+            for mode in args.modes.split(","):
+                stream = mode == "stream"
+                if not stream and per_row_mb is not None and per_row_mb * rows / 1024 > limit_gb:
+                    line[mode] = {"skipped": f"estimated {per_row_mb * rows / 1024:.0f} GB > {limit_gb:.0f} GB"}
+                    continue
+                figures = run_job(run_dir, stream, args.steps, os.path.join(root, "ckpt"))
+                if not stream:
+                    per_row_mb = figures["peak_tree_mb"] / rows
+                line[mode] = figures
+                print(f"[bench] {rows} rows {mode}: {figures}", flush=True)
+            if "stream" in line and "rows_per_s" in line.get("memory", {}):
+                line["stream_vs_memory"] = {
+                    "rows_per_s": round(line["stream"]["rows_per_s"] / line["memory"]["rows_per_s"], 3),
+                    "peak_tree_mb": round(line["stream"]["peak_tree_mb"] / line["memory"]["peak_tree_mb"], 3),
+                    "first_step_s": round(line["stream"]["first_step_s"] / line["memory"]["first_step_s"], 3)}
+            results.append(line)
+            shutil.rmtree(run_dir, ignore_errors=True) if not args.keep else None
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps({"cpu": cpu_info(), "steps": args.steps, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
