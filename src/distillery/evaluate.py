@@ -13,6 +13,8 @@ same test rows, and merges into `<run_dir>/report.json`:
     quality.few_clicks_warning               bootstrap intervals (`distillery.evaluate_ci`)
     quality.distillation_efficiency          student_int8.auc / teacher.auc (student.auc without ONNX)
     quality.distillation_efficiency_student  student.auc / teacher.auc
+    quality.gain_retention                   (student_int8.auc − 0.5) / (teacher.auc − 0.5): the share of the
+                                             teacher's gain over chance kept (gain_retention_ci: paired interval)
     quality.lift_auc                         student.auc − student_direct.auc
 
 The metrics themselves live in `distillery.metrics`.
@@ -29,7 +31,7 @@ from pydantic import Field
 
 from distillery import io
 from distillery.config import RunSection
-from distillery.evaluate_ci import BootstrapSection
+from distillery.evaluate_ci import BootstrapSection, gain_retention
 from distillery.metrics import evaluate_predictions, roc_auc
 from distillery.onnx_model.card import CARD_FILE
 
@@ -277,6 +279,7 @@ def _derived(q: dict[str, Any]) -> dict[str, Any]:
         final = int8 if int8 is not None else student
         if final is not None:
             out["distillation_efficiency"] = final / teacher
+            out["gain_retention"] = gain_retention(final, teacher)
     if student is not None and direct is not None:
         out["lift_auc"] = student - direct
     return out

@@ -284,6 +284,7 @@ def _quality(report: dict[str, Any], figures: dict[str, str], notes: dict[str, s
              (f"Bid p99 at {_TILE_BIDS} candidates, light load, ms", f"serve.bid_ms.{_TILE_BIDS}.p99")]
     headline = _rows(report, "quality", {
         "distillation_efficiency": "Distillation efficiency",
+        "gain_retention": "Gain retention ((student − 0.5) / (teacher − 0.5))",
         "distillation_efficiency_student": "Distillation efficiency, FP32 student"}, ("distillation_efficiency",))
     headline += [("Lift over click-only student (AUC)", [_lift_key(report)])]
     headline += _rows(report, "quality", {"strict_lift": "Strict lift over click-only student",
@@ -293,6 +294,7 @@ def _quality(report: dict[str, Any], figures: dict[str, str], notes: dict[str, s
     level = f"{round(100 * ((q.get('bootstrap') or {}).get('level') or 0.95))}% CI"
     headline += _rows(report, "quality", {"test_clicks": "Test clicks"})
     headline += _rows(report, "quality", {"distillation_efficiency_ci": f"Distillation efficiency, {level}",
+                                          "gain_retention_ci": f"Gain retention, {level}",
                                           "lift_auc_ci": f"Lift over click-only student, {level}"})
     models = charts.quality_models(report)
     with_ci = any(isinstance(q.get(m), dict) and "auc_ci" in q[m] for m in models)

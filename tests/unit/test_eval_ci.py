@@ -65,6 +65,17 @@ def test_gain_retention_reads_the_share_of_the_teachers_gain_over_chance():
     assert confidence_intervals(y, {"teacher": a, "student_int8": a}, BootstrapSection(resamples=50))["gain_retention_ci"] == [1.0, 1.0]
 
 
+def test_the_report_carries_gain_retention_beside_the_efficiency(tmp_path):
+    from distillery.evaluate import _derived
+
+    q = _derived({"teacher": {"auc": 0.61}, "student": {"auc": 0.60}, "student_int8": {"auc": 0.59}})
+    assert q["gain_retention"] == pytest.approx(0.09 / 0.11) and q["distillation_efficiency"] == pytest.approx(0.59 / 0.61)
+    report = sample_report()
+    report["quality"].update(gain_retention=0.818, gain_retention_ci=[0.61, 1.02])
+    html = Path(write_report(str(write_run(tmp_path, report)))).read_text()
+    assert "Gain retention" in html and "0.818" in html
+
+
 def test_single_class_gives_a_reason_not_an_interval():
     out = confidence_intervals(np.zeros(50), {"teacher": np.random.rand(50)}, BootstrapSection())
     assert "single click class" in out["bootstrap"]["reason"] and "teacher" not in out
