@@ -10,7 +10,8 @@ Figures per run: peak memory of the job's process tree (driver, Ray, workers: RS
 the machine (MemTotal − MemAvailable over its value before the run: other work on a shared machine
 shows here too), the peak RSS of each training worker, the time from launch to the first training
 step, the whole job's seconds, and the training rows/s of those steps. `--memory-limit-gb` skips
-the in-memory mode where it would not fit (estimated from the last in-memory run's per-row growth).
+the in-memory mode where it would not fit (estimated from the growth per row between the last two
+in-memory runs).
 The CPU model and flags are printed first; the last line is one JSON object.
 """
 
@@ -152,19 +153,23 @@ def main() -> None:
         total_gb = int(f.readline().split()[1]) / 1024 ** 2
     limit_gb = args.memory_limit_gb or 0.8 * total_gb
     root = tempfile.mkdtemp(prefix="train-scale-")
-    results, per_row_mb = [], None
+    results, per_row_mb, memory_runs = [], None, []
     try:
         for rows in args.rows or [40_000]:
             run_dir = make_run(rows, root)
             line = {"rows": rows}
             for mode in args.modes.split(","):
                 stream = mode == "stream"
-                if not stream and per_row_mb is not None and per_row_mb * rows / 1024 > limit_gb:
-                    line[mode] = {"skipped": f"estimated {per_row_mb * rows / 1024:.0f} GB > {limit_gb:.0f} GB"}
+                estimate_mb = None if per_row_mb is None else memory_runs[-1][1] + per_row_mb * (rows - memory_runs[-1][0])
+                if not stream and estimate_mb is not None and estimate_mb / 1024 > limit_gb:
+                    line[mode] = {"skipped": f"estimated {estimate_mb / 1024:.0f} GB > {limit_gb:.0f} GB"}
                     continue
                 figures = run_job(run_dir, stream, args.steps, os.path.join(root, "ckpt"))
-                if not stream:
-                    per_row_mb = figures["peak_tree_mb"] / rows
+                if not stream:  # growth per row between the last two in-memory runs (Ray's own base apart)
+                    memory_runs.append((rows, figures["peak_tree_mb"]))
+                    if len(memory_runs) > 1:
+                        (r0, m0), (r1, m1) = memory_runs[-2:]
+                        per_row_mb = max(0.0, (m1 - m0) / max(1, r1 - r0))
                 line[mode] = figures
                 print(f"[bench] {rows} rows {mode}: {figures}", flush=True)
             if "stream" in line and "rows_per_s" in line.get("memory", {}):

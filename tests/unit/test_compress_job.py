@@ -115,7 +115,7 @@ def test_run_prunes_exports_quantizes_and_writes_the_card(tmp_path):
 
 def test_shipped_yaml_parses_and_bad_keys_name_the_field():
     cfg = load_config(CompressConfig, REPO / "jobs" / "configs" / "compress.yaml")
-    assert cfg.presets == ["int8-dynamic"] and cfg.validation.max_auc_drop == 0.002
+    assert cfg.presets == ["int8-dynamic"] and cfg.validation.max_auc_drop == 0.005
     with pytest.raises(ConfigError, match="presets"):
         load_config(CompressConfig, None, ["presets=[int4]"])
     with pytest.raises(ConfigError, match="validation.max_auc_dorp"):

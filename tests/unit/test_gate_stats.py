@@ -84,3 +84,25 @@ def test_a_faithful_variant_passes_and_a_damaged_one_fails_whatever_the_seed(see
     shifted = 1 / (1 + np.exp(-(logit + 1.0)))  # same ranking, every probability ~2.7x: calibration broken
     decision = gate_decision(paired_comparison(y, fp32, shifted), th)
     assert not decision["passed"] and decision["reasons"] == [r for r in decision["reasons"] if "|Δp|" in r]
+
+
+def test_non_inferiority_fails_a_point_drop_of_0_004_that_is_not_shown_within_the_margin():
+    """The old rule failed a variant only when the interval's *lower* end passed 0.002, so a point drop
+    near 0.004 passed; non-inferiority asks the *upper* end to stay under the margin (0.005)."""
+    rng = np.random.default_rng(0)
+    n = 3000  # the demo's gate sample: 3,000 test rows, ~80 clicks
+    clicks = (rng.random(n) < 80 / 3000).astype(float)
+    logit = rng.normal(-3.5, 0.6, n) + 0.9 * clicks
+    fp32 = 1 / (1 + np.exp(-logit))
+    drops = {}
+    for scale in np.linspace(0.02, 0.2, 19):  # score noise whose AUC cost is near 0.004
+        variant = 1 / (1 + np.exp(-(logit + np.random.default_rng(1).normal(0, scale, n))))
+        drops[scale] = paired_comparison(clicks, fp32, variant)
+    scale = min(drops, key=lambda s: abs(drops[s]["auc_drop"] - 0.004))
+    stats = drops[scale]
+    assert 0.003 <= stats["auc_drop"] <= 0.005
+    assert stats["auc_drop_ci"][0] < 0.002  # the old rule passed it
+    decision = gate_decision(stats, GateThresholds())
+    assert not decision["passed"] and "not shown within the margin 0.005" in decision["reasons"][0]
+    faithful = paired_comparison(clicks, fp32, fp32 * (1 + np.random.default_rng(2).normal(0, 1e-3, n)))
+    assert gate_decision(faithful, GateThresholds())["passed"]  # a real INT8's |Δp| of ~1e-3 passes

@@ -55,7 +55,7 @@ class ValidationSection(Section):
     rows: int = Field(4000, ge=50, description="rows for the paired quality gate of every variant")
     parity_rows: int = Field(256, ge=1, description="rows for the FP32-vs-PyTorch logit check")
     atol: float = Field(1e-3, gt=0, description="max |Δ logit| allowed between FP32 ONNX and PyTorch")
-    max_auc_drop: float = Field(0.002, ge=0, description="quality gate: a variant fails when the lower end of the paired-DeLong CI of its AUC drop below FP32 exceeds this")
+    max_auc_drop: float = Field(0.005, ge=0, description="quality gate, non-inferiority margin: a variant passes only when the upper end of the paired-DeLong CI of its AUC drop below FP32 is at most this")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="quality gate: two-sided level of that confidence interval")
     min_spearman: float = Field(0.95, ge=-1.0, le=1.0, description="quality gate: least Spearman rank correlation with FP32's scores on the same rows")
     max_mean_abs_dp: float = Field(0.01, gt=0.0, le=1.0, description="quality gate: most mean |p_variant − p_fp32| on the same rows (calibration kept)")

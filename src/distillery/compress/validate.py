@@ -2,7 +2,7 @@
 
     parity = fp32_parity("runs/demo/student", "runs/demo/onnx", texts, atol=1e-4)   # max |Δ logit|
     probs = variant_probs("runs/demo/onnx", ["fp32", "int8"], texts)
-    result = quality_gate(clicks, probs, GateThresholds(max_auc_drop=0.002), presets={"int8": "int8-dynamic"})
+    result = quality_gate(clicks, probs, GateThresholds(max_auc_drop=0.005), presets={"int8": "int8-dynamic"})
     raise_if_failed(result)                                                           # names the preset to try
 
 FP32 is checked against PyTorch logit by logit (it must be the same function); quantized variants
