@@ -108,7 +108,9 @@ def run_demo(seed: int, run_dir: Path, log_path: Path, overrides: list[str]) -> 
         "teacher_auc": (q.get("teacher") or {}).get("auc"), "student_auc": (q.get("student") or {}).get("auc"),
         "student_int8_auc": (q.get("student_int8") or {}).get("auc"),
         "student_direct_auc": (q.get("student_direct") or {}).get("auc"), "oracle_auc": q.get("oracle_auc"),
-        "efficiency": q.get("distillation_efficiency"), "lift": q.get("lift_auc"),
+        "efficiency": q.get("distillation_efficiency"), "efficiency_ci": q.get("distillation_efficiency_ci"),
+        "gain_retention": q.get("gain_retention"), "gain_retention_ci": q.get("gain_retention_ci"),
+        "lift": q.get("lift_auc"), "lift_ci": q.get("lift_auc_ci"), "test_clicks": q.get("test_clicks"),
         "gate_int8": {k: gate.get(k) for k in ("passed", "auc_drop", "auc_drop_ci", "spearman", "flipped_pairs", "mean_abs_dp")},
         "latency_ms": report.get("latency_ms"), "size_mb": report.get("size_mb"),
         "serve": {k: (report.get("serve") or {}).get(k) for k in ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")},
@@ -137,7 +139,8 @@ def main() -> int:
         fmt = lambda v, s: format(v, s) if isinstance(v, (int, float)) else "—"  # noqa: E731
         print(f"seed {seed}: rc {r['rc']}, {r['wall_s']:.0f} s, peak memory {r['peak_pss_tree_mb']} MB PSS "
               f"({r['peak_rss_tree_mb']} MB RSS summed, shared pages counted in each process), "
-              f"{r['output_lines']} lines, efficiency {fmt(r['efficiency'], '.3f')}, lift {fmt(r['lift'], '+.3f')}, "
+              f"{r['output_lines']} lines, efficiency {fmt(r['efficiency'], '.3f')}, gain retention "
+              f"{fmt(r['gain_retention'], '.3f')} {r['gain_retention_ci']}, lift {fmt(r['lift'], '+.3f')} {r['lift_ci']}, "
               f"int8 gate {r['gate_int8'].get('passed')}; stages {r['timings_s']}", flush=True)
     ok = all(r["rc"] == 0 for r in results)
     print(json.dumps({"cpu": cpu_info(), "runs": results, "all_passed": ok}))
