@@ -5,6 +5,7 @@ pytest's pythonpath), never as `conftest`: several conftest modules share that n
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -121,3 +122,41 @@ def make_tiny_run(run_dir: Path, rows_train: int = 300, rows_unlabeled: int = 30
         })
         pq.write_table(labels, run_dir / "labels" / f"{split}.parquet")
     return run_dir
+
+
+GRAPHS = ("finite", "nan", "ort_error")  # the hand-built graphs of `save_graph_model`
+
+
+def save_graph_model(folder: Path, tokenizer_dir: Path, graph: str, version: str, scale: float = 0.05) -> Path:
+    """An exported ONNX folder (card, tokenizer, `int8` variant) whose model is a tiny hand-built graph
+    over (input_ids, attention_mask) -> logits (batch, 1): `finite` (scale x token count - 1), `nan`
+    (every logit NaN), `ort_error` (a Gather past the sequence: ONNX Runtime raises at run time)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from transformers import AutoTokenizer
+
+    assert graph in GRAPHS, graph
+    folder.mkdir(parents=True, exist_ok=True)
+    const = {"one_axis": helper.make_tensor("one_axis", TensorProto.INT64, [1], [1]),
+             "scale": helper.make_tensor("scale", TensorProto.FLOAT, [], [float("nan") if graph == "nan" else scale]),
+             "bias": helper.make_tensor("bias", TensorProto.FLOAT, [], [-1.0]),
+             "far": helper.make_tensor("far", TensorProto.INT64, [1], [1_000_000])}
+    nodes = [helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT)]
+    if graph == "ort_error":
+        nodes.append(helper.make_node("Gather", ["mask_f", "far"], ["logits"], axis=1))
+    else:
+        nodes += [helper.make_node("ReduceSum", ["mask_f", "one_axis"], ["count"], keepdims=1),
+                  helper.make_node("Mul", ["count", "scale"], ["scaled"]),
+                  helper.make_node("Add", ["scaled", "bias"], ["logits"])]
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+           for n in ("input_ids", "attention_mask")]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])
+    model = helper.make_model(helper.make_graph(nodes, f"ctr_{graph}", ids, [out], list(const.values())),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "model.onnx"))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+    card = {"name": "ctr", "version": version, "max_length": 64, "inputs": ["input_ids", "attention_mask"],
+            "output": "logits", "variants": {"int8": "model.onnx"}}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return folder

@@ -263,7 +263,7 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     io.write_bytes(catalog, yaml.safe_dump(bid_catalog(rows, s.bid_counts), sort_keys=False).encode())
     bidder = {**(s.app.get("bidder") or {}), "catalog": catalog}
     bidder["max_candidates"] = max(bidder.get("max_candidates") or 0, s.bid_counts[-1])
-    overrides = {**s.app, "bidder": bidder, "model": _served_model(s.app, onnx_dir)}
+    overrides = {**s.app, "bidder": bidder}  # the variant: AppArgs.variant (the card's default_variant without int8)
     serving = start_serving(onnx_dir, port=s.port, overrides=overrides,
                             model_root=os.path.dirname(onnx_dir), app_name="distillery-demo")
     seconds["start"] = round(time.perf_counter() - t, 2)
@@ -325,21 +325,6 @@ def run_serve(cfg: PipelineConfig) -> dict[str, Any]:
     io.write_json(io.join(cfg.run_dir, "serve", "loadtest.json"), summary)
     _merge_report(cfg.run_dir, "serve", summary)
     return {k: summary[k] for k in ("p50_ms", "p99_ms", "rps", "errors", "max_replicas")}
-
-
-def _served_model(app: dict[str, Any], onnx_dir: str) -> dict[str, Any]:
-    """The app's `model` section; without a variant chosen, the card's `default_variant` (the best
-    that passed the gate: an INT8 the gate rejected is not in the folder to serve)."""
-    from distillery.onnx_model.card import ModelCard
-
-    model = dict(app.get("model") or {})
-    card = ModelCard.read(onnx_dir)
-    if not model.get("variant") and "int8" not in card.variants:
-        default = getattr(card, "default_variant", None)
-        if default:
-            print(f"[serve] serving the {default} variant: int8 was left out by the quality gate", flush=True)
-            model["variant"] = default
-    return model
 
 
 def run_report(cfg: PipelineConfig) -> dict[str, Any]:

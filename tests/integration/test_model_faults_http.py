@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from helpers import APP, deploy, replica_actors, serve_config_for_test, serve_on, wait_for
-from unit.test_model_faults import save_graph_model
+from tinymodels import save_graph_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ TOKEN = "faults-token-7e21"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwear | ad category: sports"
 VERSIONS = {"good1": "good-1", "good2": "good-2", "nan": "nan-1", "broken": "broken-1"}
-MAX_FAILURES = 5  # HealthSection's default: the shipped app args have no health section to shrink it
+MAX_FAILURES = 5  # health.max_consecutive_failures of the shipped serve config
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from procnet import listening_sockets
 
 from distillery.serving import ingress
 
@@ -50,28 +51,8 @@ listen stats
 
 
 def _listening(pid: int) -> set[tuple[str, int]]:
-    """(address, port) of the TCP sockets `pid` listens on (IPv4 and IPv6, /proc/net)."""
-    import ipaddress
-    import os
-
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            words = line.split()
-            if words[3] == "0A" and words[9] in inodes:
-                raw_ip, raw_port = words[1].split(":")
-                raw = bytes.fromhex(raw_ip)
-                ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
-                found.add((str(getattr(ip, "ipv4_mapped", None) or ip), int(raw_port, 16)))
-    return found
+    """(address, port) of the TCP sockets `pid` listens on."""
+    return {(address, port) for address, port, _, _ in listening_sockets([pid])}
 
 
 def test_bind_on_host_moves_only_listeners_on_every_interface():

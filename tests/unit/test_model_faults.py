@@ -1,7 +1,7 @@
 """Model faults are the server's: NaN scores and ONNX Runtime errors from real ONNX graphs are told
 apart from the request's faults, never priced as bids, never written as invalid JSON; the scoring
 health trips after failures in a row or a hung call. Ray-free (the HTTP side: tests/integration/
-test_model_faults_http.py, which builds its models with `save_graph_model` from here).
+test_model_faults_http.py); both build their models with `tinymodels.save_graph_model`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import asyncio
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tinymodels import GRAPHS, save_graph_model
 
 from distillery.onnx_model.kinds import open_scorer
 from distillery.serving.batcher import ThreadBatcher
@@ -23,43 +23,7 @@ from distillery.serving.metrics_health import (EveryN, HealthSection, ModelFault
                                                model_fault)
 from distillery.serving.oip import InferCall, infer_response
 
-GRAPHS = ("finite", "nan", "ort_error")
 TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwear | ad category: sports"
-
-
-def save_graph_model(folder: Path, tokenizer_dir: Path, graph: str, version: str, scale: float = 0.05) -> Path:
-    """An exported ONNX folder (card, tokenizer, `int8` variant) whose model is a tiny hand-built graph
-    over (input_ids, attention_mask) -> logits (batch, 1): `finite` (scale x token count - 1), `nan`
-    (every logit NaN), `ort_error` (a Gather past the sequence: ONNX Runtime raises at run time)."""
-    import onnx
-    from onnx import TensorProto, helper
-    from transformers import AutoTokenizer
-
-    assert graph in GRAPHS, graph
-    folder.mkdir(parents=True, exist_ok=True)
-    const = {"one_axis": helper.make_tensor("one_axis", TensorProto.INT64, [1], [1]),
-             "scale": helper.make_tensor("scale", TensorProto.FLOAT, [], [float("nan") if graph == "nan" else scale]),
-             "bias": helper.make_tensor("bias", TensorProto.FLOAT, [], [-1.0]),
-             "far": helper.make_tensor("far", TensorProto.INT64, [1], [1_000_000])}
-    nodes = [helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT)]
-    if graph == "ort_error":
-        nodes.append(helper.make_node("Gather", ["mask_f", "far"], ["logits"], axis=1))
-    else:
-        nodes += [helper.make_node("ReduceSum", ["mask_f", "one_axis"], ["count"], keepdims=1),
-                  helper.make_node("Mul", ["count", "scale"], ["scaled"]),
-                  helper.make_node("Add", ["scaled", "bias"], ["logits"])]
-    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
-           for n in ("input_ids", "attention_mask")]
-    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])
-    model = helper.make_model(helper.make_graph(nodes, f"ctr_{graph}", ids, [out], list(const.values())),
-                              opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(folder / "model.onnx"))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
-    card = {"name": "ctr", "version": version, "max_length": 64, "inputs": ["input_ids", "attention_mask"],
-            "output": "logits", "variants": {"int8": "model.onnx"}}
-    (folder / "model_card.json").write_text(json.dumps(card))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ from distillery.serving.config import (DEPLOYMENT_NAME, AppArgs, ModelSection, a
 from distillery.serving.limits import (BadRequest, check_bearer, check_content_length, is_authorized, load_token,
                                        parse_json_body, read_body)
 from distillery.serving.metrics import ServingMetrics
-from distillery.serving.metrics_health import (EveryN, HealthSection, ModelFault, ScoringHealth, check_probs,
+from distillery.serving.metrics_health import (EveryN, ModelFault, ScoringHealth, check_probs,
                                                model_fault)
 from distillery.serving.predict import predict_texts
 
@@ -137,14 +137,6 @@ _CANARY_TEXT = "query: running shoes | site: sports | ad: Marathon-ready footwea
 _LOG_EVERY = 100  # frequent, expected events (client disconnects, model faults) are logged once per this many
 
 
-def _health_section(args: AppArgs, override: dict[str, Any] | None) -> HealthSection:
-    """The replica's health settings: `override` (the constructor's `health`), else the app args'
-    `health` section."""
-    if override is not None:
-        return HealthSection.model_validate(override)
-    return args.health
-
-
 def _proxy_host() -> str | None:
     """The address Serve's HTTP proxy binds (the controller's http_options), None if unknown."""
     try:
@@ -224,9 +216,8 @@ def _freeze_long_lived() -> None:
 class CTRServer:
     """One replica: scorer, catalog, limits; `reconfigure` hot-swaps the model from `user_config`."""
 
-    def __init__(self, args: dict[str, Any], health: dict[str, Any] | None = None):
-        """`args`: AppArgs; `health`: a `HealthSection` overriding the app args' `health` section (defaults
-        where the args have none)."""
+    def __init__(self, args: dict[str, Any]):
+        """`args`: AppArgs (its `health` section decides when `check_health` fails)."""
         self.args = AppArgs.model_validate(args)
         _one_blas_thread()
         self._token = load_token(self.args.auth_token_env)
@@ -250,7 +241,7 @@ class CTRServer:
         self._batcher = ThreadBatcher(self._score_items, max_rows=self._batch_rows(),
                                       wait_s=self.args.batch.batch_wait_timeout_ms / 1000.0, name="ort",
                                       on_batch=self._metrics.batch)
-        self._health = ScoringHealth(_health_section(self.args, health), busy_s=lambda: self._batcher.busy_s)
+        self._health = ScoringHealth(self.args.health, busy_s=lambda: self._batcher.busy_s)
         self._reconfigured = False
         self._metrics.model_loaded(self._scorer.name, self._scorer.version, None)
         self._metrics.swap_failed.set(0)

@@ -95,12 +95,6 @@ def version_folder(run_dir: str, out: str = "onnx", version: str | None = None) 
 # ------------------------------------------------------------------------------- canary
 
 
-def _card_canary(card) -> dict[str, Any] | None:
-    """The card's `canary` as a dict, whether the card models it as a field or keeps it as an extra key."""
-    canary = getattr(card, "canary", None)
-    return canary.model_dump() if hasattr(canary, "model_dump") else canary
-
-
 def _fallback_inputs(run_dir: str) -> tuple[list[Any], str]:
     """64 rows of `<run_dir>/data/test`, else of the synthetic generator, and where they came from."""
     from distillery.training.data import read_split
@@ -124,7 +118,7 @@ def run_canary(model_dir: str, variant: str, run_dir: str | None = None) -> dict
     from distillery.onnx_model.kinds import open_scorer
 
     card = ModelCard.read(model_dir)
-    canary = _card_canary(card)
+    canary = card.canary
     if canary is None:
         inputs, source = _fallback_inputs(run_dir or str(Path(model_dir).parents[1]))
         expected, atol = None, None
@@ -136,7 +130,7 @@ def run_canary(model_dir: str, variant: str, run_dir: str | None = None) -> dict
             raise PromotionRefused(f"canary: {model_dir}/model_card.json records no canary probabilities for "
                                    f"variant {variant!r} (it has {sorted(canary.get('probs') or {})}: a variant that "
                                    f"failed its gate is left out); not promoted. Serve another with --variant "
-                                   f"{getattr(card, 'default_variant', None) or 'fp32'}")
+                                   f"{card.default_variant or 'fp32'}")
         expected = np.asarray(recorded, dtype=np.float64)
     scorer = open_scorer(model_dir, variant=variant, provider="cpu", intra_op_threads=1)
     probs = np.asarray(scorer.predict(inputs), dtype=np.float64).ravel()
