@@ -99,3 +99,16 @@ def test_a_local_serve_gets_the_launcher_unless_it_listens_everywhere():
     assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in env
     with pytest.raises(ValueError, match="not an address"):
         ingress.ingress_env("auto", host="127.0.0.1/'; rm")
+
+
+def test_haproxy_folder_removed_at_exit_unless_haproxy_still_answers(tmp_path):
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="dhap-", dir=tmp_path)  # short enough for a unix socket path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as admin:
+        admin.bind(f"{work}/admin.sock")
+        admin.listen(1)
+        assert not ingress.remove_when_unused(work)  # a Serve outliving this process keeps its folder
+        assert (tmp_path / work).exists()
+    assert ingress.remove_when_unused(work)  # the socket file is left, nothing answers on it
+    assert not (tmp_path / work).exists()

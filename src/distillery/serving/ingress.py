@@ -25,6 +25,7 @@ HAProxy through a small launcher (`haproxy_on_host`) that moves those binds to t
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import random
@@ -177,6 +178,7 @@ def _local_env(host: str = "127.0.0.1", binary: str | None = None) -> dict[str, 
     one local HAProxy is told at once (and retries a refused connection on another replica).
     Call it just before `serve.start`: the ports are free when picked, not reserved."""
     work = tempfile.mkdtemp(prefix="dhap-")  # short: HAProxy's unix sockets live here (108-byte limit)
+    atexit.register(remove_when_unused, work)
     base = random.randrange(*DIRECT_INGRESS_PORTS, 100)
     stats, metrics, fallback_http, fallback_grpc = free_ports(4)
     env = {
@@ -199,6 +201,22 @@ def _local_env(host: str = "127.0.0.1", binary: str | None = None) -> dict[str, 
     if launcher:
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = launcher
     return env
+
+
+def remove_when_unused(work: str) -> bool:
+    """Remove `_local_env`'s folder unless an HAProxy still answers on its admin socket (a Serve
+    this process started on a Ray it joined outlives the process): True when removed."""
+    sock = os.path.join(work, "admin.sock")
+    if os.path.exists(sock):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            try:
+                s.connect(sock)
+                return False
+            except OSError:
+                pass
+    shutil.rmtree(work, ignore_errors=True)
+    return not os.path.exists(work)
 
 
 def ingress_env(mode: Ingress = "auto", local: bool = True, host: str = "127.0.0.1") -> tuple[dict[str, str], str]:
