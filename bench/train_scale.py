@@ -1,4 +1,4 @@
-"""python bench/train_scale.py --rows 40000 [--rows 400000 ...] [--modes stream,memory] [--steps 20]
+"""python bench/train_scale.py --rows 40000 [--rows 400000 ...] [--modes stream,memory] [--steps 20] [--demo runs/demo]
 
 Training input at scale: `jobs.train` with `jobs/configs/train_direct.yaml` (click loss on the
 train split, 2 Ray Train workers) limited to `--steps` steps, on a synthetic run of `--rows` train
@@ -9,7 +9,10 @@ Each run is its own process with its own embedded Ray, so nothing is shared betw
 Figures per run: peak memory of the job's process tree (driver, Ray, workers: RSS summed) and of
 the machine (MemTotal − MemAvailable over its value before the run: other work on a shared machine
 shows here too), the peak RSS of each training worker, the time from launch to the first training
-step, the whole job's seconds, and the training rows/s of those steps. `--memory-limit-gb` skips
+step and to the end of the last (`steps_done_s`, before validation), the whole job's seconds, and the
+training rows/s of those steps; `growth` divides each size's figures by the first size's.
+`--demo RUN_DIR`: the demo's distilled student, whole, on a copy of a finished demo run, streamed and
+in memory, alternately twice. `--memory-limit-gb` skips
 the in-memory mode where it would not fit (estimated from the growth per row between the last two
 in-memory runs).
 The CPU model and flags are printed first; the last line is one JSON object.
@@ -110,20 +113,22 @@ class MemorySampler:
                 "peak_worker_mb": sorted((round(v) for v in self.workers_mb.values()), reverse=True)}
 
 
-def run_job(run_dir: str, stream: bool, steps: int, out_dir: str) -> dict:
-    """One `jobs.train` process; its figures (memory, seconds to the first step, rows/s)."""
-    cmd = [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/train_direct.yaml", f"run_dir={run_dir}",
-           f"output=student_direct_{'stream' if stream else 'memory'}", f"data.stream={str(stream).lower()}",
-           f"loop.max_steps_per_epoch={steps}", "loop.epochs=1", f"checkpoint.storage={out_dir}"]
+def run_job(run_dir: str, stream: bool, steps: int | None, out_dir: str, config: str = "jobs/configs/train_direct.yaml") -> dict:
+    """One `jobs.train` process; its figures (memory, seconds to the first step and to the last, rows/s)."""
+    cmd = [sys.executable, "-m", "jobs.train", "--config", config, f"run_dir={run_dir}",
+           f"output=bench_{'stream' if stream else 'memory'}", f"data.stream={str(stream).lower()}",
+           f"checkpoint.storage={out_dir}"] + ([f"loop.max_steps_per_epoch={steps}", "loop.epochs=1"] if steps else [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": REPO}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = MemorySampler(proc.pid)
-    first_step, last_json, tail = None, None, []
+    first_step, steps_done, last_json, tail = None, None, None, []
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
         if first_step is None and "[train] first step done" in line:
             first_step = time.perf_counter() - t0
+        if steps_done is None and "steps done in" in line:
+            steps_done = time.perf_counter() - t0
         if line.startswith("{") and '"best"' in line:
             last_json = json.loads(line)
     proc.wait()
@@ -133,7 +138,34 @@ def run_job(run_dir: str, stream: bool, steps: int, out_dir: str) -> dict:
         raise RuntimeError(f"jobs.train (stream={stream}) failed with {proc.returncode}:\n{''.join(tail)}")
     best = last_json["best"]
     return {"mode": "stream" if stream else "memory", **memory, "first_step_s": round(first_step or float("nan"), 1),
+            "steps_done_s": round(steps_done or float("nan"), 1),
             "job_s": round(seconds, 1), "rows_per_s": round(best["rows_per_s"], 1)}
+
+
+def demo_student(run_dir: str, root: str) -> dict:
+    """The demo's distilled student (`demo.yaml`'s `student` section, whole) on a copy of a finished
+    demo run, streamed and in memory, alternately twice: rows/s of each and their ratio."""
+    import yaml
+
+    copy = os.path.join(root, "demo")
+    for part in ("data", "labels", "teacher"):
+        shutil.copytree(os.path.join(run_dir, part), os.path.join(copy, part))
+    with open(os.path.join(REPO, "jobs/configs/demo.yaml")) as f:
+        demo = yaml.safe_load(f)
+    section = {**demo["student"], "run_dir": copy, **({"ray": demo["ray"]} if "ray" in demo else {})}
+    config = os.path.join(root, "demo_student.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(json.loads(json.dumps(section).replace("{run_dir}", copy)), f)
+    runs = {"stream": [], "memory": []}
+    for _ in range(2):
+        for mode in runs:
+            figures = run_job(copy, mode == "stream", None, os.path.join(root, "ckpt-demo"), config)
+            print(f"[bench] demo student {mode}: {figures}", flush=True)
+            runs[mode].append(figures)
+    mean = {m: sum(r["rows_per_s"] for r in v) / len(v) for m, v in runs.items()}
+    return {"runs": runs, "rows_per_s": {m: round(v, 1) for m, v in mean.items()},
+            "stream_vs_memory_rows_per_s": round(mean["stream"] / mean["memory"], 3),
+            "job_s": {m: round(sum(r["job_s"] for r in v) / len(v), 1) for m, v in runs.items()}}
 
 
 def main() -> None:
@@ -144,6 +176,8 @@ def main() -> None:
     parser.add_argument("--memory-limit-gb", type=float, default=None,
                         help="skip the in-memory mode where its estimated peak passes this; default: 80%% of MemTotal")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic runs")
+    parser.add_argument("--demo", metavar="RUN_DIR", help="also the demo's student on a copy of this finished demo run "
+                                                          "(e.g. runs/demo), streamed vs in memory")
     args = parser.parse_args()
     sys.path.insert(0, REPO)
     from distillery.hardware import cpu_info, cpu_summary
@@ -179,10 +213,24 @@ def main() -> None:
                     "first_step_s": round(line["stream"]["first_step_s"] / line["memory"]["first_step_s"], 3)}
             results.append(line)
             shutil.rmtree(run_dir, ignore_errors=True) if not args.keep else None
+        demo = demo_student(args.demo, root) if args.demo else None
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps({"cpu": cpu_info(), "steps": args.steps, "results": results}))
+    print(json.dumps({"cpu": cpu_info(), "steps": args.steps, "results": results, "growth": growth(results), "demo": demo}))
+
+
+def growth(results: list[dict]) -> dict:
+    """Each mode's figures at every size over its figures at the first size (memory over idle, time to the last step, job)."""
+    out = {}
+    for mode in ("stream", "memory"):
+        done = [r for r in results if "job_s" in r.get(mode, {})]
+        if len(done) < 2:
+            continue
+        base = done[0][mode]
+        out[mode] = {str(r["rows"]): {k: round(r[mode][k] / base[k], 2) for k in ("peak_machine_mb", "steps_done_s", "job_s")}
+                     for r in done[1:]}
+    return out
 
 
 if __name__ == "__main__":

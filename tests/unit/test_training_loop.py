@@ -209,3 +209,50 @@ def test_streamed_validation_sample_is_bounded_and_fixed_by_id(run_dir):
     assert 20 < len(small) < 60  # ~40 of the ~170 held-out rows
     assert small <= val_ids("joint")  # a hash cut inside the held-out rows
     assert small <= val_ids("click", val_max_rows=40) and val_ids("click", val_max_rows=40) - small  # + kept=false rows
+
+
+def test_validation_shared_by_workers_gives_every_worker_the_whole_sets_figures(run_dir, bert):
+    from distillery.training.loop import TARGET_KEYS, Hooks, make_loader, rows_for, validate
+
+    table = build_training_table(str(run_dir), DataSection(splits=["train"], val_fraction=0.3), "joint")
+    model, tok = _model(bert)
+    cfg = _loop(loss="joint", eval_batch_size=8)
+    loader = make_loader(rows_for(model, tok, table.subset(table.is_val), cfg.max_length), 8, shuffle=False)
+    whole = validate(model, loader, cfg)
+    assert whole["val_rows"] == int(table.is_val.sum()) > 16
+
+    pieces = {}  # rank -> its scored part; a gather as torch.distributed's, over two calls in turn
+
+    def gather_as(rank):
+        def gather(mine):
+            pieces[rank] = mine
+            return [pieces.get(r, (torch.zeros(0), dict.fromkeys(TARGET_KEYS, torch.zeros(0)))) for r in range(2)]
+        return gather
+
+    validate(model, loader, cfg, hooks=Hooks(world_rank=1, world_size=2, gather=gather_as(1)))
+    shared = validate(model, loader, cfg, hooks=Hooks(world_rank=0, world_size=2, gather=gather_as(0)))
+    assert 0 < len(pieces[0][0]) < whole["val_rows"] and len(pieces[0][0]) + len(pieces[1][0]) == whole["val_rows"]
+    assert shared["val_rows"] == whole["val_rows"] and shared["val_click_rows"] == whole["val_click_rows"]
+    assert shared["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-5)
+    assert shared["val_auc"] == pytest.approx(whole["val_auc"], rel=1e-9)
+
+
+def test_stream_auto_streams_only_above_the_row_threshold(run_dir):
+    from pydantic import ValidationError
+
+    from distillery.training.stream_rows import streams
+
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(f).num_rows for split in ("train", "unlabeled") for f in (run_dir / "data" / split).glob("*.parquet"))
+    auto = dict(splits=["train", "unlabeled"], stream="auto")
+    assert streams(str(run_dir), DataSection(**auto, stream_above_rows=rows - 1)) == (
+        True, f"data.stream=auto: {rows} rows in the input files, above data.stream_above_rows={rows - 1}")
+    assert streams(str(run_dir), DataSection(**auto, stream_above_rows=rows))[0] is False
+    assert streams(str(run_dir), DataSection(**{**auto, "max_rows_per_split": 5}, stream_above_rows=9))[0] is True
+    assert streams(str(run_dir), DataSection(**{**auto, "max_rows_per_split": 4}, stream_above_rows=9))[0] is False
+    assert streams(str(run_dir), DataSection(splits=["train"], stream=True, stream_above_rows=10**9))[0] is True
+    assert streams(str(run_dir), DataSection(splits=["train"], stream=False, stream_above_rows=0))[0] is False
+    assert DataSection().stream == "auto"
+    with pytest.raises(ValidationError, match="stream"):
+        DataSection(stream="sometimes")

@@ -50,13 +50,17 @@ class StreamSection(Section):
     tokenizer actors would wait behind the training workers."""
 
     read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per read task (one input file: read, join its labels, render texts)")
+    read_tasks: int | None = Field(2, ge=1, description="read tasks running at once (null: as many as the CPUs allow). On a "
+                                                        "small machine, more read ahead of the steps and take their cores")
+    read_ahead_mb: float | None = Field(64, gt=0, description="object store the rows read and tokenised ahead of the steps may hold "
+                                                            "(null: Ray Data's share of the object store, the whole split on a small run)")
     tokenize_cpus: float = Field(0.25, gt=0, description="CPUs reserved per tokenizer actor")
     tokenize_actors: int = Field(1, ge=1, description="tokenizer actors (map_batches concurrency)")
     tokenize_batch_rows: int = Field(512, ge=1, description="rows per tokenizer call")
     block_rows: int = Field(1024, ge=1, description="rows per block a read task yields (bounds a task's memory and a worker's imbalance)")
     shuffle_buffer_rows: int = Field(1024, ge=1, description="rows in each worker's local shuffle buffer (bounded shuffle; the first step waits for it to fill)")
     prefetch_batches: int = Field(2, ge=0, description="length buckets each worker prepares ahead of the step")
-    val_max_rows: int = Field(20_000, ge=1, description="validation sample per epoch: held-out rows under a hash cut sized for about this many")
+    val_max_rows: int = Field(8192, ge=1, description="validation sample per epoch: held-out rows under a hash cut sized for about this many")
     head_rows: int = Field(4096, ge=1, description="two-tower head start (init.head_from): training rows of a hash sample of about this many")
     preserve_order: bool = Field(True, description="Ray Data keeps block order, so a seed gives the same shards and batches")
 
@@ -71,8 +75,12 @@ class DataSection(Section):
     hard_mode: Literal["threshold", "sample"] = Field("sample", description="hard loss: threshold the teacher probability or sample y ~ Bernoulli(p)")
     hard_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="hard loss, threshold mode: y = [p >= threshold]")
     seed: int = Field(0, description="seed of the hard-label sampling")
-    stream: bool = Field(False, description="stream the rows (Ray Data → each Ray Train worker's shard, memory flat in the rows) "
-                                            "instead of building the whole table in every worker")
+    stream: bool | Literal["auto"] = Field("auto", description="true: stream the rows (Ray Data → each Ray Train worker's shard, "
+                                           "memory flat in the rows); false: every worker builds the whole table in memory; "
+                                           "auto: stream when the input files hold more than stream_above_rows rows")
+    stream_above_rows: int = Field(200_000, ge=0, description="data.stream auto: rows in the input files (parquet footers) above "
+                                                              "which the rows stream. Below, the table fits every worker (400k rows: "
+                                                              "7.2 GB each) and trains faster on a small machine")
     streaming: StreamSection = Field(default_factory=StreamSection, description="data.stream: read, tokenize and shuffle settings")
 
     @model_validator(mode="after")

@@ -90,6 +90,7 @@ class Hooks:
     world_size: int = 1
     device: str = "cpu"
     failure_marker: str | None = None  # file whose absence lets `fail_once_at_epoch` fire
+    gather: Callable[[Any], list[Any]] = lambda obj: [obj]  # every rank's `obj`, in rank order (all ranks call it)
 
 
 def set_seed(seed: int) -> None:
@@ -271,21 +272,28 @@ def score_texts(model, tokenizer, texts: list[str], max_length: int = 64, batch_
 
 
 @torch.no_grad()
-def validate(model, loader, cfg: LoopConfig, device: str = "cpu") -> dict[str, float]:
+def validate(model, loader, cfg: LoopConfig, device: str = "cpu", hooks: "Hooks | None" = None) -> dict[str, float]:
     """`val_loss` (the training loss on held-out rows) and `val_auc` (against clicks where known);
-    the targets come with the batches (in-memory or streamed rows alike)."""
+    the targets come with the batches (in-memory or streamed rows alike). With `hooks` of several
+    workers each scores every `world_size`-th batch of the (identically ordered) loader and the
+    pieces are gathered, so every worker returns the figures of the whole validation set."""
     from distillery.metrics import roc_auc
 
+    hooks = hooks or Hooks()
     model.eval()
     logits, targets = [], {k: [] for k in TARGET_KEYS}
-    for b in loader:
+    for i, b in enumerate(loader):
+        if i % hooks.world_size != hooks.world_rank:
+            continue
         logits.append(_forward(model, b, device).cpu())
         for k in TARGET_KEYS:
             targets[k].append(b[k].float())
-    if not logits:
+    mine = (torch.cat(logits) if logits else torch.zeros(0), {k: torch.cat(v) if v else torch.zeros(0) for k, v in targets.items()})
+    pieces = hooks.gather(mine) if hooks.world_size > 1 else [mine]
+    all_logits = torch.cat([p[0] for p in pieces])
+    if not len(all_logits):
         return {"val_loss": float("nan"), "val_auc": float("nan"), "val_rows": 0, "val_click_rows": 0}
-    batch = {k: torch.cat(v) for k, v in targets.items()}
-    all_logits = torch.cat(logits)
+    batch = {k: torch.cat([p[1][k] for p in pieces]) for k in TARGET_KEYS}
     val_loss = compute_loss(cfg.loss, all_logits, batch, cfg.alpha, cfg.temperature).item()
     click, logits = batch["click"].numpy(), all_logits.double().numpy()
     known = ~np.isnan(click)
@@ -311,7 +319,7 @@ def _table_loaders(cfg: LoopConfig, table: TrainingTable, model, tokenizer, hook
     train_loader = hooks.prepare_loader(make_loader(train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed,
                                                     bucket_batches=cfg.length_bucket_batches,
                                                     world_size=hooks.world_size, rank=hooks.world_rank))
-    val_loader = make_loader(val_rows, cfg.eval_batch_size, shuffle=False)  # every worker scores all of it
+    val_loader = make_loader(val_rows, cfg.eval_batch_size, shuffle=False)  # every worker reads it; `validate` shares the scoring
     return train_loader, val_loader, len(train_rows), len(val_rows), _prior(table.subset(~table.is_val), cfg.loss)
 
 
@@ -363,7 +371,10 @@ def train(cfg: LoopConfig, data, model, tokenizer, hooks: Hooks | None = None,
         _maybe_fail(cfg, epoch, hooks)
         _start_epoch(train_loader, epoch, cfg.seed)
         stats = train_epoch(model, train_loader, optimizer, scheduler, cfg, hooks.device, progress, epoch)
-        val = validate(raw, val_loader, cfg, hooks.device) if n_val else {"val_loss": stats["loss"], "val_auc": float("nan")}
+        if hooks.world_rank == 0:
+            print(f"[train] epoch {epoch + 1}/{cfg.epochs}: steps done in {stats['seconds']:.1f} s; validating on "
+                  f"{n_val} rows", flush=True)
+        val = validate(raw, val_loader, cfg, hooks.device, hooks) if n_val else {"val_loss": stats["loss"], "val_auc": float("nan")}
         metrics = {
             "epoch": epoch, "loss": stats["loss"], **val,
             "rows_per_s": stats["rows"] * hooks.world_size / max(stats["seconds"], 1e-9),

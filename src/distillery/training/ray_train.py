@@ -150,8 +150,18 @@ def worker_loop(config: dict[str, Any]) -> None:
         world_size=ctx.get_world_size(),
         device=str(ray.train.torch.get_device()),
         failure_marker=spec.failure_marker,
+        gather=_all_gather,
     )
     train(spec.loop, data, model, tokenizer, hooks, state)
+
+
+def _all_gather(obj) -> list:
+    """Every worker's `obj` in rank order (the process group Ray Train set up; gloo on CPU)."""
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _trim(model, tokenizer, spec: TrainSpec, verbose: bool):
@@ -183,13 +193,17 @@ def fit(spec: TrainSpec, scaling: ScalingSection, checkpoint: CheckpointSection,
 
     config: dict[str, Any] = {"spec": spec.model_dump(mode="json"), "stream": None}
     data_args: dict[str, Any] = {}
-    if spec.data.stream:
+    from distillery.training.stream_rows import streams
+
+    stream, why = streams(spec.run_dir, spec.data)
+    print(f"[train] input {'streamed through Ray Data' if stream else 'read whole by every worker'} ({why})", flush=True)
+    if stream:
         from distillery.training.stream import prepare, split_config
 
         job = prepare(spec, scaling.num_workers)
         config["stream"] = {"plan": job.plan, "start": ray.put(job.start)}
         data_args = {"datasets": job.datasets,
-                     "dataset_config": split_config(spec.data.streaming.preserve_order)}
+                     "dataset_config": split_config(spec.data.streaming.preserve_order, spec.data.streaming.read_ahead_mb)}
 
     if "://" not in storage:
         storage = os.path.abspath(storage)

@@ -43,7 +43,7 @@ from distillery.data.text import is_text_column, table_texts
 from distillery.label_store import committed_label_files, label_file_key
 from distillery.training.data import DataSection, LossTarget
 
-__all__ = ["FileInput", "Selection", "plan_inputs", "file_rows", "count_rows", "id_hashes", "ROW_SCHEMA", "COUNT_KEYS"]
+__all__ = ["FileInput", "Selection", "plan_inputs", "streams", "file_rows", "count_rows", "id_hashes", "ROW_SCHEMA", "COUNT_KEYS"]
 
 HASH_RANGE = 1_000_000  # `is_validation_id`'s range
 Part = Literal["train", "val", "head"]
@@ -131,6 +131,19 @@ def plan_inputs(run_dir: str, cfg: DataSection, loss: LossTarget) -> tuple[list[
              "labels": "per file" if committed is not None else ("every file" if needs_labels else "none")}
     return inputs, Selection(loss, needs_labels, cfg.val_fraction, val_cut, head_cut, cfg.hard_mode,
                              cfg.hard_threshold, cfg.seed, s.block_rows, notes)
+
+
+def streams(run_dir: str, cfg: DataSection) -> tuple[bool, str]:
+    """(stream the rows?, why) for `cfg.stream`: as set, or with `auto` by the rows in the input files."""
+    if cfg.stream != "auto":
+        return bool(cfg.stream), f"data.stream={str(cfg.stream).lower()}"
+    rows = 0
+    for split in cfg.splits:
+        in_split = sum(_footer_rows(path) for path in _data_files(run_dir, split))
+        rows += in_split if cfg.max_rows_per_split is None else min(in_split, cfg.max_rows_per_split)
+    big = rows > cfg.stream_above_rows
+    return big, (f"data.stream=auto: {rows} rows in the input files, {'above' if big else 'not above'} "
+                 f"data.stream_above_rows={cfg.stream_above_rows}")
 
 
 def id_hashes(ids: list[str], salt: bytes = b"") -> np.ndarray:
