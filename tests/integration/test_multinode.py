@@ -1,4 +1,4 @@
-"""Labeling across a multi-node Ray cluster on one machine (`ray.cluster_utils.Cluster`).
+"""Labeling and streamed training across a multi-node Ray cluster on one machine (`ray.cluster_utils.Cluster`).
 
 A CPU head plus two worker nodes that each advertise one logical GPU. Teacher actors ask for 0.6 of
 a GPU, so two of them cannot share a node: they must land on the two GPU workers, never on the head.
@@ -80,3 +80,32 @@ def test_labeling_actors_run_on_gpu_workers_across_nodes_exactly_once(gpu_cluste
     assert sorted(out_ids) == sorted(inputs), "rows lost or labelled twice"
     assert len(set(labels["id"].to_pylist())) == labels.num_rows
     assert manifest["complete"] and manifest["rows_in"] == len(inputs) == 480
+
+
+@pytest.fixture()
+def train_cluster(monkeypatch):
+    """Head: 4 logical CPUs. Two workers: 2 CPUs and one `trainer` slot each, so the two Ray Train
+    workers land on different nodes. Yields the worker node ids."""
+    with local_cluster(monkeypatch, PORT_RANGE, "rmt", head={"num_cpus": 4},
+                       workers=[{"num_cpus": 2, "resources": {"trainer": 1}}] * 2, object_store_mb=150) as (_, workers, _):
+        yield {w.node_id for w in workers}
+
+
+def test_streamed_training_workers_on_two_nodes_each_read_only_their_shard(train_cluster, tmp_path, tiny_factories):
+    from test_train_stream import _ids_per_worker, _spec, committed_labels
+
+    from distillery.training.data import build_training_table
+
+    make_tiny_run, save_tiny_bert = tiny_factories
+    run_dir = make_tiny_run(tmp_path / "run", rows_train=300, rows_unlabeled=200, rows_test=20)
+    committed_labels(run_dir)
+    spec = _spec(run_dir, save_tiny_bert(tmp_path / "bert", num_layers=2, hidden=32))
+    table = build_training_table(str(run_dir), spec.data, "joint")
+    expected = sorted(i for i, v in zip(table.ids, table.is_val) if not v)
+
+    seen, _ = _ids_per_worker(spec, tmp_path / "out", epochs=1, resources={"CPU": 0.5, "trainer": 1})
+    a, b = seen[0][0], seen[1][0]
+    assert {a["node"], b["node"]} == train_cluster, "one Ray Train worker on each worker node"
+    print(f"rows read per worker: rank 0 {len(a['ids'])} on {a['node'][:8]}, rank 1 {len(b['ids'])} on {b['node'][:8]}")
+    assert abs(len(a["ids"]) - len(b["ids"])) <= 1, "equal shares"
+    assert not set(a["ids"]) & set(b["ids"]) and sorted(a["ids"] + b["ids"]) == expected  # each its own share, all once

@@ -62,9 +62,9 @@ def _spec(run_dir, bert, **data) -> TrainSpec:
     })
 
 
-def _ids_per_worker(spec: TrainSpec, out_dir, epochs: int = 2) -> dict:
-    """Run a TorchTrainer whose workers read their shards through `StreamLoader` (length buckets)
-    and write, per epoch, the ids each would train on and its steps."""
+def _ids_per_worker(spec: TrainSpec, out_dir, epochs: int = 2, resources: dict | None = None) -> dict:
+    """Run a TorchTrainer whose workers (`resources` each) read their shards through `StreamLoader`
+    (length buckets) and write, per epoch, the ids each would train on, its steps and its node."""
     import ray.train
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -81,13 +81,14 @@ def _ids_per_worker(spec: TrainSpec, out_dir, epochs: int = 2) -> dict:
         for epoch in range(epochs):
             loader.set_epoch(epoch)
             batches = list(loader)
-            seen.append({"ids": [i for b in batches if WEIGHT_KEY not in b for i in b["ids"]], "steps": len(batches)})
+            seen.append({"ids": [i for b in batches if WEIGHT_KEY not in b for i in b["ids"]], "steps": len(batches),
+                         "node": ray.get_runtime_context().get_node_id()})
         with open(os.path.join(config["out"], f"rank{rank}.json"), "w") as f:
             json.dump(seen, f)
 
     TorchTrainer(loop, train_loop_config={"out": str(out_dir)}, datasets=job.datasets,
                  dataset_config=split_config(True),
-                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker=resources or {"CPU": 0.5}),
                  run_config=RunConfig(name="shards", storage_path=str(out_dir / "ray"))).fit()
     return {r: json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)}, job.plan
 
