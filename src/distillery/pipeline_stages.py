@@ -332,10 +332,23 @@ def run_report(cfg: PipelineConfig) -> dict[str, Any]:
 
     timings = io.read_json(io.join(cfg.run_dir, "_stages", "timings.json"))
     _merge_report(cfg.run_dir, "data", _split_clicks(cfg.run_dir))  # what the headline says the student saw
+    _merge_report(cfg.run_dir, "training", _budgets(cfg.run_dir))  # the lift compares budgets: show them
     report = _merge_report(cfg.run_dir, "timings_s", timings)
     _fill_nulls(cfg.run_dir, report)
     path = write_report(cfg.run_dir)
     return {"html": path}
+
+
+def _budgets(run_dir: str) -> dict[str, dict[str, Any]]:
+    """`{<model>: {optimizer_steps, batch_rows, epochs}}` of the trained students (their training summaries)."""
+    out = {}
+    for model in ("student", "student_direct"):
+        path = io.join(run_dir, model, "training_summary.json")
+        if io.exists(path):
+            summary = io.read_json(path)
+            out[model] = {"optimizer_steps": summary.get("optimizer_steps"), "batch_rows": summary.get("batch_rows"),
+                          "epochs": len(summary.get("history") or [])}
+    return out
 
 
 def _split_clicks(run_dir: str) -> dict[str, int]:

@@ -287,6 +287,8 @@ def _quality(report: dict[str, Any], figures: dict[str, str], notes: dict[str, s
         "gain_retention": "Gain retention ((student − 0.5) / (teacher − 0.5))",
         "distillation_efficiency_student": "Distillation efficiency, FP32 student"}, ("distillation_efficiency",))
     headline += [("Lift over click-only student (AUC)", [_lift_key(report)])]
+    headline += _rows(report, "training.student", {"optimizer_steps": "Optimizer steps, distilled student"})
+    headline += _rows(report, "training.student_direct", {"optimizer_steps": "Optimizer steps, click-only student"})
     headline += _rows(report, "quality", {"strict_lift": "Strict lift over click-only student",
                                           "oracle_auc": "Oracle AUC (true click probability)",
                                           "test_rows": "Test rows", "click_rate": "Click rate"}, ("oracle_auc",))

@@ -470,3 +470,17 @@ def test_a_student_that_learned_nothing_is_said_so_at_the_top(tmp_path):
     for m in ("teacher", "student", "student_int8"):
         healthy["quality"][m]["auc_ci"] = [0.70, 0.80]
     assert learning_warnings(healthy, None) == []
+
+
+def test_report_shows_the_students_training_budgets(tmp_path):
+    import json
+
+    from distillery.pipeline_stages import _budgets
+
+    for model, steps, epochs in (("student", 416, 1), ("student_direct", 416, 4)):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "training_summary.json").write_text(json.dumps(
+            {"optimizer_steps": steps, "batch_rows": 32, "history": [{}] * epochs}))
+    assert _budgets(str(tmp_path)) == {"student": {"optimizer_steps": 416, "batch_rows": 32, "epochs": 1},
+                                       "student_direct": {"optimizer_steps": 416, "batch_rows": 32, "epochs": 4}}
+    assert _budgets(str(tmp_path / "nothing")) == {}

@@ -256,3 +256,27 @@ def test_stream_auto_streams_only_above_the_row_threshold(run_dir):
     assert DataSection().stream == "auto"
     with pytest.raises(ValidationError, match="stream"):
         DataSection(stream="sometimes")
+
+
+def test_a_step_budget_trains_exactly_that_many_steps_across_passes(run_dir, bert):
+    table = build_training_table(str(run_dir), DataSection(splits=["train"]), "soft")
+    model, tok = _model(bert)
+    one_pass = train(_loop(epochs=1), table, model, tok).history[0]["steps"]
+    model, tok = _model(bert)
+    state = train(_loop(steps=2 * one_pass + 3), table, model, tok)
+    assert [h["steps"] for h in state.history] == [one_pass, one_pass, 3]  # the last pass cut short
+    with pytest.raises(ValueError, match="steps: set loop.steps or loop.match_steps_of"):
+        _loop(steps=5, match_steps_of="student")
+
+
+def test_match_steps_of_reads_the_other_models_budget(tmp_path):
+    from distillery.training.job import matched_steps
+
+    (tmp_path / "student").mkdir()
+    with pytest.raises(ValueError, match="training_summary.json does not exist: train 'other' first"):
+        matched_steps(str(tmp_path), "other")
+    (tmp_path / "student" / "training_summary.json").write_text('{"history": []}')
+    with pytest.raises(ValueError, match="records no optimizer steps"):
+        matched_steps(str(tmp_path), "student")
+    (tmp_path / "student" / "training_summary.json").write_text('{"optimizer_steps": 416}')
+    assert matched_steps(str(tmp_path), "student") == 416

@@ -157,11 +157,27 @@ def _claim_run_folder(folder: str, key: dict[str, Any], resume: bool) -> None:
     io.write_json(io.join(folder, RUN_KEY_FILE), key)
 
 
+def matched_steps(run_dir: str, output: str) -> int:
+    """The optimizer steps the model in `<run_dir>/<output>` trained in all (its training summary)."""
+    path = io.join(run_dir, output, "training_summary.json")
+    if not io.exists(path):
+        raise ValueError(f"loop.match_steps_of: {path} does not exist: train {output!r} first")
+    steps = io.read_json(path).get("optimizer_steps")
+    if not steps:
+        raise ValueError(f"loop.match_steps_of: {path} records no optimizer steps (trained before they were recorded): "
+                         f"retrain {output!r}, or set loop.steps")
+    return int(steps)
+
+
 def run(cfg: TrainJobConfig) -> dict[str, Any]:
     """Train on Ray Train; publish the best checkpoint to `<run_dir>/<output>`; return a summary."""
     t0 = time.perf_counter()
     # Ray Train workers do not run in the driver's cwd: a relative run_dir would not be found there.
     cfg = cfg.model_copy(update={"run_dir": io.absolute(cfg.run_dir)})
+    if cfg.loop.match_steps_of:
+        cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"steps": matched_steps(cfg.run_dir, cfg.loop.match_steps_of)})})
+        print(f"[train] {cfg.output}: {cfg.loop.steps} optimizer steps, as {cfg.loop.match_steps_of} trained "
+              f"(loop.match_steps_of)", flush=True)
     ensure_ray(cfg.ray)
     storage = cfg.checkpoint.storage or io.join(cfg.run_dir, "checkpoints")
     name = cfg.output.replace("/", "_")
@@ -185,6 +201,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         "splits": cfg.data.splits, "reveal_hidden_clicks": cfg.data.reveal_hidden_clicks,
         "workers": cfg.scaling.num_workers, "config_hash": config_hash(cfg), "history": history,
         "best": best_metrics, "best_checkpoint": best.path, "latest_checkpoint": latest.path,
+        "optimizer_steps": sum(int(h.get("steps", 0)) for h in history), "batch_rows": cfg.loop.batch_size * cfg.scaling.num_workers,
         "seconds": time.perf_counter() - t0,
     }
     dest = io.join(cfg.run_dir, cfg.output)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from distillery.config import Section
@@ -43,7 +43,11 @@ class LoopConfig(Section):
     loss: LossName = Field("soft", description="soft | hard | joint (distillation) | click (teacher fine-tune, student_direct)")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="joint: weight of the click cross-entropy")
     temperature: float = Field(2.0, gt=0.0, description="joint: distillation temperature T")
-    epochs: int = Field(2, ge=1, description="passes over the training rows")
+    epochs: int = Field(2, ge=1, description="passes over the training rows (unless `steps` is set)")
+    steps: int | None = Field(None, ge=1, description="optimizer steps in all, as many passes as they need (the last cut "
+                                                      "short); set, it replaces `epochs`. A baseline of equal budget")
+    match_steps_of: str | None = Field(None, description="take `steps` from the model in <run_dir>/<this output> (its "
+                                                         "training summary's optimizer steps): the same budget as that model")
     batch_size: int = Field(32, ge=1, description="rows per step per worker")
     eval_batch_size: int = Field(128, ge=1, description="rows per validation batch")
     max_length: int = Field(64, ge=8, description="tokens per row (longer texts are truncated)")
@@ -60,6 +64,12 @@ class LoopConfig(Section):
     fail_once_at_epoch: int | None = Field(None, ge=0, description="testing: raise once at the start of this epoch (marker file in the checkpoint root)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (benchmarks, smoke runs)")
     init_bias_to_prior: bool = Field(True, description="fresh runs: set the output bias to logit(mean target), so steps learn ranking, not the base rate")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "LoopConfig":
+        if self.steps is not None and self.match_steps_of:
+            raise ValueError("steps: set loop.steps or loop.match_steps_of, not both")
+        return self
 
 
 class InjectedFailure(RuntimeError):
@@ -228,12 +238,14 @@ class Progress:
 
 
 def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: str = "cpu",
-                progress: Progress | None = None, epoch: int = 0) -> dict[str, float]:
-    """One pass over `loader`; returns `{"loss": mean train loss, "rows": n, "seconds": s}`."""
+                progress: Progress | None = None, epoch: int = 0, max_steps: int | None = None) -> dict[str, float]:
+    """One pass over `loader` (at most `max_steps`, default `cfg.max_steps_per_epoch`);
+    returns `{"loss": mean train loss, "rows": n, "steps": optimizer steps, "seconds": s}`."""
     model.train()
-    total, rows, t0 = 0.0, 0, time.perf_counter()
+    max_steps = cfg.max_steps_per_epoch if max_steps is None else max_steps
+    total, rows, steps, t0 = 0.0, 0, 0, time.perf_counter()
     for step, batch in enumerate(loader):
-        if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
+        if max_steps is not None and step >= max_steps:
             break
         weight = float(batch.pop(WEIGHT_KEY, 1.0))
         logits = _forward(model, batch, device)
@@ -248,9 +260,10 @@ def train_epoch(model, loader, optimizer, scheduler, cfg: LoopConfig, device: st
         n = len(logits) if weight else 0  # a zero-weight step trains no row
         total += loss.item() * n
         rows += n
+        steps += 1
         if progress is not None:
             progress.update(epoch, step, total / max(rows, 1), n)
-    return {"loss": total / max(rows, 1), "rows": rows, "seconds": time.perf_counter() - t0}
+    return {"loss": total / max(rows, 1), "rows": rows, "steps": steps, "seconds": time.perf_counter() - t0}
 
 
 @torch.no_grad()
@@ -357,28 +370,33 @@ def train(cfg: LoopConfig, data, model, tokenizer, hooks: Hooks | None = None,
     raw = unwrap(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(max(1, steps * cfg.epochs), cfg.warmup_fraction))
+    epochs = cfg.epochs if cfg.steps is None else math.ceil(cfg.steps / max(1, steps))
+    total_steps = steps * epochs if cfg.steps is None else cfg.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(max(1, total_steps), cfg.warmup_fraction))
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
     if state.rng is not None:
         torch.set_rng_state(state.rng)
-    progress = Progress(steps, cfg.epochs, hooks.world_size, enabled=hooks.world_rank == 0)
+    progress = Progress(steps, epochs, hooks.world_size, enabled=hooks.world_rank == 0)
     if hooks.world_rank == 0:
-        print(f"[train] {n_train} rows, {n_val} validation rows; {steps} steps/epoch × {cfg.epochs - state.epoch} "
-              f"epoch(s) of {cfg.batch_size} rows × {hooks.world_size} worker(s)", flush=True)
-    for epoch in range(state.epoch, cfg.epochs):
+        budget = "" if cfg.steps is None else f" ({cfg.steps} optimizer steps in all)"
+        print(f"[train] {n_train} rows, {n_val} validation rows; {steps} steps/epoch × {epochs - state.epoch} "
+              f"epoch(s) of {cfg.batch_size} rows × {hooks.world_size} worker(s){budget}", flush=True)
+    for epoch in range(state.epoch, epochs):
         _maybe_fail(cfg, epoch, hooks)
         _start_epoch(train_loader, epoch, cfg.seed)
-        stats = train_epoch(model, train_loader, optimizer, scheduler, cfg, hooks.device, progress, epoch)
+        limit = None if cfg.steps is None else min(steps, cfg.steps - epoch * steps)
+        stats = train_epoch(model, train_loader, optimizer, scheduler, cfg, hooks.device, progress, epoch, limit)
         if hooks.world_rank == 0:
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs}: steps done in {stats['seconds']:.1f} s; validating on "
-                  f"{n_val} rows", flush=True)
+            print(f"[train] epoch {epoch + 1}/{epochs}: {stats['steps']} steps done in {stats['seconds']:.1f} s; "
+                  f"validating on {n_val} rows", flush=True)
         val = validate(raw, val_loader, cfg, hooks.device, hooks) if n_val else {"val_loss": stats["loss"], "val_auc": float("nan")}
         metrics = {
             "epoch": epoch, "loss": stats["loss"], **val,
             "rows_per_s": stats["rows"] * hooks.world_size / max(stats["seconds"], 1e-9),
-            "train_seconds": stats["seconds"], "world_size": hooks.world_size, "lr": scheduler.get_last_lr()[0],
+            "train_seconds": stats["seconds"], "steps": stats["steps"], "world_size": hooks.world_size,
+            "lr": scheduler.get_last_lr()[0],
         }
         state.epoch = epoch + 1
         state.history.append(metrics)
