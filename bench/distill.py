@@ -8,9 +8,10 @@ Does a student taught by the teacher beat the same student taught by clicks alon
      `--teacher fine-tune` MiniLM-L6 fine-tuned on those clicks (jobs/configs/teacher.yaml, Ray Train);
   3. `distillery label`: the teacher labels train + unlabeled (Ray Data);
   4. `distillery train`: the distilled student (teacher labels on train + unlabeled), and the
-     same architecture and budget on clicks: `student_direct` on train clicks only (semi-supervised
-     comparison) and `student_direct_strict` on train + unlabeled with the hidden clicks revealed
-     (strict comparison: same rows, only the label source differs);
+     same architecture and budget on clicks: `student_direct` on train clicks only for as many
+     optimizer steps as the student (`loop.match_steps_of`: semi-supervised comparison, equal
+     budget) and `student_direct_strict` on train + unlabeled with the hidden clicks revealed
+     (strict comparison: same rows and steps, only the label source differs);
   5. `distillery evaluate` on the test split: AUC, logloss, ECE, oracle AUC.
 
 All three students start from the same weights (layers 0 and 5 of MiniLM-L6) with the same budget;
@@ -85,7 +86,7 @@ def _seed_run(args, seed: int) -> dict:
     students = {}
     if "cross" in args.students:
         students["student"] = ("jobs/configs/train.yaml", [])
-        students["student_direct"] = ("jobs/configs/train_direct.yaml", [])
+        students["student_direct"] = ("jobs/configs/train_direct.yaml", ["loop.match_steps_of=student"])  # equal steps
         if not args.skip_strict:
             students["student_direct_strict"] = ("jobs/configs/train_direct.yaml", [
                 "output=student_direct_strict", "data.splits=[train, unlabeled]", "data.reveal_hidden_clicks=true"])
@@ -95,11 +96,13 @@ def _seed_run(args, seed: int) -> dict:
         fresh = ["init.head_from=null", "loop.init_bias_to_prior=true"]
         students["student_two_tower"] = ("jobs/configs/train_two_tower.yaml", [] if args.teacher == "two-tower" else fresh)
         students["student_two_tower_direct"] = ("jobs/configs/train_two_tower.yaml", [  # its click-only twin
-            "init.head_from=clicks", "output=student_two_tower_direct", "data.splits=[train]", "loop.loss=click"])
+            "init.head_from=clicks", "output=student_two_tower_direct", "data.splits=[train]", "loop.loss=click",
+            "loop.match_steps_of=student_two_tower"])  # as many optimizer steps as the distilled student
     for name, (path, extra) in students.items():
         t = time.perf_counter()
+        epochs = [] if any(e.startswith("loop.match_steps_of=") for e in extra) else [f"loop.epochs={args.student_epochs}"]
         run(load_config(TrainJobConfig, path, [f"run_dir={run_dir}", f"loop.seed={seed}", f"init.seed={seed}",
-                                               f"loop.epochs={args.student_epochs}", *_common(args), *extra]))
+                                               *epochs, *_common(args), *extra]))
         times[name] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -157,9 +157,9 @@ def demo_student(run_dir: str, root: str) -> dict:
     with open(config, "w") as f:
         yaml.safe_dump(json.loads(json.dumps(section).replace("{run_dir}", copy)), f)
     runs = {"stream": [], "memory": []}
-    for _ in range(2):
-        for mode in runs:
-            figures = run_job(copy, mode == "stream", None, os.path.join(root, "ckpt-demo"), config)
+    for rep in range(2):
+        for mode in runs:  # a checkpoint folder each: the same run key would resume the finished run
+            figures = run_job(copy, mode == "stream", None, os.path.join(root, f"ckpt-demo-{rep}"), config)
             print(f"[bench] demo student {mode}: {figures}", flush=True)
             runs[mode].append(figures)
     mean = {m: sum(r["rows_per_s"] for r in v) / len(v) for m, v in runs.items()}
@@ -170,7 +170,7 @@ def demo_student(run_dir: str, root: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, action="append", help="train rows of a run (repeatable); default 40000")
+    parser.add_argument("--rows", type=int, action="append", help="train rows of a run (repeatable); default 40000, none with --demo")
     parser.add_argument("--modes", default="stream,memory", help="stream, memory or both")
     parser.add_argument("--steps", type=int, default=20, help="training steps per run (loop.max_steps_per_epoch)")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
@@ -189,7 +189,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="train-scale-")
     results, per_row_mb, memory_runs = [], None, []
     try:
-        for rows in args.rows or [40_000]:
+        for rows in args.rows if args.rows is not None else ([] if args.demo else [40_000]):
             run_dir = make_run(rows, root)
             line = {"rows": rows}
             for mode in args.modes.split(","):

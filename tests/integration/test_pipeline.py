@@ -24,7 +24,7 @@ def _tiny_overrides(run_dir, tiny_bert, port):
         "label.teacher.max_length=32", "label.teacher.num_threads=1", "label.actors.batch_size=64",
         f"student.loop={json.dumps({**TINY_LOOP, 'loss': 'joint', 'alpha': 0.0, 'temperature': 4.0})}",
         f"student.scaling={json.dumps(TINY_SCALING)}", f"student.init.source={tiny_bert}", "student.init.layers=[0]", "student_direct.init.layers=[0]", f"student_direct.init.source={tiny_bert}",
-        f"student_direct.loop={json.dumps({**TINY_LOOP, 'loss': 'click'})}",
+        f"student_direct.loop={json.dumps({**TINY_LOOP, 'loss': 'click', 'match_steps_of': 'student'})}",  # as the demo
         f"student_direct.scaling={json.dumps(TINY_SCALING)}",
         "compress.max_length=32", "compress.validation.rows=200", "compress.validation.parity_rows=32",
         "compress.validation.latency_calls=10", "compress.validation.gate=warn", "compress.try_fusion=false",
@@ -46,6 +46,9 @@ def test_pipeline_end_to_end_then_skips(local_ray, tmp_path, tiny_bert, capsys):
         assert 0.0 <= q[model]["auc"] <= 1.0, model
     assert q["distillation_efficiency"] == pytest.approx(q["student_int8"]["auc"] / q["teacher"]["auc"])
     assert 0.5 < q["oracle_auc"] <= 1.0
+    budget = report["training"]  # the click-only twin trains as many optimizer steps, over its fewer rows
+    assert budget["student_direct"]["optimizer_steps"] == budget["student"]["optimizer_steps"] > 0
+    assert budget["student_direct"]["epochs"] > budget["student"]["epochs"]
     lab = report["labeling"]
     assert lab["rows_in"] == 600 and lab["rows_labeled"] + (lab.get("rows_rejected") or 0) == 600
     assert lab["rows_kept"] <= lab["rows_labeled"]

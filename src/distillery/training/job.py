@@ -174,10 +174,11 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     # Ray Train workers do not run in the driver's cwd: a relative run_dir would not be found there.
     cfg = cfg.model_copy(update={"run_dir": io.absolute(cfg.run_dir)})
-    if cfg.loop.match_steps_of:
-        cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"steps": matched_steps(cfg.run_dir, cfg.loop.match_steps_of)})})
-        print(f"[train] {cfg.output}: {cfg.loop.steps} optimizer steps, as {cfg.loop.match_steps_of} trained "
-              f"(loop.match_steps_of)", flush=True)
+    if cfg.loop.match_steps_of:  # resolved here: the steps (not the name) are what the run key and the loop see
+        other = cfg.loop.match_steps_of
+        loop = cfg.loop.model_copy(update={"steps": matched_steps(cfg.run_dir, other), "match_steps_of": None})
+        cfg = cfg.model_copy(update={"loop": loop})
+        print(f"[train] {cfg.output}: {loop.steps} optimizer steps, as {other} trained (loop.match_steps_of)", flush=True)
     ensure_ray(cfg.ray)
     storage = cfg.checkpoint.storage or io.join(cfg.run_dir, "checkpoints")
     name = cfg.output.replace("/", "_")
