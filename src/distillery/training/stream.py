@@ -6,9 +6,9 @@
     train(cfg, rows, model, tokenizer, hooks)         # the same loop as the in-memory table
 
 Where the rows go, and what is held where:
-- read tasks (`streaming.read_cpus`): one input file each, joined with its own committed label file
-  and filtered by the rules of `training.data` (`stream_rows.file_rows`), yielding blocks of
-  `block_rows` rows with their texts;
+- read tasks (a `Datasource`, `streaming.read_cpus` each, `read_tasks` at a time): one input file
+  each, joined with its own committed label file and filtered by the rules of `training.data`
+  (`stream_rows.file_rows`), yielding blocks of `block_rows` rows with their texts;
 - tokenizer actors (`map_batches`, `tokenize_actors` × `tokenize_cpus`): the student kind's dataset
   over a block (`StudentKind.rows`), as token-id lists plus `_length` (what a batch pads to);
 - each worker: Ray Train's `streaming_split(n, equal=True)`, read through `iter_torch_batches`
@@ -20,7 +20,11 @@ Where the rows go, and what is held where:
   rows, flagged `_filler`), which a batch drops before the step, so every training row is read
   exactly once an epoch and nothing else is trained on;
 - validation: the bounded sample (`stream_rows`), tokenised once in the driver's job and
-  materialised in the object store; every worker scores it whole each epoch.
+  materialised in the object store; each epoch every worker reads it and scores every n-th batch,
+  and `loop.validate` gathers the pieces (`Hooks.gather`);
+- read-ahead: the split's `ExecutionOptions.resource_limits` cap the object store the pipeline may
+  fill ahead of the steps (`streaming.read_ahead_mb`), so reading and tokenising do not take the
+  training workers' cores for long on a small machine.
 The driver also builds the starting model once (the vocabulary trimmed on streamed texts, a
 two-tower head started on a bounded sample) and hands every worker the same folder.
 """
